@@ -1,0 +1,116 @@
+"""Acting with a planner: the three modes of the lecture notes, and the random agent.
+
+- ``v0.5``: fit once on random data, then plan and execute whole plans open loop;
+- ``v1.0``: refit after every episode, execute whole plans (replan when a plan is used up);
+- ``mpc`` (v1.5): refit after every episode, execute only the first action and replan every step.
+
+The agent hands the planner a score function bound to the current observation;
+the planner never sees the model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bayes_mbrl.errors import ConfigError, DataError
+from bayes_mbrl.planning import Planner, PlanResult, RolloutEvaluator
+
+__all__ = ["MODES", "MPCAgent", "RandomAgent"]
+
+MODES = ("v0.5", "v1.0", "mpc")
+
+
+def _obs_tensor(obs: np.ndarray | Tensor, obs_dim: int) -> Tensor:
+    o = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not isinstance(obs, Tensor) else obs)
+    if o.shape != (obs_dim,):
+        raise DataError(f"observation must have shape ({obs_dim},), got {tuple(o.shape)}")
+    if not bool(torch.isfinite(o).all()):
+        raise DataError(f"observation contains NaN or inf: {o.tolist()}")
+    return o.float()
+
+
+class MPCAgent:
+    """Plans through a rollout evaluator and acts.
+
+    Args:
+        planner: any :class:`~bayes_mbrl.planning.Planner`.
+        evaluator: the rollout evaluator whose score the planner maximizes.
+        mode: one of :data:`MODES`.
+
+    Attributes:
+        plan_seconds: wall time spent planning since the last :meth:`reset`.
+        last_plan: the most recent :class:`PlanResult`.
+    """
+
+    def __init__(self, planner: Planner, evaluator: RolloutEvaluator, mode: str = "mpc") -> None:
+        if mode not in MODES:
+            raise ConfigError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
+        if planner.horizon != evaluator.horizon:
+            raise ConfigError(
+                f"planner horizon {planner.horizon} != evaluator horizon {evaluator.horizon}"
+            )
+        self.planner, self.evaluator, self.mode = planner, evaluator, mode
+        self.plan_seconds = 0.0
+        self.last_plan: PlanResult | None = None
+        self._cursor = 0
+
+    @property
+    def refits_each_episode(self) -> bool:
+        """Whether the model is refitted after every episode (all modes but ``v0.5``)."""
+        return self.mode != "v0.5"
+
+    def reset(self) -> None:
+        """Start of an episode: forget the warm start and any unfinished plan."""
+        self.planner.reset()
+        self.last_plan = None
+        self._cursor = 0
+        self.plan_seconds = 0.0
+
+    def act(self, obs: np.ndarray | Tensor) -> Tensor:
+        """Action ``(action_dim,)`` for the observation ``(obs_dim,)``."""
+        o = _obs_tensor(obs, self.evaluator.model.obs_dim)
+        replan = (
+            self.mode == "mpc" or self.last_plan is None or self._cursor >= self.planner.horizon
+        )
+        if replan:
+            if self.last_plan is not None and self.mode != "mpc":
+                self.planner.advance(self._cursor)
+            start = time.perf_counter()
+            self.last_plan = self.planner.plan(lambda actions: self.evaluator(o, actions))
+            self.plan_seconds += time.perf_counter() - start
+            self._cursor = 0
+        action = self.last_plan.actions[self._cursor].clone()
+        self._cursor += 1
+        if self.mode == "mpc":
+            self.planner.advance(1)
+        return action
+
+
+class RandomAgent:
+    """Uniform random actions within the bounds, drawn from an explicit generator.
+
+    Args:
+        action_low: ``(action_dim,)``.
+        action_high: ``(action_dim,)``.
+        generator: source of randomness.
+    """
+
+    def __init__(
+        self, action_low: Tensor, action_high: Tensor, generator: torch.Generator | None = None
+    ) -> None:
+        self.low, self.high = action_low.float(), action_high.float()
+        self.generator = generator
+        self.plan_seconds = 0.0
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+        self.plan_seconds = 0.0
+
+    def act(self, obs: np.ndarray | Tensor) -> Tensor:
+        """A uniform action ``(action_dim,)``; the observation is ignored."""
+        u = torch.rand(self.low.shape, generator=self.generator)
+        return self.low + u * (self.high - self.low)

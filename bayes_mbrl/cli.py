@@ -1,0 +1,214 @@
+"""Command line interface: ``bayes-mbrl run | resume | presets``.
+
+Examples::
+
+    bayes-mbrl presets
+    bayes-mbrl run                                  # the default preset
+    bayes-mbrl run mountaincar-ensemble-mpc --seed 3 --set planner.horizon=40
+    bayes-mbrl run my_experiment.toml --out runs/try1 --no-progress
+    bayes-mbrl resume runs/try1
+
+Errors a user can cause (:class:`~bayes_mbrl.errors.BayesMBRLError`) are printed
+as one line ``bayes-mbrl: error: ...`` and give exit status 2, as do usage
+errors. Ctrl-C gives exit status 130 and says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bayes_mbrl.config import (
+    DEFAULT_PRESET,
+    list_presets,
+    load_config,
+    source_name,
+)
+from bayes_mbrl.errors import BayesMBRLError, CheckpointError, ConfigError
+
+__all__ = ["main"]
+
+PROG = "bayes-mbrl"
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+CONFIG_FILE = "config.toml"
+"""File whose presence marks a directory as a run directory."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Bayesian model-based reinforcement learning experiments.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="start a new experiment",
+        description="Start a new experiment from a preset or a TOML config file.",
+    )
+    run.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        metavar="CONFIG_OR_PRESET",
+        help=f"preset name (see '{PROG} presets') or path to a TOML file "
+        f"(default: {DEFAULT_PRESET})",
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set planner.horizon=20 (repeatable; "
+        "VALUE is a TOML value, bare words are strings)",
+    )
+    run.add_argument("--seed", type=int, default=None, help="override experiment.seed")
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run directory (default: runs/<preset-or-file>-seed<N>-<timestamp>)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    resume = sub.add_parser(
+        "resume",
+        help="continue an interrupted experiment",
+        description="Continue an experiment from the last checkpoint in its run directory.",
+    )
+    resume.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    resume.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    resume.set_defaults(func=_cmd_resume)
+
+    presets = sub.add_parser(
+        "presets", help="list the embedded presets", description="List the embedded presets."
+    )
+    presets.set_defaults(func=_cmd_presets)
+    return parser
+
+
+def _default_run_dir(name: str, seed: int) -> Path:
+    """Return ``runs/<name>-seed<seed>-<YYYYmmdd-HHMMSS>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-seed{seed}-{stamp}"
+
+
+def _interrupted(run_dir: Path) -> int:
+    """Tell the user how to continue after Ctrl-C; return the exit status."""
+    if (run_dir / CONFIG_FILE).is_file():
+        print(
+            f"\n{PROG}: interrupted; continue the run with: {PROG} resume {run_dir}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"\n{PROG}: interrupted before the run was saved", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _report(result_dir: Path, returns: Sequence[float]) -> None:
+    """Print a short summary of a finished run."""
+    if returns:
+        shown = ", ".join(f"{r:.1f}" for r in returns)
+        print(f"episode returns: {shown}")
+        print(f"best return: {max(returns):.1f}, last return: {returns[-1]:.1f}")
+    print(f"results written to {result_dir}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl run``: build the config, pick the run directory, run."""
+    config = load_config(args.config, args.overrides, seed=args.seed)
+    if args.no_progress:
+        config = dataclasses.replace(
+            config, experiment=dataclasses.replace(config.experiment, progress=False)
+        )
+    run_dir: Path = args.out or _default_run_dir(source_name(args.config), config.experiment.seed)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} exists and is not a directory; pick another --out")
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(
+            f"{run_dir} already contains a run; continue it with "
+            f"'{PROG} resume {run_dir}' or pick another --out"
+        )
+
+    from bayes_mbrl.experiment import run_experiment
+
+    print(f"run directory: {run_dir}")
+    try:
+        result = run_experiment(config, run_dir)
+    except KeyboardInterrupt:
+        return _interrupted(run_dir)
+    _report(result.run_dir, result.returns)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl resume``: check the run directory, continue the run."""
+    run_dir: Path = args.run_dir
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); "
+            f"start a new run with '{PROG} run'"
+        )
+
+    from bayes_mbrl.experiment import resume_experiment
+
+    progress = False if args.no_progress else None
+    try:
+        result = resume_experiment(run_dir, progress=progress)
+    except KeyboardInterrupt:
+        return _interrupted(run_dir)
+    _report(result.run_dir, result.returns)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl presets``: print each preset with its description."""
+    presets = list_presets()
+    width = max((len(name) for name in presets), default=0)
+    for name, description in presets.items():
+        mark = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name:<{width}}  {description}{mark}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bayes-mbrl`` console script.
+
+    Args:
+        argv: Arguments without the program name; None reads ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 2 on a usage or user error, 130 when
+        interrupted.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help (0) and usage errors (2)
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    try:
+        status: int = args.func(args)
+    except BayesMBRLError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Gymnasium tasks with batched torch reward and termination functions.
+
+Model-based planners imagine transitions in batches and score them with the
+task's :class:`TaskSpec` reward and termination functions, which reproduce the
+environment's own. Supported tasks: ``Pendulum-v1``, ``MountainCarContinuous-v0``
+and ``bayes_mbrl/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up, registered
+with gymnasium on import of this package).
+
+Example:
+    >>> import torch
+    >>> from bayes_mbrl.envs import get_task
+    >>> task = get_task("Pendulum-v1")
+    >>> obs = torch.zeros(8, 3); obs[:, 0] = 1.0
+    >>> task.reward_fn(obs, torch.zeros(8, 1), obs).shape
+    torch.Size([8])
+"""
+
+from __future__ import annotations
+
+from bayes_mbrl.envs.cartpole_swingup import (
+    CartPoleSwingUpEnv,
+    register_cartpole_swingup,
+)
+from bayes_mbrl.envs.rewards import RewardFn, TerminationFn
+from bayes_mbrl.envs.tasks import (
+    TaskSpec,
+    check_continuous_env,
+    get_task,
+    make_env,
+    registered_task_ids,
+)
+
+register_cartpole_swingup()
+
+__all__ = [
+    "CartPoleSwingUpEnv",
+    "RewardFn",
+    "TaskSpec",
+    "TerminationFn",
+    "check_continuous_env",
+    "get_task",
+    "make_env",
+    "registered_task_ids",
+]

@@ -1,0 +1,230 @@
+"""Batched torch reward and termination functions of the supported tasks.
+
+Every function takes ``(obs, action, next_obs)`` with shapes ``(..., obs_dim)``,
+``(..., action_dim)`` and ``(..., obs_dim)``, where ``obs`` is the observation
+*before* the step, and returns a tensor of shape ``(...)``: the reward (same
+floating dtype as the inputs) or, for termination functions, a ``torch.bool``
+flag. Leading batch dimensions broadcast against each other, so a planner can
+score ``(n_particles, horizon, n_candidates)`` imagined transitions in one call.
+
+Each reward reproduces the reward that the gymnasium environment itself returns
+for the same transition (within float32 round-off); ``tests/test_envs.py`` checks
+this against real rollouts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from bayes_mbrl.errors import DataError
+
+__all__ = [
+    "CARTPOLE_POLE_LENGTH",
+    "CARTPOLE_REWARD_WIDTH",
+    "MOUNTAIN_CAR_GOAL_POSITION",
+    "MOUNTAIN_CAR_GOAL_VELOCITY",
+    "PENDULUM_MAX_TORQUE",
+    "RewardFn",
+    "TerminationFn",
+    "cartpole_swingup_reward",
+    "make_cartpole_swingup_reward",
+    "mountain_car_reward",
+    "mountain_car_termination",
+    "pendulum_reward",
+]
+
+RewardFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(obs, action, next_obs)`` of shapes ``(..., obs_dim)``, ``(..., action_dim)``,
+``(..., obs_dim)`` -> reward of shape ``(...)``."""
+
+TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(obs, action, next_obs)`` as for :data:`RewardFn` -> bool tensor of shape ``(...)``."""
+
+PENDULUM_MAX_TORQUE = 2.0
+"""Gymnasium's ``Pendulum-v1`` clips the torque to ``[-2, 2]`` before the cost."""
+
+MOUNTAIN_CAR_GOAL_POSITION = 0.45
+"""Goal position of gymnasium's ``MountainCarContinuous-v0``."""
+
+MOUNTAIN_CAR_GOAL_VELOCITY = 0.0
+"""Default ``goal_velocity`` of gymnasium's ``MountainCarContinuous-v0``."""
+
+CARTPOLE_POLE_LENGTH = 0.6
+"""Pole length (m) of ``bayes_mbrl/CartPoleSwingUp-v0`` (PILCO)."""
+
+CARTPOLE_REWARD_WIDTH = 0.25
+"""Width (m) of PILCO's saturating cart-pole reward."""
+
+
+def _check_dims(
+    name: str, obs: Tensor, action: Tensor, next_obs: Tensor, obs_dim: int, action_dim: int
+) -> None:
+    """Raise :class:`DataError` unless the trailing dimensions match the task.
+
+    Args:
+        name: Task name used in the message.
+        obs: Observations, shape ``(..., obs_dim)``.
+        action: Actions, shape ``(..., action_dim)``.
+        next_obs: Next observations, shape ``(..., obs_dim)``.
+        obs_dim: Expected observation size.
+        action_dim: Expected action size.
+
+    Raises:
+        DataError: If a trailing dimension is missing or has the wrong size.
+    """
+    for label, tensor, size in (
+        ("obs", obs, obs_dim),
+        ("action", action, action_dim),
+        ("next_obs", next_obs, obs_dim),
+    ):
+        if tensor.ndim == 0 or tensor.shape[-1] != size:
+            raise DataError(
+                f"{name} reward: {label} must have shape (..., {size}); got {tuple(tensor.shape)}"
+            )
+
+
+def pendulum_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Reward of gymnasium's ``Pendulum-v1``.
+
+    ``-(th**2 + 0.1 * thdot**2 + 0.001 * u**2)`` with ``th = atan2(sin, cos)`` in
+    ``[-pi, pi]`` (the same value as gymnasium's ``angle_normalize``) and
+    ``thdot`` read from ``obs`` (the state *before* the step), and ``u`` the
+    action clipped to ``[-2, 2]`` as gymnasium does.
+
+    Args:
+        obs: ``[cos th, sin th, thdot]`` before the step, shape ``(..., 3)``.
+        action: Torque, shape ``(..., 1)`` (not necessarily within bounds).
+        next_obs: Observation after the step, shape ``(..., 3)``; unused.
+
+    Returns:
+        Reward, shape ``(...)`` (broadcast of the leading shapes).
+    """
+    _check_dims("Pendulum-v1", obs, action, next_obs, 3, 1)
+    th = torch.atan2(obs[..., 1], obs[..., 0])
+    thdot = obs[..., 2]
+    u = action[..., 0].clamp(-PENDULUM_MAX_TORQUE, PENDULUM_MAX_TORQUE)
+    cost = th.square() + 0.1 * thdot.square() + 0.001 * u.square()
+    return torch.broadcast_to(-cost, _batch_shape(obs, action, next_obs))
+
+
+def mountain_car_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Termination of gymnasium's ``MountainCarContinuous-v0``.
+
+    The episode ends once the car is at the goal after the step:
+    ``position >= 0.45 and velocity >= 0`` in ``next_obs``.
+
+    Args:
+        obs: ``[position, velocity]`` before the step, shape ``(..., 2)``; unused.
+        action: Force, shape ``(..., 1)``; unused.
+        next_obs: ``[position, velocity]`` after the step, shape ``(..., 2)``.
+
+    Returns:
+        Bool tensor, shape ``(...)``.
+    """
+    _check_dims("MountainCarContinuous-v0", obs, action, next_obs, 2, 1)
+    done = (next_obs[..., 0] >= MOUNTAIN_CAR_GOAL_POSITION) & (
+        next_obs[..., 1] >= MOUNTAIN_CAR_GOAL_VELOCITY
+    )
+    return torch.broadcast_to(done, _batch_shape(obs, action, next_obs))
+
+
+def mountain_car_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Reward of gymnasium's ``MountainCarContinuous-v0``.
+
+    ``100 * terminated - 0.1 * a**2``. As in gymnasium, the action penalty uses
+    the *unclipped* action (only the applied force is clipped to ``[-1, 1]``),
+    so out-of-range actions are penalised quadratically.
+
+    Args:
+        obs: ``[position, velocity]`` before the step, shape ``(..., 2)``.
+        action: Force, shape ``(..., 1)``.
+        next_obs: ``[position, velocity]`` after the step, shape ``(..., 2)``.
+
+    Returns:
+        Reward, shape ``(...)``.
+    """
+    done = mountain_car_termination(obs, action, next_obs)
+    a = action[..., 0]
+    bonus = done.to(a.dtype) * 100.0
+    return bonus - 0.1 * a.square()
+
+
+def make_cartpole_swingup_reward(
+    pole_length: float = CARTPOLE_POLE_LENGTH, width: float = CARTPOLE_REWARD_WIDTH
+) -> RewardFn:
+    """Build PILCO's saturating cart-pole swing-up reward for given constants.
+
+    ``exp(-d**2 / (2 * width**2))`` with ``d`` the distance between the pole tip
+    ``(x + l sin th, -l cos th)`` and the upright tip ``(0, l)``, computed from
+    ``next_obs``. Expanded, ``d**2 = x**2 + 2 x l sin th + 2 l**2 (1 + cos th)``.
+
+    Args:
+        pole_length: Pole length ``l`` in metres; must be positive.
+        width: Reward width in metres; must be positive.
+
+    Returns:
+        A :data:`RewardFn` on observations ``[x, x_dot, cos th, sin th, th_dot]``
+        of shape ``(..., 5)`` and actions of shape ``(..., 1)``.
+
+    Raises:
+        DataError: If ``pole_length`` or ``width`` is not a positive finite number.
+    """
+    for label, value in (("pole_length", pole_length), ("width", width)):
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"{label} must be a positive finite number; got {value!r}")
+    l2 = float(pole_length)
+    scale = 1.0 / (2.0 * float(width) ** 2)
+
+    def cartpole_swingup_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        """PILCO's saturating cart-pole swing-up reward in ``[0, 1]``.
+
+        Args:
+            obs: Observation before the step, shape ``(..., 5)``; unused.
+            action: Action, shape ``(..., 1)``; unused.
+            next_obs: ``[x, x_dot, cos th, sin th, th_dot]`` after the step,
+                shape ``(..., 5)``.
+
+        Returns:
+            Reward, shape ``(...)``.
+        """
+        _check_dims("bayes_mbrl/CartPoleSwingUp-v0", obs, action, next_obs, 5, 1)
+        x = next_obs[..., 0]
+        cos_th = next_obs[..., 2]
+        sin_th = next_obs[..., 3]
+        dx = x + l2 * sin_th
+        dy = l2 * (1.0 + cos_th)  # tip height -l cos th, target height l
+        reward = torch.exp(-(dx.square() + dy.square()) * scale)
+        return torch.broadcast_to(reward, _batch_shape(obs, action, next_obs))
+
+    return cartpole_swingup_reward
+
+
+cartpole_swingup_reward: RewardFn = make_cartpole_swingup_reward()
+"""Reward of ``bayes_mbrl/CartPoleSwingUp-v0`` with its default constants."""
+
+
+def _batch_shape(obs: Tensor, action: Tensor, next_obs: Tensor) -> torch.Size:
+    """Broadcast leading shape of a batch of transitions.
+
+    Args:
+        obs: Shape ``(..., obs_dim)``.
+        action: Shape ``(..., action_dim)``.
+        next_obs: Shape ``(..., obs_dim)``.
+
+    Returns:
+        The broadcast of the three leading shapes.
+
+    Raises:
+        DataError: If the leading shapes do not broadcast.
+    """
+    try:
+        return torch.broadcast_shapes(obs.shape[:-1], action.shape[:-1], next_obs.shape[:-1])
+    except RuntimeError as exc:
+        raise DataError(
+            "obs, action and next_obs leading shapes do not broadcast: "
+            f"{tuple(obs.shape)}, {tuple(action.shape)}, {tuple(next_obs.shape)}"
+        ) from exc

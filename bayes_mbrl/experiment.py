@@ -1,0 +1,615 @@
+"""The outer loop of model-based RL: collect -> fit -> plan -> act, seeded and resumable.
+
+A run directory holds:
+
+- ``config.toml``: the resolved configuration;
+- ``transitions.f32``: every transition, appended and flushed as it is collected
+  (raw float32 rows, see :class:`TransitionLog`), so a killed run loses none;
+- ``metrics.csv``: one row per episode;
+- ``learning_curve.png``: return per episode;
+- ``checkpoints/ckpt_NNNN.pt``: after each episode, written atomically and loadable
+  with ``torch.load(weights_only=True)``: model and optimizer state, RNG state,
+  counters and the metrics so far.
+
+:func:`resume_experiment` restores the newest readable checkpoint, reloads the
+transitions it covers, and re-runs the interrupted episode from the restored RNG
+state. Transitions of that episode already in the log are not written twice: each
+regenerated transition is compared with the logged one, and if a logged transition
+cannot be reproduced it is kept in the data anyway (with a warning), so nothing
+collected is lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from bayes_mbrl import __version__
+from bayes_mbrl.algorithms import MPCAgent, RandomAgent
+from bayes_mbrl.config import Config, dump_config, load_config
+from bayes_mbrl.data import ReplayBuffer, validate_transitions
+from bayes_mbrl.envs import TaskSpec, get_task, make_env
+from bayes_mbrl.errors import CheckpointError, ConfigError
+from bayes_mbrl.models import DynamicsModel, FitReport, ProbabilisticEnsemble
+from bayes_mbrl.planning import (
+    CEMPlanner,
+    MPPIPlanner,
+    Planner,
+    RandomShootingPlanner,
+    RolloutEvaluator,
+    make_objective,
+)
+
+__all__ = [
+    "Callback",
+    "Experiment",
+    "RunResult",
+    "TransitionLog",
+    "build_model",
+    "build_planner",
+    "resume_experiment",
+    "run_experiment",
+]
+
+CHECKPOINT_FORMAT = 1
+METRIC_FIELDS = (
+    "episode",
+    "policy",
+    "env_steps",
+    "return",
+    "plan_seconds",
+    "fit_seconds",
+    "fit_epochs",
+    "train_loss",
+    "val_loss",
+    "episode_seconds",
+)
+
+
+# ----------------------------------------------------------------------------- builders
+def build_model(config: Config, obs_dim: int, action_dim: int) -> DynamicsModel:
+    """The dynamics model named by ``config.model``."""
+    m = config.model
+    if m.kind == "ensemble":
+        return ProbabilisticEnsemble(
+            obs_dim,
+            action_dim,
+            num_members=m.num_members,
+            hidden_sizes=m.hidden_sizes,
+            activation=m.activation,
+            learning_rate=m.learning_rate,
+            weight_decay=m.weight_decay,
+            batch_size=m.batch_size,
+            max_epochs=m.max_epochs,
+            patience=m.patience,
+            val_fraction=m.val_fraction,
+            seed=config.experiment.seed,
+        )
+    raise ConfigError(f"unknown model.kind {m.kind!r}")
+
+
+def build_planner(config: Config, task: TaskSpec, generator: torch.Generator) -> Planner:
+    """The planner named by ``config.planner``."""
+    p = config.planner
+    if p.kind == "cem":
+        return CEMPlanner(
+            task.action_low,
+            task.action_high,
+            p.horizon,
+            p.population,
+            p.iterations,
+            p.elite_fraction,
+            p.momentum,
+            generator=generator,
+        )
+    if p.kind == "mppi":
+        return MPPIPlanner(
+            task.action_low,
+            task.action_high,
+            p.horizon,
+            p.population,
+            p.iterations,
+            temperature=p.mppi_temperature,
+            noise_std=p.mppi_noise_std,
+            generator=generator,
+        )
+    if p.kind == "random_shooting":
+        return RandomShootingPlanner(
+            task.action_low, task.action_high, p.horizon, p.population, p.iterations, generator
+        )
+    raise ConfigError(f"unknown planner.kind {p.kind!r}")
+
+
+def build_evaluator(
+    config: Config, model: DynamicsModel, task: TaskSpec, generator: torch.Generator
+) -> RolloutEvaluator:
+    """The rollout evaluator named by ``config.planner``."""
+    p = config.planner
+    return RolloutEvaluator(
+        model,
+        task.reward_fn,
+        p.horizon,
+        particles=p.particles,
+        propagation=p.propagation,
+        objective=make_objective(p.objective, p.risk_beta, p.cvar_alpha),
+        termination_fn=task.termination_fn,
+        precision=p.precision,
+        generator=generator,
+    )
+
+
+# ------------------------------------------------------------------------ persistence
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TransitionLog:
+    """Append-only file of transitions, one float32 row each, flushed per row.
+
+    Row layout: ``obs (obs_dim) | action (action_dim) | reward | next_obs (obs_dim) |
+    terminated | truncated | episode``. A partly written last row (a kill during
+    the write) is ignored on reading and cut off before appending.
+
+    Args:
+        path: the file.
+        obs_dim: observation size.
+        action_dim: action size.
+    """
+
+    def __init__(self, path: Path, obs_dim: int, action_dim: int) -> None:
+        self.path, self.obs_dim, self.action_dim = path, obs_dim, action_dim
+        self.width = 2 * obs_dim + action_dim + 4
+        self._file: io.BufferedWriter | None = None
+
+    def read(self) -> np.ndarray:
+        """All complete rows, ``(rows, width)`` float32."""
+        if not self.path.exists():
+            return np.zeros((0, self.width), dtype=np.float32)
+        raw = np.fromfile(self.path, dtype=np.float32)
+        rows = raw.size // self.width
+        return raw[: rows * self.width].reshape(rows, self.width)
+
+    def open(self, keep_rows: int) -> None:
+        """Open for appending after the first ``keep_rows`` complete rows."""
+        size = keep_rows * self.width * 4
+        mode = "r+b" if self.path.exists() else "wb"
+        f = open(self.path, mode)  # kept open for the run
+        f.truncate(size)
+        f.seek(size)
+        self._file = f  # type: ignore[assignment]
+
+    def append(self, row: np.ndarray) -> None:
+        """Write and flush one row."""
+        assert self._file is not None, "TransitionLog.open() first"
+        self._file.write(row.astype(np.float32).tobytes())
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (fsync first)."""
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def split_row(self, row: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(obs, action, reward, next_obs, terminated, truncated, episode)`` of a row or rows."""
+        d, a = self.obs_dim, self.action_dim
+        return (
+            row[..., :d],
+            row[..., d : d + a],
+            row[..., d + a],
+            row[..., d + a + 1 : 2 * d + a + 1],
+            row[..., 2 * d + a + 1] > 0.5,
+            row[..., 2 * d + a + 2] > 0.5,
+            row[..., 2 * d + a + 3],
+        )
+
+
+# --------------------------------------------------------------------------- callbacks
+class Callback:
+    """Hooks into the loop (SB3 style): public ``on_*`` call the private ``_on_*``.
+
+    Return False from :meth:`_on_episode_end` to stop the run after that episode
+    (it is checkpointed first, so ``resume`` continues from there).
+    """
+
+    def on_run_start(self, experiment: Experiment) -> None:
+        """Called once before the first episode of this process."""
+        self._on_run_start(experiment)
+
+    def on_episode_end(self, experiment: Experiment, row: dict[str, Any]) -> bool:
+        """Called after each episode with its metrics row; False stops the run."""
+        return self._on_episode_end(experiment, row)
+
+    def _on_run_start(self, experiment: Experiment) -> None:
+        return None
+
+    def _on_episode_end(self, experiment: Experiment, row: dict[str, Any]) -> bool:
+        return True
+
+
+class _Progress(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+    def set_postfix_str(self, s: str, refresh: bool = True) -> Any: ...
+    def close(self) -> Any: ...
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run produced.
+
+    Attributes:
+        run_dir: the run directory.
+        returns: return of every episode so far.
+        metrics: the rows of ``metrics.csv``.
+    """
+
+    run_dir: Path
+    returns: list[float]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -------------------------------------------------------------------------- experiment
+class Experiment:
+    """A seeded, resumable model-based RL run.
+
+    Args:
+        config: the resolved configuration.
+        run_dir: where everything is written.
+        callbacks: hooks called during the run.
+    """
+
+    def __init__(self, config: Config, run_dir: Path, callbacks: Sequence[Callback] = ()) -> None:
+        if config.experiment.device != "cpu":
+            raise ConfigError(
+                f"experiment.device = {config.experiment.device!r} is not supported yet; "
+                "set experiment.device = 'cpu'"
+            )
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.callbacks = list(callbacks)
+        self.task = get_task(config.env.id)
+        self.generator = torch.Generator().manual_seed(config.experiment.seed)
+        self.model = build_model(config, self.task.obs_dim, self.task.action_dim)
+        self.planner = build_planner(config, self.task, self.generator)
+        self.evaluator = build_evaluator(config, self.model, self.task, self.generator)
+        self.mpc = MPCAgent(self.planner, self.evaluator, config.experiment.mode)
+        self.random_agent = RandomAgent(self.task.action_low, self.task.action_high, self.generator)
+        capacity = config.experiment.episodes * config.env.episode_length
+        self.buffer = ReplayBuffer(
+            self.task.obs_dim,
+            self.task.action_dim,
+            capacity,
+            self.task.action_low,
+            self.task.action_high,
+        )
+        self.log = TransitionLog(
+            self.run_dir / "transitions.f32", self.task.obs_dim, self.task.action_dim
+        )
+        self.metrics: list[dict[str, Any]] = []
+        self.episodes_done = 0
+        self.last_fit: FitReport | None = None
+        self._replay: np.ndarray = np.zeros((0, self.log.width), dtype=np.float32)
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def checkpoint_dir(self) -> Path:
+        """``run_dir/checkpoints``."""
+        return self.run_dir / "checkpoints"
+
+    def _checkpoint_path(self, episodes_done: int) -> Path:
+        return self.checkpoint_dir / f"ckpt_{episodes_done:04d}.pt"
+
+    # ----------------------------------------------------------------- running
+    def start(self) -> None:
+        """Create the run directory and write the resolved config (new runs only)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / "config.toml").exists():
+            raise CheckpointError(
+                f"{self.run_dir} already contains a run; resume it with "
+                f"'bayes-mbrl resume {self.run_dir}' or choose another directory"
+            )
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        # probe the environment before anything is written, so a bad env id fails fast
+        make_env(self.config.env.id).close()
+        dump_config(self.config, self.run_dir / "config.toml")
+        self.log.open(keep_rows=0)
+
+    def run(self) -> RunResult:
+        """Run the remaining episodes; returns when all are done or a callback stops it."""
+        exp = self.config.experiment
+        for cb in self.callbacks:
+            cb.on_run_start(self)
+        try:
+            while self.episodes_done < exp.episodes:
+                row = self._run_episode(self.episodes_done)
+                self.episodes_done += 1
+                self.metrics.append(row)
+                self._write_outputs()
+                if not all([cb.on_episode_end(self, row) for cb in self.callbacks]):
+                    break
+        finally:
+            self.log.close()
+        return RunResult(self.run_dir, [float(r["return"]) for r in self.metrics], self.metrics)
+
+    def _fit(self) -> FitReport:
+        bar = self._bar(total=self.config.model.max_epochs, desc="fit", leave=False)
+
+        def progress(epoch: int, train: float, val: float) -> None:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"train {train:.3f} val {val:.3f}", refresh=False)
+
+        try:
+            if isinstance(self.model, ProbabilisticEnsemble):
+                return self.model.fit(self.buffer, self.generator, progress=progress)
+            return self.model.fit(self.buffer, self.generator)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _bar(self, total: int, desc: str, leave: bool) -> _Progress | None:
+        if not self.config.experiment.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        bar: _Progress = tqdm(total=total, desc=desc, leave=leave, dynamic_ncols=True)
+        return bar
+
+    def _run_episode(self, episode: int) -> dict[str, Any]:
+        exp, task = self.config.experiment, self.task
+        start = time.perf_counter()
+        random_episode = episode < exp.seed_episodes
+        policy = "random" if random_episode else exp.mode
+        fit_report: FitReport | None = None
+        if not random_episode and (self.mpc.refits_each_episode or self.last_fit is None):
+            fit_report = self._fit()
+            self.last_fit = fit_report
+        agent: MPCAgent | RandomAgent = self.random_agent if random_episode else self.mpc
+        agent.reset()
+        env = make_env(self.config.env.id, max_episode_steps=self.config.env.episode_length)
+        expected = self._replay
+        self._replay = np.zeros((0, self.log.width), dtype=np.float32)
+        matching = True
+        total_reward = 0.0
+        bar = self._bar(
+            total=self.config.env.episode_length,
+            desc=f"episode {episode + 1}/{exp.episodes} ({policy})",
+            leave=True,
+        )
+        try:
+            obs, _ = env.reset(seed=exp.seed * 100_003 + episode)
+            for step in range(self.config.env.episode_length):
+                action = agent.act(obs)
+                action_np = action.numpy().astype(np.float32)
+                next_obs, reward, terminated, truncated, _ = env.step(action_np)
+                truncated = truncated or step == self.config.env.episode_length - 1
+                batch = validate_transitions(
+                    obs, action, float(reward), next_obs, terminated, truncated,
+                    obs_dim=task.obs_dim, action_dim=task.action_dim,
+                    action_low=task.action_low, action_high=task.action_high,
+                )  # fmt: skip
+                row = np.concatenate(
+                    [
+                        batch.obs[0].numpy(),
+                        batch.action[0].numpy(),
+                        batch.reward.numpy(),
+                        batch.next_obs[0].numpy(),
+                        [float(terminated), float(truncated), float(episode)],
+                    ]
+                ).astype(np.float32)
+                if matching and step < len(expected) and np.array_equal(row, expected[step]):
+                    pass  # already in the log from before the interruption
+                else:
+                    if matching and step < len(expected):
+                        warnings.warn(
+                            f"episode {episode + 1}: transition {step} differs from the one "
+                            "logged before the interruption; the logged transitions are kept "
+                            "as extra data",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                        self._add_rows(expected[step:])
+                        matching = False
+                    self.log.append(row)
+                self.buffer.add_batch(batch)
+                total_reward += float(reward)
+                obs = next_obs
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"return {total_reward:.1f}", refresh=False)
+                if terminated or truncated:
+                    break
+        finally:
+            env.close()
+            if bar is not None:
+                bar.close()
+        steps_done = step + 1
+        if matching and len(expected) > steps_done:
+            self._add_rows(expected[steps_done:])
+        return {
+            "episode": episode + 1,
+            "policy": policy,
+            "env_steps": len(self.buffer),
+            "return": total_reward,
+            "plan_seconds": agent.plan_seconds,
+            "fit_seconds": fit_report.wall_seconds if fit_report else 0.0,
+            "fit_epochs": fit_report.epochs if fit_report else 0,
+            "train_loss": fit_report.final_train_loss if fit_report else math.nan,
+            "val_loss": fit_report.best_val_loss if fit_report else math.nan,
+            "episode_seconds": time.perf_counter() - start,
+        }
+
+    def _add_rows(self, rows: np.ndarray) -> None:
+        """Add logged rows (not re-logging them) to the buffer."""
+        if len(rows) == 0:
+            return
+        o, a, r, no, te, tr, _ = self.log.split_row(rows)
+        self.buffer.add(o, a, r, no, te, tr)
+
+    # ------------------------------------------------------------- outputs
+    def _write_outputs(self) -> None:
+        self._write_metrics()
+        self._write_checkpoint()
+        self._plot()
+
+    def _write_metrics(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.metrics:
+            writer.writerow({k: _fmt(row[k]) for k in METRIC_FIELDS})
+        _atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
+
+    def _write_checkpoint(self) -> None:
+        state = {
+            "format_version": CHECKPOINT_FORMAT,
+            "bayes_mbrl_version": __version__,
+            "torch_version": torch.__version__,
+            "episodes_done": self.episodes_done,
+            "num_transitions": len(self.buffer),
+            "model": self.model.state_dict() if hasattr(self.model, "state_dict") else {},
+            "model_fitted_once": self.last_fit is not None,
+            "rng_torch": self.generator.get_state(),
+            "metrics": [dict(r) for r in self.metrics],
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = self._checkpoint_path(self.episodes_done)
+        _atomic_write_bytes(path, buf.getvalue())
+        keep = self.config.experiment.checkpoint_keep
+        for old in sorted(self.checkpoint_dir.glob("ckpt_*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        episodes = [r["episode"] for r in self.metrics]
+        returns = [r["return"] for r in self.metrics]
+        colors = ["tab:gray" if r["policy"] == "random" else "tab:blue" for r in self.metrics]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(episodes, returns, color="tab:blue", alpha=0.5)
+        ax.scatter(episodes, returns, c=colors, zorder=3)
+        ax.set_xlabel("episode")
+        ax.set_ylabel("return")
+        ax.set_title(
+            f"{self.config.env.id}, {self.config.model.kind} + {self.config.planner.kind} "
+            f"({self.config.experiment.mode}), seed {self.config.experiment.seed}"
+        )
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        _atomic_write_bytes(self.run_dir / "learning_curve.png", buf.getvalue())
+
+    # ------------------------------------------------------------- resuming
+    def restore(self) -> None:
+        """Load the newest readable checkpoint and the transitions it covers."""
+        state: dict[str, Any] | None = None
+        for path in sorted(self.checkpoint_dir.glob("ckpt_*.pt"), reverse=True):
+            try:
+                state = torch.load(path, weights_only=True)
+            except Exception as exc:  # any unreadable file: fall back
+                warnings.warn(
+                    f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
+                    "trying the previous one",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            if state.get("format_version") != CHECKPOINT_FORMAT:
+                raise CheckpointError(
+                    f"{path} has checkpoint format {state.get('format_version')}, "
+                    f"this bayes_mbrl reads {CHECKPOINT_FORMAT}"
+                )
+            break
+        rows = self.log.read()
+        if state is None:
+            # killed during the first episode: start over, replaying what was logged
+            self._replay = rows
+            self.log.open(keep_rows=len(rows))
+            return
+        n = int(state["num_transitions"])
+        if len(rows) < n:
+            raise CheckpointError(
+                f"{self.log.path} has {len(rows)} transitions but the checkpoint expects {n}; "
+                "the transition log was truncated or replaced"
+            )
+        self._add_rows(rows[:n])
+        self._replay = rows[n:]
+        if state["model_fitted_once"] and hasattr(self.model, "load_state_dict"):
+            self.model.load_state_dict(state["model"])
+            self.last_fit = FitReport()
+        self.generator.set_state(state["rng_torch"])
+        self.metrics = [dict(r) for r in state["metrics"]]
+        self.episodes_done = int(state["episodes_done"])
+        self.log.open(keep_rows=len(rows))
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def run_experiment(
+    config: Config, run_dir: Path | str, callbacks: Sequence[Callback] = ()
+) -> RunResult:
+    """Run a new experiment into ``run_dir`` (which must not hold a run yet).
+
+    Args:
+        config: the resolved configuration.
+        run_dir: output directory, created if needed.
+        callbacks: hooks called during the run.
+
+    Returns:
+        The episode returns and metrics.
+    """
+    experiment = Experiment(config, Path(run_dir), callbacks)
+    experiment.start()
+    return experiment.run()
+
+
+def resume_experiment(
+    run_dir: Path | str, progress: bool | None = None, callbacks: Sequence[Callback] = ()
+) -> RunResult:
+    """Continue an interrupted run from its newest checkpoint.
+
+    Args:
+        run_dir: a directory written by :func:`run_experiment`.
+        progress: override ``experiment.progress`` (None keeps the saved value).
+        callbacks: hooks called during the run.
+
+    Raises:
+        CheckpointError: the directory holds no run or its files are inconsistent.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} has no config.toml; it is not a bayes_mbrl run directory")
+    config = load_config(config_path)
+    if progress is not None:
+        config.experiment.progress = progress
+    experiment = Experiment(config, run_dir, callbacks)
+    experiment.restore()
+    return experiment.run()

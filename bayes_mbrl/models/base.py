@@ -1,0 +1,226 @@
+"""The protocol every dynamics model implements.
+
+A dynamics model is a distribution over functions ``p(f | D)``. Each function ``f``
+gives an aleatoric distribution ``p(s' | s, a, f)``. Epistemic uncertainty is the
+spread across functions, aleatoric the noise within one. Planners never see a model
+directly: they see :class:`FunctionSample` objects through the rollout evaluator.
+
+Shapes: ``n`` functions, ``B`` inputs per function, ``N`` transitions.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal
+
+from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.errors import DataError, ModelError
+
+__all__ = [
+    "DynamicsModel",
+    "FitReport",
+    "FunctionSample",
+    "Predictive",
+    "check_model_inputs",
+]
+
+
+@dataclass
+class FitReport:
+    """What a fit did.
+
+    Attributes:
+        train_losses: training loss per epoch (or per logged step).
+        val_losses: validation loss per epoch (empty without a validation set).
+        epochs: epochs run.
+        best_epoch: epoch whose parameters were kept (early stopping), or -1.
+        wall_seconds: wall-clock time of the fit.
+    """
+
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    epochs: int = 0
+    best_epoch: int = -1
+    wall_seconds: float = 0.0
+
+    @property
+    def final_train_loss(self) -> float:
+        """Last training loss, NaN if none was logged."""
+        return self.train_losses[-1] if self.train_losses else float("nan")
+
+    @property
+    def best_val_loss(self) -> float:
+        """Lowest validation loss, NaN without a validation set."""
+        return min(self.val_losses) if self.val_losses else float("nan")
+
+
+@dataclass
+class Predictive:
+    """Predictive moments of the next observation, split by the law of total variance.
+
+    ``Var[s'] = Var_f[E[s'|f]] + E_f[Var[s'|f]] = epistemic + aleatoric``, per
+    output dimension.
+
+    Attributes:
+        mean: ``(B, obs_dim)`` predictive mean.
+        epistemic_var: ``(B, obs_dim)`` variance of the per-function means.
+        aleatoric_var: ``(B, obs_dim)`` mean of the per-function noise variances.
+    """
+
+    mean: Tensor
+    epistemic_var: Tensor
+    aleatoric_var: Tensor
+
+    @property
+    def total_var(self) -> Tensor:
+        """``(B, obs_dim)`` total predictive variance."""
+        return self.epistemic_var + self.aleatoric_var
+
+    @staticmethod
+    def from_function_moments(means: Tensor, variances: Tensor) -> Predictive:
+        """Combine per-function moments.
+
+        Args:
+            means: ``(n, B, obs_dim)`` mean of ``p(s'|s,a,f_i)``.
+            variances: ``(n, B, obs_dim)`` variance of ``p(s'|s,a,f_i)``.
+        """
+        return Predictive(
+            mean=means.mean(0),
+            epistemic_var=means.var(0, unbiased=False),
+            aleatoric_var=variances.mean(0),
+        )
+
+
+class FunctionSample(abc.ABC):
+    """``n`` posterior draws of the dynamics function, evaluated in one vectorized call.
+
+    Subclasses implement :meth:`__call__`; :meth:`sample` has a default that works
+    for Gaussian next-state distributions and may be overridden for speed.
+    """
+
+    #: number of functions in this sample
+    n: int
+
+    @abc.abstractmethod
+    def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
+        """Next-observation distribution of each function.
+
+        Args:
+            obs: ``(n, B, obs_dim)``; row ``i`` is evaluated by function ``i``.
+            action: ``(n, B, action_dim)``.
+
+        Returns:
+            A distribution with batch shape ``(n, B)`` and event shape ``(obs_dim,)``.
+        """
+
+    def sample(self, obs: Tensor, action: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Draw one next observation per row, ``(n, B, obs_dim)``.
+
+        Randomness comes only from ``generator`` so that seeded runs repeat bit for bit.
+        """
+        dist = self(obs, action)
+        base = dist.base_dist if isinstance(dist, Independent) else dist
+        if isinstance(base, Normal):
+            eps = torch.randn(base.loc.shape, generator=generator, dtype=base.loc.dtype)
+            return base.loc + base.scale * eps
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return dist.sample()
+
+    def mean(self, obs: Tensor, action: Tensor) -> Tensor:
+        """Mean next observation of each function, ``(n, B, obs_dim)``."""
+        return self(obs, action).mean
+
+    def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
+        """A copy that computes in ``dtype`` (inputs/outputs stay float32).
+
+        The default supports float32 only; models with reduced-precision kernels
+        override it.
+
+        Raises:
+            ModelError: the precision is not supported by this model.
+        """
+        if dtype != torch.float32:
+            raise ModelError(
+                f"{type(self).__name__} computes in float32 only, not {dtype}; "
+                "set planner.precision = 'float32'"
+            )
+        return self
+
+
+class DynamicsModel(abc.ABC):
+    """A posterior over dynamics functions ``p(f | D)``.
+
+    Attributes:
+        obs_dim: observation size.
+        action_dim: action size.
+        num_functions_hint: size of a finite posterior support that planners
+            should stratify particles over (ensemble members), or None when
+            functions are continuous draws (BNN weights, GP paths).
+    """
+
+    obs_dim: int
+    action_dim: int
+    num_functions_hint: int | None = None
+
+    @abc.abstractmethod
+    def fit(self, data: ReplayBuffer, generator: torch.Generator | None = None) -> FitReport:
+        """Fit to (or update the posterior with) all transitions in ``data``."""
+
+    @abc.abstractmethod
+    def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
+        """Draw ``n`` functions from the posterior."""
+
+    @abc.abstractmethod
+    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
+        """Predictive moments at ``(B, obs_dim)`` / ``(B, action_dim)`` inputs.
+
+        Args:
+            obs: ``(B, obs_dim)``.
+            action: ``(B, action_dim)``.
+            num_functions: functions to average over (None: the model's default).
+        """
+
+    @abc.abstractmethod
+    def log_likelihood(
+        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
+    ) -> Tensor:
+        """Pointwise log-density ``log p(s'_j | s_j, a_j, f_i)``, shape ``(num_functions, N)``."""
+
+    def check_inputs(self, obs: Tensor, action: Tensor, next_obs: Tensor | None = None) -> None:
+        """Raise :class:`DataError` unless the shapes fit this model.
+
+        See :func:`check_model_inputs`.
+        """
+        check_model_inputs(self.obs_dim, self.action_dim, obs, action, next_obs)
+
+
+def check_model_inputs(
+    obs_dim: int, action_dim: int, obs: Tensor, action: Tensor, next_obs: Tensor | None = None
+) -> None:
+    """Raise :class:`DataError` unless ``obs``/``action``(/``next_obs``) are ``(B, dim)`` and match.
+
+    Args:
+        obs_dim: the model's observation size.
+        action_dim: the model's action size.
+        obs: ``(B, obs_dim)``.
+        action: ``(B, action_dim)``.
+        next_obs: ``(B, obs_dim)`` or None.
+    """
+    parts = [("obs", obs, obs_dim), ("action", action, action_dim)]
+    if next_obs is not None:
+        parts.append(("next_obs", next_obs, obs_dim))
+    for name, t, d in parts:
+        if not isinstance(t, Tensor):
+            raise DataError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2 or t.shape[1] != d:
+            raise DataError(f"{name} must have shape (B, {d}), got {tuple(t.shape)}")
+        if t.shape[0] != obs.shape[0]:
+            raise DataError(
+                f"{name} has {t.shape[0]} rows but obs has {obs.shape[0]}; pass matching batches"
+            )

@@ -1,0 +1,494 @@
+"""Bootstrap ensemble of probabilistic MLPs (PETS; Chua et al., NeurIPS 2018).
+
+Each member is a Gaussian MLP ``(s, a) -> N(mu, diag(sigma^2))`` over the
+normalized state delta ``s' - s``, with learned soft bounds on the log-variance.
+All members live in batched weight tensors ``(E, in, out)``, so one ``baddbmm``
+per layer evaluates every member: there is no loop over members anywhere.
+
+The posterior over functions is uniform over the ``E`` members; a "function" is
+a member, and :meth:`ProbabilisticEnsemble.sample_functions` stratifies draws
+over members (as PETS assigns particles to members).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+
+from bayes_mbrl.data import Normalizer, ReplayBuffer
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
+from bayes_mbrl.models.base import (
+    DynamicsModel,
+    FitReport,
+    FunctionSample,
+    Predictive,
+)
+
+__all__ = ["ACTIVATIONS", "EnsembleFunctionSample", "GaussianMLPEnsemble", "ProbabilisticEnsemble"]
+
+#: activations for training (out of place, differentiable)
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": F.silu,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "elu": F.elu,
+}
+#: the same activations in place, for planning under inference mode
+_INPLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": lambda x: F.silu(x, inplace=True),
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+    "elu": lambda x: F.elu(x, inplace=True),
+}
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _soft_bound_logvar(logvar: Tensor, min_logvar: Tensor, max_logvar: Tensor) -> Tensor:
+    """PETS' differentiable clamp of the log-variance into ``[min_logvar, max_logvar]``."""
+    logvar = max_logvar - F.softplus(max_logvar - logvar)
+    return min_logvar + F.softplus(logvar - min_logvar)
+
+
+class GaussianMLPEnsemble(nn.Module):
+    """``E`` Gaussian MLPs as batched weights.
+
+    Args:
+        in_dim: input size.
+        out_dim: output size ``D`` (the head returns a mean and a log-variance of size ``D``).
+        hidden_sizes: width of each hidden layer.
+        num_members: ensemble size ``E``.
+        activation: one of :data:`ACTIVATIONS`.
+        generator: source of randomness for the initialization.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_sizes: Sequence[int],
+        num_members: int,
+        activation: str = "silu",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
+            )
+        if num_members < 1 or not hidden_sizes or min(hidden_sizes) < 1:
+            raise ConfigError(
+                f"ensemble needs num_members >= 1 and positive hidden sizes, "
+                f"got {num_members} and {list(hidden_sizes)}"
+            )
+        self.in_dim, self.out_dim, self.num_members = in_dim, out_dim, num_members
+        self.activation = activation
+        sizes = [in_dim, *hidden_sizes, 2 * out_dim]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            # nn.Linear's default initialization, drawn per member from the generator
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(num_members, fan_in, fan_out, generator=generator) * 2 - 1) * bound
+            b = (torch.rand(num_members, 1, fan_out, generator=generator) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(b))
+        self.max_logvar = nn.Parameter(torch.full((1, 1, out_dim), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((1, 1, out_dim), -10.0))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(E, B, in_dim) -> (mean, logvar)``, each ``(E, B, out_dim)``, log-variance bounded."""
+        act = ACTIVATIONS[self.activation]
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = act(x)
+        mean, logvar = x.split(self.out_dim, dim=-1)
+        return mean, _soft_bound_logvar(logvar, self.min_logvar, self.max_logvar)
+
+
+class EnsembleFunctionSample(FunctionSample):
+    """``n`` ensemble members with the input/target normalization folded into the weights.
+
+    Folding makes a planning step exactly one ``baddbmm`` plus one activation per
+    layer: ``W1' = W1 / sigma_in``, ``b1' = b1 - (mu_in / sigma_in) W1`` and the mean
+    head is scaled by the delta scale.
+
+    Args:
+        weights: per layer ``(n, in, out)`` (already folded).
+        biases: per layer ``(n, 1, out)``.
+        min_logvar: ``(1, 1, D)``; max_logvar: ``(1, 1, D)`` (normalized-space bounds).
+        delta_std: ``(D,)`` scale of the delta normalizer (for the noise).
+        obs_dim: ``D``.
+        activation: activation name.
+        member_index: ``(n,)`` which member each function is.
+        compute_dtype: dtype of the matmuls; states and outputs stay float32.
+    """
+
+    def __init__(
+        self,
+        weights: list[Tensor],
+        biases: list[Tensor],
+        min_logvar: Tensor,
+        max_logvar: Tensor,
+        delta_std: Tensor,
+        obs_dim: int,
+        activation: str,
+        member_index: Tensor,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.weights = [w.to(compute_dtype) for w in weights]
+        self.biases = [b.to(compute_dtype) for b in biases]
+        self.min_logvar, self.max_logvar = min_logvar, max_logvar
+        self.log_delta_std = delta_std.log()
+        self.obs_dim = obs_dim
+        self.activation = activation
+        self.member_index = member_index
+        self.n = int(member_index.shape[0])
+        self.compute_dtype = compute_dtype
+        self._fp32 = (list(weights), list(biases))
+
+    def _head(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """Denormalized delta mean and log-std, each ``(n, B, obs_dim)`` float32."""
+        if obs.dim() != 3 or obs.shape[0] != self.n or obs.shape[-1] != self.obs_dim:
+            raise DataError(
+                f"FunctionSample of {self.n} functions expects obs of shape "
+                f"({self.n}, B, {self.obs_dim}), got {tuple(obs.shape)}"
+            )
+        x = torch.cat([obs, action], dim=-1).to(self.compute_dtype)
+        act = _INPLACE_ACTIVATIONS[self.activation]
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = act(x)
+        out = x.float()
+        mean, logvar = out[..., : self.obs_dim], out[..., self.obs_dim :]
+        logvar = _soft_bound_logvar(logvar, self.min_logvar, self.max_logvar)
+        return mean, 0.5 * logvar + self.log_delta_std
+
+    def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
+        mean, log_std = self._head(obs, action)
+        return Independent(Normal(obs + mean, log_std.exp(), validate_args=False), 1)
+
+    def sample(self, obs: Tensor, action: Tensor, generator: torch.Generator | None) -> Tensor:
+        mean, log_std = self._head(obs, action)
+        eps = torch.randn(mean.shape, generator=generator)
+        return (obs + mean).addcmul_(log_std.exp_(), eps)
+
+    def mean(self, obs: Tensor, action: Tensor) -> Tensor:
+        return obs + self._head(obs, action)[0]
+
+    def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ModelError(f"ensemble planning supports float32 and bfloat16, not {dtype}")
+        w, b = self._fp32
+        return EnsembleFunctionSample(
+            w,
+            b,
+            self.min_logvar,
+            self.max_logvar,
+            self.log_delta_std.exp(),
+            self.obs_dim,
+            self.activation,
+            self.member_index,
+            dtype,
+        )
+
+
+class ProbabilisticEnsemble(DynamicsModel):
+    """Bootstrap ensemble of probabilistic MLPs predicting normalized state deltas.
+
+    Args:
+        obs_dim: observation size.
+        action_dim: action size.
+        num_members: ensemble size ``E``.
+        hidden_sizes: hidden layer widths.
+        activation: one of ``silu``, ``relu``, ``tanh``, ``elu``.
+        learning_rate: Adam step size.
+        weight_decay: L2 penalty on the weights.
+        batch_size: minibatch size per member.
+        max_epochs: upper bound on epochs per :meth:`fit`.
+        patience: epochs without a validation improvement of more than 1% (for any
+            member) before stopping.
+        val_fraction: fraction of the data held out (not bootstrapped) for early stopping.
+        seed: seeds the weight initialization.
+
+    Example:
+        >>> model = ProbabilisticEnsemble(obs_dim=3, action_dim=1, num_members=2, hidden_sizes=[8])
+        >>> f = model.sample_functions(2)
+        >>> f(torch.zeros(2, 4, 3), torch.zeros(2, 4, 1)).batch_shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_members: int = 5,
+        hidden_sizes: Sequence[int] = (200, 200, 200),
+        activation: str = "silu",
+        learning_rate: float = 1e-3,
+        weight_decay: float = 5e-5,
+        batch_size: int = 64,
+        max_epochs: int = 100,
+        patience: int = 5,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        if obs_dim < 1 or action_dim < 1:
+            raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim}, {action_dim}")
+        for name, value in (("batch_size", batch_size), ("max_epochs", max_epochs)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.num_members = num_members
+        self.num_functions_hint = num_members
+        self.batch_size, self.max_epochs, self.patience = batch_size, max_epochs, patience
+        self.val_fraction = val_fraction
+        init_gen = torch.Generator().manual_seed(seed)
+        self.net = GaussianMLPEnsemble(
+            obs_dim + action_dim, obs_dim, hidden_sizes, num_members, activation, init_gen
+        )
+        self.input_normalizer = Normalizer(obs_dim + action_dim)
+        self.delta_normalizer = Normalizer(obs_dim)
+        decay, no_decay = (
+            list(self.net.weights),
+            [
+                *self.net.biases,
+                self.net.max_logvar,
+                self.net.min_logvar,
+            ],
+        )
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=learning_rate,
+        )
+        self.fitted = False
+
+    # ------------------------------------------------------------------ training
+    def _nll(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-member mean Gaussian NLL in normalized space.
+
+        Args:
+            x: ``(E, B, in_dim)`` normalized inputs.
+            y: ``(E, B, obs_dim)`` normalized delta targets.
+
+        Returns:
+            ``(E,)`` mean NLL per transition (summed over output dimensions).
+        """
+        mean, logvar = self.net(x)
+        nll = 0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
+        return nll.sum(-1).mean(-1)
+
+    def fit(
+        self,
+        data: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, float, float], None] | None = None,
+    ) -> FitReport:
+        """Train every member on its bootstrap resample, early-stopped on held-out NLL.
+
+        Training continues from the current weights (warm start across MPC episodes).
+        Per member, the parameters of its best validation epoch are kept.
+
+        Args:
+            data: all transitions so far.
+            generator: source of randomness for the split, bootstraps and minibatches.
+            progress: called as ``progress(epoch, train_loss, val_loss)`` after each epoch.
+
+        Returns:
+            Losses are mean Gaussian NLL per transition of normalized deltas.
+
+        Raises:
+            DataError: fewer than 2 transitions.
+            ModelError: the loss became non-finite (the previous parameters are restored).
+        """
+        start = time.perf_counter()
+        if len(data) < 2:
+            raise DataError(f"need at least 2 transitions to fit, got {len(data)}; collect more")
+        batch = data.all()
+        inputs = torch.cat([batch.obs, batch.action], dim=-1)
+        deltas = batch.next_obs - batch.obs
+        self.input_normalizer.fit(inputs)
+        self.delta_normalizer.fit(deltas)
+        x_all = self.input_normalizer.normalize(inputs)
+        y_all = self.delta_normalizer.normalize(deltas)
+        train_idx, val_idx = data.split(self.val_fraction, generator)
+        boot = ReplayBuffer.bootstrap_indices(self.num_members, train_idx, generator)
+        n_train = boot.shape[1]
+        bs = min(self.batch_size, n_train)
+        params = list(self.net.parameters())
+        best_state = [p.detach().clone() for p in params]
+        has_val = len(val_idx) > 0
+        report = FitReport()
+
+        def val_losses() -> Tensor:
+            with torch.no_grad():
+                xv = x_all[val_idx].expand(self.num_members, -1, -1)
+                yv = y_all[val_idx].expand(self.num_members, -1, -1)
+                return self._nll(xv, yv)
+
+        best_val = val_losses() if has_val else torch.full((self.num_members,), math.inf)
+        stale = 0
+        for epoch in range(self.max_epochs):
+            perm = torch.argsort(torch.rand(self.num_members, n_train, generator=generator), dim=1)
+            order = boot.gather(1, perm)
+            total, count = 0.0, 0
+            for lo in range(0, n_train - bs + 1, bs):
+                rows = order[:, lo : lo + bs]
+                loss_members = self._nll(x_all[rows], y_all[rows])
+                bound_penalty = 0.01 * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
+                loss = loss_members.sum() + bound_penalty
+                if not torch.isfinite(loss):
+                    with torch.no_grad():
+                        for p, b in zip(params, best_state, strict=True):
+                            p.copy_(b)
+                    raise ModelError(
+                        f"ensemble fit diverged (non-finite loss) at epoch {epoch}; "
+                        "parameters restored to the last good ones. Lower model.learning_rate "
+                        "or check the data for extreme values"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss_members.detach().mean()) * bs
+                count += bs
+            report.train_losses.append(total / max(count, 1))
+            report.epochs = epoch + 1
+            if has_val:
+                current = val_losses()
+                report.val_losses.append(float(current.mean()))
+                improved = (best_val - current) / best_val.abs().clamp_min(1e-8) > 0.01
+                if improved.any():
+                    with torch.no_grad():
+                        for p, b in zip(params, best_state, strict=True):
+                            if p.shape[0] == self.num_members:
+                                b[improved] = p[improved]
+                            else:
+                                b.copy_(p)
+                    best_val = torch.where(improved, current, best_val)
+                    report.best_epoch = epoch
+                    stale = 0
+                else:
+                    stale += 1
+            if progress is not None:
+                progress(
+                    epoch, report.train_losses[-1], report.val_losses[-1] if has_val else math.nan
+                )
+            if has_val and stale >= self.patience:
+                break
+        if has_val:
+            with torch.no_grad():
+                for p, b in zip(params, best_state, strict=True):
+                    p.copy_(b)
+        self.fitted = True
+        report.wall_seconds = time.perf_counter() - start
+        return report
+
+    # ----------------------------------------------------------------- functions
+    def _member_index(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """Stratified member draws: each member ``n // E`` times, the rest at random."""
+        if n < 1:
+            raise DataError(f"number of functions must be >= 1, got {n}")
+        base = torch.arange(n) % self.num_members
+        extra = n % self.num_members
+        if extra and n > self.num_members:
+            base[-extra:] = torch.randperm(self.num_members, generator=generator)[:extra]
+        elif n < self.num_members:
+            base = torch.randperm(self.num_members, generator=generator)[:n]
+        return base
+
+    def _folded(self) -> tuple[list[Tensor], list[Tensor]]:
+        ws = [w.detach() for w in self.net.weights]
+        bs = [b.detach() for b in self.net.biases]
+        mu_in, sd_in = self.input_normalizer.mean, self.input_normalizer.std
+        ws[0] = ws[0] / sd_in[None, :, None]
+        bs[0] = bs[0] - ((mu_in / sd_in) @ self.net.weights[0].detach()).unsqueeze(1)
+        d = self.obs_dim
+        mu_out, sd_out = self.delta_normalizer.mean, self.delta_normalizer.std
+        scale = torch.cat([sd_out, torch.ones(d)])
+        shift = torch.cat([mu_out, torch.zeros(d)])
+        ws[-1] = ws[-1] * scale
+        bs[-1] = bs[-1] * scale + shift
+        return ws, bs
+
+    def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
+        """Draw ``n`` members (stratified; all members in order when ``n == E``)."""
+        self._require_fitted()
+        idx = self._member_index(n, generator)
+        ws, bs = self._folded()
+        if not torch.equal(idx, torch.arange(self.num_members)):
+            ws, bs = [w[idx] for w in ws], [b[idx] for b in bs]
+        return EnsembleFunctionSample(
+            ws,
+            bs,
+            self.net.min_logvar.detach(),
+            self.net.max_logvar.detach(),
+            self.delta_normalizer.std.clone(),
+            self.obs_dim,
+            self.net.activation,
+            idx,
+        )
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise ModelError("the ensemble has not been fitted; call fit(buffer) first")
+
+    @torch.no_grad()
+    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
+        """Moments over all members (or ``num_functions`` stratified draws)."""
+        self.check_inputs(obs, action)
+        f = self.sample_functions(num_functions or self.num_members)
+        o = obs.float().expand(f.n, -1, -1)
+        a = action.float().expand(f.n, -1, -1)
+        dist = f(o, a)
+        return Predictive.from_function_moments(dist.mean, dist.variance)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
+    ) -> Tensor:
+        """``(num_functions, N)`` log-density of each transition under each member."""
+        self.check_inputs(obs, action, next_obs)
+        f = self.sample_functions(num_functions or self.num_members)
+        o = obs.float().expand(f.n, -1, -1)
+        a = action.float().expand(f.n, -1, -1)
+        return f(o, a).log_prob(next_obs.float().expand(f.n, -1, -1))
+
+    # ------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, normalizers and optimizer state (``torch.load(weights_only=True)``-safe)."""
+        return {
+            "net": self.net.state_dict(),
+            "input_normalizer": self.input_normalizer.state_dict(),
+            "delta_normalizer": self.delta_normalizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "fitted": self.fitted,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        try:
+            self.net.load_state_dict(state["net"])
+            self.input_normalizer.load_state_dict(state["input_normalizer"])
+            self.delta_normalizer.load_state_dict(state["delta_normalizer"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ModelError(
+                f"saved ensemble does not match this configuration ({exc}); "
+                "load it with the config it was saved with"
+            ) from exc
+        self.fitted = bool(state["fitted"])

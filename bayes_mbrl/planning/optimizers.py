@@ -1,0 +1,291 @@
+"""Planners: optimize ``(horizon, action_dim)`` action sequences against a score function.
+
+A planner sees only ``score(actions: (population, horizon, action_dim)) -> (population,)``
+(higher is better), usually a :class:`~bayes_mbrl.planning.rollout.RolloutEvaluator`
+bound to the current state. The whole population is scored in one call per
+iteration: no loop over candidates.
+
+Each planner keeps a warm start between MPC steps: :meth:`Planner.advance` shifts the
+last solution by the executed steps and fills the tail with the middle of the
+action range; :meth:`Planner.reset` forgets it (at episode start).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from bayes_mbrl.errors import ConfigError, DataError
+
+__all__ = [
+    "PLANNERS",
+    "CEMPlanner",
+    "MPPIPlanner",
+    "PlanResult",
+    "Planner",
+    "RandomShootingPlanner",
+]
+
+ScoreFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class PlanResult:
+    """The outcome of one plan.
+
+    Attributes:
+        actions: ``(horizon, action_dim)`` the chosen sequence.
+        value: its score.
+        iteration_values: best (CEM, random shooting) or weighted (MPPI) score per iteration.
+    """
+
+    actions: Tensor
+    value: float
+    iteration_values: list[float] = field(default_factory=list)
+
+
+class Planner(abc.ABC):
+    """Shared bounds, warm start and validation.
+
+    Args:
+        action_low: ``(action_dim,)`` lower bounds (finite).
+        action_high: ``(action_dim,)`` upper bounds.
+        horizon: sequence length ``H``.
+        population: candidates scored per iteration.
+        generator: source of randomness.
+    """
+
+    def __init__(
+        self,
+        action_low: Tensor,
+        action_high: Tensor,
+        horizon: int,
+        population: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        low = torch.as_tensor(action_low, dtype=torch.float32).reshape(-1)
+        high = torch.as_tensor(action_high, dtype=torch.float32).reshape(-1)
+        if low.shape != high.shape or not bool(
+            torch.isfinite(low).all() & torch.isfinite(high).all()
+        ):
+            raise ConfigError(
+                "planners need finite action bounds of equal shape; wrap unbounded action "
+                "spaces with gymnasium.wrappers.ClipAction "
+                f"(got low={low.tolist()}, high={high.tolist()})"
+            )
+        if bool((high <= low).any()):
+            raise ConfigError(
+                f"action_high must exceed action_low, got {low.tolist()} / {high.tolist()}"
+            )
+        if horizon < 1 or population < 1:
+            raise ConfigError(f"horizon and population must be >= 1, got {horizon}, {population}")
+        self.low, self.high = low, high
+        self.action_dim = int(low.shape[0])
+        self.horizon = horizon
+        self.population = population
+        self.generator = generator
+        self._warm: Tensor | None = None
+
+    @property
+    def middle(self) -> Tensor:
+        """``(horizon, action_dim)`` sequence at the middle of the action range."""
+        return ((self.low + self.high) / 2).expand(self.horizon, -1).clone()
+
+    def initial_mean(self) -> Tensor:
+        """The warm start, or the middle of the range."""
+        return self.middle if self._warm is None else self._warm.clone()
+
+    def reset(self) -> None:
+        """Forget the warm start."""
+        self._warm = None
+
+    def advance(self, steps: int = 1) -> None:
+        """Shift the warm start by ``steps`` executed actions."""
+        if self._warm is None:
+            return
+        if steps >= self.horizon:
+            self._warm = None
+            return
+        mid = self.middle
+        self._warm = torch.cat([self._warm[steps:], mid[:steps]], dim=0)
+
+    def _score(self, score: ScoreFn, actions: Tensor) -> Tensor:
+        values = score(actions)
+        if values.shape != (actions.shape[0],):
+            raise DataError(
+                f"score function returned shape {tuple(values.shape)}, "
+                f"expected ({actions.shape[0]},)"
+            )
+        # a sequence whose imagined return is NaN (a diverging model) is never chosen
+        return torch.nan_to_num(values.float(), nan=-math.inf)
+
+    def plan(self, score: ScoreFn) -> PlanResult:
+        """Optimize and remember the solution as the next warm start."""
+        result = self._optimize(score)
+        self._warm = result.actions.clone()
+        return result
+
+    @abc.abstractmethod
+    def _optimize(self, score: ScoreFn) -> PlanResult:
+        """Planner-specific search."""
+
+    def _uniform(self, n: int) -> Tensor:
+        u = torch.rand(n, self.horizon, self.action_dim, generator=self.generator)
+        return self.low + u * (self.high - self.low)
+
+
+class RandomShootingPlanner(Planner):
+    """Uniform random sequences; the best one wins (iterations draw fresh batches)."""
+
+    def __init__(
+        self,
+        action_low: Tensor,
+        action_high: Tensor,
+        horizon: int,
+        population: int = 1000,
+        iterations: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(action_low, action_high, horizon, population, generator)
+        if iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {iterations}")
+        self.iterations = iterations
+
+    def _optimize(self, score: ScoreFn) -> PlanResult:
+        best, best_value, history = self.middle, -math.inf, []
+        for _ in range(self.iterations):
+            candidates = self._uniform(self.population)
+            values = self._score(score, candidates)
+            i = int(values.argmax())
+            if float(values[i]) > best_value:
+                best, best_value = candidates[i].clone(), float(values[i])
+            history.append(best_value)
+        return PlanResult(best, best_value, history)
+
+
+class CEMPlanner(Planner):
+    """Cross-entropy method with momentum, bounded sampling and a warm start.
+
+    Each iteration samples ``population`` sequences from a diagonal Gaussian
+    (variance limited so that two standard deviations stay inside the bounds, as in
+    PETS), keeps the top ``elite_fraction`` and moves the Gaussian towards their
+    moments: ``mean <- momentum * mean + (1 - momentum) * elite_mean``. The best
+    sequence seen in any iteration is returned.
+
+    Args:
+        elite_fraction: fraction of the population kept, in ``(0, 1]``.
+        momentum: weight of the previous moments, in ``[0, 1)``.
+        iterations: CEM iterations per plan.
+        init_std_fraction: initial std as a fraction of the action range.
+    """
+
+    def __init__(
+        self,
+        action_low: Tensor,
+        action_high: Tensor,
+        horizon: int,
+        population: int = 350,
+        iterations: int = 5,
+        elite_fraction: float = 0.1,
+        momentum: float = 0.1,
+        init_std_fraction: float = 0.25,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(action_low, action_high, horizon, population, generator)
+        if not 0 < elite_fraction <= 1:
+            raise ConfigError(f"elite_fraction must be in (0, 1], got {elite_fraction}")
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+        if iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {iterations}")
+        self.iterations = iterations
+        self.num_elites = max(1, math.ceil(elite_fraction * population))
+        self.momentum = momentum
+        self.init_std = init_std_fraction * (self.high - self.low)
+
+    def _optimize(self, score: ScoreFn) -> PlanResult:
+        mean = self.initial_mean()
+        std = self.init_std.expand(self.horizon, -1).clone()
+        best, best_value, history = mean.clone(), -math.inf, []
+        for _ in range(self.iterations):
+            room = torch.minimum(mean - self.low, self.high - mean).clamp_min(0) / 2
+            s = torch.minimum(std, room)
+            eps = torch.randn(
+                self.population, self.horizon, self.action_dim, generator=self.generator
+            )
+            candidates = torch.maximum(torch.minimum(mean + s * eps, self.high), self.low)
+            values = self._score(score, candidates)
+            top = values.topk(self.num_elites).indices
+            elites = candidates[top]
+            if float(values[top[0]]) > best_value:
+                best, best_value = elites[0].clone(), float(values[top[0]])
+            mean = self.momentum * mean + (1 - self.momentum) * elites.mean(0)
+            std = self.momentum * std + (1 - self.momentum) * elites.std(0, unbiased=False)
+            history.append(best_value)
+        return PlanResult(best, best_value, history)
+
+
+class MPPIPlanner(Planner):
+    """Model predictive path integral control (Williams et al. 2017; PDDM's filtered noise).
+
+    Each iteration perturbs the current mean with temporally smoothed Gaussian
+    noise, scores the population and moves the mean to the exponentially weighted
+    average ``sum_i w_i a_i`` with ``w = softmax(score / temperature)``.
+
+    Args:
+        temperature: lambda; lower is greedier (> 0).
+        noise_std: perturbation std as a fraction of the half action range (> 0).
+        smoothing: PDDM's beta in ``(0, 1]``: ``u_t = beta * eps_t + (1 - beta) * u_{t-1}``.
+        iterations: updates per plan.
+    """
+
+    def __init__(
+        self,
+        action_low: Tensor,
+        action_high: Tensor,
+        horizon: int,
+        population: int = 350,
+        iterations: int = 5,
+        temperature: float = 1.0,
+        noise_std: float = 0.5,
+        smoothing: float = 0.6,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(action_low, action_high, horizon, population, generator)
+        if temperature <= 0 or noise_std <= 0 or not 0 < smoothing <= 1 or iterations < 1:
+            raise ConfigError(
+                "MPPI needs temperature > 0, noise_std > 0, smoothing in (0, 1] and "
+                f"iterations >= 1; got {temperature}, {noise_std}, {smoothing}, {iterations}"
+            )
+        self.temperature, self.smoothing, self.iterations = temperature, smoothing, iterations
+        self.noise_scale = noise_std * (self.high - self.low) / 2
+
+    def _optimize(self, score: ScoreFn) -> PlanResult:
+        mean = self.initial_mean()
+        history: list[float] = []
+        value = -math.inf
+        for _ in range(self.iterations):
+            eps = torch.randn(
+                self.population, self.horizon, self.action_dim, generator=self.generator
+            )
+            eps = eps * self.noise_scale
+            u = torch.empty_like(eps)
+            prev = torch.zeros(self.population, self.action_dim)
+            for t in range(self.horizon):  # smoothing filter over time steps
+                prev = self.smoothing * eps[:, t] + (1 - self.smoothing) * prev
+                u[:, t] = prev
+            candidates = torch.maximum(torch.minimum(mean + u, self.high), self.low)
+            values = self._score(score, candidates)
+            weights = torch.softmax(values / self.temperature, dim=0)
+            mean = (weights[:, None, None] * candidates).sum(0)
+            value = float((weights * torch.nan_to_num(values, neginf=0.0)).sum())
+            history.append(value)
+        return PlanResult(mean, value, history)
+
+
+PLANNERS = ("cem", "mppi", "random_shooting")

@@ -1,0 +1,137 @@
+"""Planning throughput of CEM through a probabilistic ensemble, against the machine's matmul rate.
+
+Workload (issue 2): plan one action with CEM, 5 iterations x population 350 x 20
+particles x horizon 15, ``ts_inf``, through a 5-member ensemble of Gaussian MLPs
+with 4 hidden layers of 200 units (obs 3, action 1; the Pendulum-v1 reward).
+
+Prints imagined transitions per second and the achieved FLOP/s of the model's
+matmuls as a fraction of this machine's batched-matmul FLOP/s at the same shapes,
+``torch.bmm`` of (5, 1400, 200) x (5, 200, 200), measured in the same run (the
+reference is timed before and after the planner and the faster is used, so a busy
+machine does not flatter the ratio).
+
+Run::
+
+    python experiments/benchmarks/planning_throughput.py [--precision float32 bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.envs import get_task
+from bayes_mbrl.models import DynamicsModel, ProbabilisticEnsemble
+from bayes_mbrl.planning import CEMPlanner, RolloutEvaluator
+
+MEMBERS, HIDDEN, LAYERS = 5, 200, 4
+OBS_DIM, ACTION_DIM = 3, 1
+ITERATIONS, POPULATION, PARTICLES, HORIZON = 5, 350, 20, 15
+
+
+def model_flops_per_transition() -> int:
+    """Multiply-adds x 2 of one forward pass through one member."""
+    sizes = [OBS_DIM + ACTION_DIM] + [HIDDEN] * LAYERS + [2 * OBS_DIM]
+    return sum(2 * a * b for a, b in itertools.pairwise(sizes))
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Minimum wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bmm_rate(dtype: torch.dtype, repeats: int) -> float:
+    """FLOP/s of ``torch.bmm`` (5, 1400, 200) x (5, 200, 200) in ``dtype``."""
+    rows = POPULATION * PARTICLES // MEMBERS
+    a = torch.randn(MEMBERS, rows, HIDDEN).to(dtype)
+    b = torch.randn(MEMBERS, HIDDEN, HIDDEN).to(dtype)
+    n_inner = 20 if dtype == torch.float32 else 2
+    t = best_time(lambda: [torch.bmm(a, b) for _ in range(n_inner)], repeats) / n_inner
+    return 2 * MEMBERS * rows * HIDDEN * HIDDEN / t
+
+
+def fitted_model() -> DynamicsModel:
+    """An ensemble fitted briefly on random Pendulum-like data (weights only matter for realism)."""
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    th = torch.rand(n, generator=g) * 6.28 - 3.14
+    obs = torch.stack([th.cos(), th.sin(), torch.randn(n, generator=g)], -1)
+    action = torch.rand(n, 1, generator=g) * 4 - 2
+    next_obs = obs + 0.05 * torch.randn(n, 3, generator=g)
+    buf = ReplayBuffer(OBS_DIM, ACTION_DIM, n)
+    buf.add(obs, action, torch.zeros(n), next_obs, torch.zeros(n), torch.zeros(n))
+    model = ProbabilisticEnsemble(
+        OBS_DIM, ACTION_DIM, num_members=MEMBERS, hidden_sizes=[HIDDEN] * LAYERS, max_epochs=2
+    )
+    model.fit(buf, g)
+    return model
+
+
+def plan_once_seconds(model: DynamicsModel, precision: str, repeats: int) -> float:
+    """Best wall time of one CEM plan (5 x 350 x 20 x 15) from a fixed state."""
+    task = get_task("Pendulum-v1")
+    g = torch.Generator().manual_seed(1)
+    evaluator = RolloutEvaluator(
+        model, task.reward_fn, HORIZON, PARTICLES, "ts_inf", precision=precision, generator=g
+    )
+    planner = CEMPlanner(
+        task.action_low, task.action_high, HORIZON, POPULATION, ITERATIONS, generator=g
+    )
+    obs = torch.tensor([1.0, 0.0, 0.0])
+
+    def plan() -> None:
+        planner.reset()
+        planner.plan(lambda a: evaluator(obs, a))
+
+    return best_time(plan, repeats, warmup=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = fitted_model()
+    transitions = ITERATIONS * POPULATION * PARTICLES * HORIZON
+    flops = transitions * model_flops_per_transition()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"workload: CEM {ITERATIONS} it x pop {POPULATION} x {PARTICLES} particles x "
+        f"horizon {HORIZON} = {transitions} imagined transitions/plan, "
+        f"{model_flops_per_transition()} model FLOP/transition"
+    )
+    for precision in args.precision:
+        dtype = getattr(torch, precision)
+        ref_before = bmm_rate(dtype, args.repeats)
+        seconds = plan_once_seconds(
+            model, precision, max(2, args.repeats // 2 if precision != "float32" else args.repeats)
+        )
+        ref_after = bmm_rate(dtype, args.repeats)
+        ref = max(ref_before, ref_after)
+        achieved = flops / seconds
+        print(
+            f"{precision:>9}: plan {seconds * 1e3:8.1f} ms | "
+            f"{transitions / seconds / 1e6:6.2f} M transitions/s | "
+            f"{achieved / 1e9:6.1f} GFLOP/s | bmm reference {ref / 1e9:6.1f} GFLOP/s "
+            f"(before {ref_before / 1e9:.1f}, after {ref_after / 1e9:.1f}) | "
+            f"fraction {achieved / ref:.2f}"
+        )
+    _ = statistics  # keep the import for readers extending the report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Shared test fixtures and helpers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    """A fresh seeded generator per test."""
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,173 @@
+"""The probabilistic ensemble: uncertainty recovery, folded evaluation, protocol."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.errors import DataError, ModelError
+from bayes_mbrl.models import ProbabilisticEnsemble
+
+
+def noisy_sine_buffer(seed: int = 0) -> tuple[ReplayBuffer, float]:
+    """s' = s + sin(3a) + N(0, 0.1^2), with a gap in the actions around 0."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(1500, 1, generator=g) * 2 - 1
+    a = a[a.abs().squeeze(-1) > 0.4]
+    s = torch.zeros(len(a), 1)
+    sigma = 0.1
+    ns = s + torch.sin(3 * a) + sigma * torch.randn(len(a), 1, generator=g)
+    buf = ReplayBuffer(1, 1, len(a))
+    buf.add(s, a, torch.zeros(len(a)), ns, torch.zeros(len(a)), torch.zeros(len(a)))
+    return buf, sigma
+
+
+@pytest.fixture(scope="module")
+def fitted_sine() -> tuple[ProbabilisticEnsemble, float]:
+    buf, sigma = noisy_sine_buffer()
+    model = ProbabilisticEnsemble(
+        1, 1, num_members=5, hidden_sizes=[64, 64], max_epochs=150, patience=15, seed=0
+    )
+    report = model.fit(buf, torch.Generator().manual_seed(0))
+    assert report.epochs >= 10 and report.val_losses
+    return model, sigma
+
+
+def test_recovers_noise_as_aleatoric_and_epistemic_grows_off_data(
+    fitted_sine: tuple[ProbabilisticEnsemble, float],
+) -> None:
+    model, sigma = fitted_sine
+    inside = torch.cat([torch.linspace(-0.95, -0.5, 10), torch.linspace(0.5, 0.95, 10)])[:, None]
+    gap = torch.linspace(-0.15, 0.15, 7)[:, None]
+    p_in = model.predict(torch.zeros(len(inside), 1), inside)
+    p_gap = model.predict(torch.zeros(len(gap), 1), gap)
+    # the mean fits the function inside the data
+    torch.testing.assert_close(p_in.mean, torch.sin(3 * inside), atol=0.06, rtol=0)
+    # aleatoric variance within 25% of the true noise variance inside the data
+    ratio = p_in.aleatoric_var.mean() / sigma**2
+    assert 0.75 < ratio < 1.25, ratio
+    # epistemic variance much larger in the gap than inside the data
+    assert p_gap.epistemic_var.mean() > 5 * p_in.epistemic_var.mean()
+    torch.testing.assert_close(p_in.total_var, p_in.epistemic_var + p_in.aleatoric_var)
+
+
+def test_predict_is_law_of_total_variance_over_members(
+    fitted_sine: tuple[ProbabilisticEnsemble, float],
+) -> None:
+    model, _ = fitted_sine
+    a = torch.linspace(-1, 1, 9)[:, None]
+    s = torch.zeros(9, 1)
+    f = model.sample_functions(5)
+    dist = f(s.expand(5, -1, -1), a.expand(5, -1, -1))
+    p = model.predict(s, a)
+    torch.testing.assert_close(p.mean, dist.mean.mean(0))
+    torch.testing.assert_close(p.epistemic_var, dist.mean.var(0, unbiased=False))
+    torch.testing.assert_close(p.aleatoric_var, dist.variance.mean(0))
+    # Monte Carlo over (member, noise) reproduces the total variance
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    draws = f.sample(s.expand(5, -1, -1).repeat(1, n, 1), a.expand(5, -1, -1).repeat(1, n, 1), g)
+    draws = draws.view(5, n, 9, 1).reshape(5 * n, 9, 1)
+    torch.testing.assert_close(draws.var(0), p.total_var, rtol=0.08, atol=1e-4)
+
+
+def test_folded_function_sample_equals_network_on_normalized_inputs(
+    fitted_sine: tuple[ProbabilisticEnsemble, float],
+) -> None:
+    model, _ = fitted_sine
+    g = torch.Generator().manual_seed(1)
+    s, a = torch.randn(5, 11, 1, generator=g), torch.rand(5, 11, 1, generator=g) * 2 - 1
+    x = model.input_normalizer.normalize(torch.cat([s, a], -1))
+    with torch.no_grad():
+        mean_n, logvar_n = model.net(x)
+    expected_mean = s + model.delta_normalizer.denormalize(mean_n)
+    expected_std = (0.5 * logvar_n).exp() * model.delta_normalizer.std
+    dist = model.sample_functions(5)(s, a)
+    torch.testing.assert_close(dist.mean, expected_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dist.stddev, expected_std, rtol=1e-5, atol=1e-6)
+
+
+def test_log_likelihood_matches_gaussian_density(
+    fitted_sine: tuple[ProbabilisticEnsemble, float],
+) -> None:
+    model, _ = fitted_sine
+    s, a, ns = torch.zeros(4, 1), torch.tensor([[-0.8], [-0.5], [0.6], [0.9]]), torch.randn(4, 1)
+    ll = model.log_likelihood(s, a, ns)
+    assert ll.shape == (5, 4)
+    dist = model.sample_functions(5)(s.expand(5, -1, -1), a.expand(5, -1, -1))
+    m, sd = dist.mean[..., 0], dist.stddev[..., 0]
+    manual = -0.5 * ((ns[:, 0] - m) / sd) ** 2 - sd.log() - 0.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(ll, manual, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_functions_stratifies_members(
+    fitted_sine: tuple[ProbabilisticEnsemble, float],
+) -> None:
+    model, _ = fitted_sine
+    f = model.sample_functions(20, torch.Generator().manual_seed(0))
+    assert torch.bincount(f.member_index, minlength=5).tolist() == [4] * 5  # type: ignore[attr-defined]
+    f3 = model.sample_functions(3, torch.Generator().manual_seed(0))
+    assert len(set(f3.member_index.tolist())) == 3  # type: ignore[attr-defined]
+    with pytest.raises(DataError, match="shape"):
+        f(torch.zeros(5, 2, 1), torch.zeros(5, 2, 1))
+
+
+def test_bfloat16_function_sample_close_to_float32(
+    fitted_sine: tuple[ProbabilisticEnsemble, float],
+) -> None:
+    model, _ = fitted_sine
+    f32 = model.sample_functions(5)
+    f16 = f32.with_compute_dtype(torch.bfloat16)
+    s, a = torch.zeros(5, 8, 1), torch.linspace(-1, 1, 8)[None, :, None].expand(5, -1, -1)
+    torch.testing.assert_close(f16.mean(s, a), f32.mean(s, a), atol=0.05, rtol=0.05)
+    assert f16.mean(s, a).dtype == torch.float32
+    with pytest.raises(ModelError, match="float16"):
+        f32.with_compute_dtype(torch.float16)
+
+
+def test_unfitted_model_and_bad_inputs_raise() -> None:
+    model = ProbabilisticEnsemble(3, 1, num_members=2, hidden_sizes=[8])
+    with pytest.raises(ModelError, match="fit"):
+        model.sample_functions(2)
+    buf, _ = noisy_sine_buffer()
+    small = ProbabilisticEnsemble(1, 1, num_members=2, hidden_sizes=[8], max_epochs=1)
+    small.fit(buf)
+    with pytest.raises(DataError, match="obs must have shape"):
+        small.predict(torch.zeros(4, 3), torch.zeros(4, 1))
+    with pytest.raises(DataError, match="rows"):
+        small.predict(torch.zeros(4, 1), torch.zeros(3, 1))
+
+
+def test_fit_is_seeded_and_state_dict_round_trips() -> None:
+    buf, _ = noisy_sine_buffer()
+
+    def fit() -> ProbabilisticEnsemble:
+        m = ProbabilisticEnsemble(1, 1, num_members=3, hidden_sizes=[16], max_epochs=3, seed=7)
+        m.fit(buf, torch.Generator().manual_seed(5))
+        return m
+
+    m1, m2 = fit(), fit()
+    for p1, p2 in zip(m1.net.parameters(), m2.net.parameters(), strict=True):
+        assert torch.equal(p1, p2)
+    state = torch.load(_roundtrip(m1.state_dict()), weights_only=True)
+    m3 = ProbabilisticEnsemble(1, 1, num_members=3, hidden_sizes=[16], seed=99)
+    m3.load_state_dict(state)
+    x = torch.linspace(-1, 1, 5)[:, None]
+    torch.testing.assert_close(
+        m3.predict(torch.zeros(5, 1), x).mean, m1.predict(torch.zeros(5, 1), x).mean
+    )
+    wrong = ProbabilisticEnsemble(1, 1, num_members=3, hidden_sizes=[32])
+    with pytest.raises(ModelError, match="does not match"):
+        wrong.load_state_dict(state)
+
+
+def _roundtrip(obj: object):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf

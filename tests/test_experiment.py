@@ -1,0 +1,213 @@
+"""The experiment runner: outputs, seeding, interruption and resume, CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bayes_mbrl.cli import main
+from bayes_mbrl.config import Config, load_config
+from bayes_mbrl.errors import EnvError
+from bayes_mbrl.experiment import (
+    Callback,
+    Experiment,
+    TransitionLog,
+    resume_experiment,
+    run_experiment,
+)
+
+TINY = [
+    "env.episode_length=40",
+    "experiment.episodes=3",
+    "experiment.progress=false",
+    "model.num_members=2",
+    "model.hidden_sizes=[16, 16]",
+    "model.max_epochs=5",
+    "planner.population=20",
+    "planner.iterations=2",
+    "planner.particles=4",
+    "planner.horizon=5",
+]
+
+
+def tiny_config(*extra: str, seed: int = 0) -> Config:
+    return load_config(None, [*TINY, *extra], seed=seed)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def deterministic_columns(rows: list[dict[str, str]]) -> list[tuple[str, ...]]:
+    return [
+        (r["episode"], r["policy"], r["env_steps"], r["return"], r["train_loss"], r["val_loss"])
+        for r in rows
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    run_experiment(tiny_config(), run_dir)
+    return run_dir
+
+
+def test_run_writes_outputs(reference_run: Path) -> None:
+    rows = read_metrics(reference_run)
+    assert [r["episode"] for r in rows] == ["1", "2", "3"]
+    assert [r["policy"] for r in rows] == ["random", "mpc", "mpc"]
+    assert [int(r["env_steps"]) for r in rows] == [40, 80, 120]
+    assert float(rows[1]["plan_seconds"]) > 0 and float(rows[1]["fit_seconds"]) > 0
+    assert (reference_run / "learning_curve.png").stat().st_size > 1000
+    assert load_config(reference_run / "config.toml") == tiny_config()
+    ckpts = sorted((reference_run / "checkpoints").glob("ckpt_*.pt"))
+    assert [p.name for p in ckpts] == ["ckpt_0002.pt", "ckpt_0003.pt"]  # checkpoint_keep = 2
+    state = torch.load(ckpts[-1], weights_only=True)
+    assert state["episodes_done"] == 3 and state["num_transitions"] == 120
+    log = TransitionLog(reference_run / "transitions.f32", 3, 1)
+    rows_logged = log.read()
+    assert rows_logged.shape == (120, log.width)
+    episode_col = log.split_row(rows_logged)[-1]
+    assert np.array_equal(episode_col, np.repeat([0.0, 1.0, 2.0], 40))
+
+
+def test_same_seed_same_run_different_seed_differs(reference_run: Path, tmp_path: Path) -> None:
+    run_experiment(tiny_config(), tmp_path / "same")
+    run_experiment(tiny_config(seed=1), tmp_path / "other")
+    assert deterministic_columns(read_metrics(tmp_path / "same")) == deterministic_columns(
+        read_metrics(reference_run)
+    )
+    assert (tmp_path / "same" / "transitions.f32").read_bytes() == (
+        reference_run / "transitions.f32"
+    ).read_bytes()
+    assert deterministic_columns(read_metrics(tmp_path / "other")) != deterministic_columns(
+        read_metrics(reference_run)
+    )
+
+
+class StopAfter(Callback):
+    def __init__(self, episodes: int) -> None:
+        self.episodes = episodes
+
+    def _on_episode_end(self, experiment: Experiment, row: dict[str, object]) -> bool:
+        return experiment.episodes_done < self.episodes
+
+
+def test_stopped_after_an_episode_and_resumed_equals_uninterrupted(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    first = run_experiment(tiny_config(), run_dir, callbacks=[StopAfter(2)])
+    assert len(first.returns) == 2
+    result = resume_experiment(run_dir)
+    assert len(result.returns) == 3
+    assert deterministic_columns(read_metrics(run_dir)) == deterministic_columns(
+        read_metrics(reference_run)
+    )
+    assert (run_dir / "transitions.f32").read_bytes() == (
+        reference_run / "transitions.f32"
+    ).read_bytes()
+
+
+SLOW_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from bayes_mbrl.algorithms import mpc
+    act = mpc.MPCAgent.act
+    def slow_act(self, obs):
+        time.sleep(0.02)
+        return act(self, obs)
+    mpc.MPCAgent.act = slow_act
+    from bayes_mbrl.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_sigkill_mid_episode_then_resume_loses_and_duplicates_nothing(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "killed"
+    args = ["run", "--out", str(run_dir), "--no-progress"]
+    for override in TINY:
+        args += ["--set", override]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    log_path = run_dir / "transitions.f32"
+    width = TransitionLog(log_path, 3, 1).width
+    deadline = time.monotonic() + 120
+    try:
+        # kill in the middle of the second episode (55 of 120 transitions)
+        while time.monotonic() < deadline:
+            if log_path.exists() and log_path.stat().st_size >= 55 * width * 4:
+                break
+            if proc.poll() is not None:
+                pytest.fail(
+                    "run ended before it could be killed: "
+                    f"{proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logged_before = len(TransitionLog(log_path, 3, 1).read())
+    assert 55 <= logged_before < 120
+    result = resume_experiment(run_dir, progress=False)
+    assert len(result.returns) == 3
+    assert deterministic_columns(read_metrics(run_dir)) == deterministic_columns(
+        read_metrics(reference_run)
+    )
+    assert log_path.read_bytes() == (reference_run / "transitions.f32").read_bytes()
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_experiment(tiny_config(), run_dir, callbacks=[StopAfter(2)])
+    newest = run_dir / "checkpoints" / "ckpt_0002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated write
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        result = resume_experiment(run_dir, progress=False)
+    # episode 2 is re-run from checkpoint 1; its logged transitions are reproduced, not duplicated
+    assert len(result.returns) == 3
+    assert len(TransitionLog(run_dir / "transitions.f32", 3, 1).read()) == 120
+
+
+@pytest.mark.parametrize("mode", ["v0.5", "v1.0"])
+def test_whole_plan_modes_replan_every_horizon(mode: str, tmp_path: Path) -> None:
+    result = run_experiment(tiny_config(f"experiment.mode={mode!r}"), tmp_path / mode)
+    rows = result.metrics
+    assert rows[1]["fit_epochs"] > 0
+    if mode == "v0.5":
+        assert rows[2]["fit_epochs"] == 0  # fitted once, on the random episode only
+    else:
+        assert rows[2]["fit_epochs"] > 0
+
+
+def test_bad_env_id_fails_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(EnvError, match="Pendulum-v1"):
+        run_experiment(tiny_config('env.id="Pendulum-v2"'), tmp_path / "bad")
+    assert not (tmp_path / "bad" / "config.toml").exists()
+
+
+def test_cli_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["run", "--out", str(tmp_path / "cli"), "--no-progress", "--seed", "3"]
+    for override in TINY:
+        args += ["--set", override]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "results written to" in out and "episode returns" in out
+    assert len(read_metrics(tmp_path / "cli")) == 3
+    assert main(args) == 2  # the directory now holds a run
+    assert "resume" in capsys.readouterr().err

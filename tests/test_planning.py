@@ -1,0 +1,288 @@
+"""Rollout evaluator, objectives and planners against closed forms and known functions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal
+
+from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.errors import ConfigError, DataError
+from bayes_mbrl.models import (
+    DynamicsModel,
+    FitReport,
+    FunctionSample,
+    Predictive,
+    ProbabilisticEnsemble,
+)
+from bayes_mbrl.planning import (
+    CEMPlanner,
+    CVaR,
+    Mean,
+    MeanMinusStd,
+    MPPIPlanner,
+    Optimistic,
+    RandomShootingPlanner,
+    RolloutEvaluator,
+    make_objective,
+)
+
+
+# --------------------------------------------------------------------------- a linear model
+class LinearFunctions(FunctionSample):
+    """s' = A s + B a + sigma * eps, the same for every function."""
+
+    def __init__(self, n: int, a: Tensor, b: Tensor, sigma: float) -> None:
+        self.n, self.a, self.b, self.sigma = n, a, b, sigma
+
+    def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
+        mean = obs @ self.a.T + action @ self.b.T
+        return Independent(Normal(mean, torch.full_like(mean, self.sigma)), 1)
+
+
+class LinearGaussianModel(DynamicsModel):
+    """A user-written model implementing the protocol by hand."""
+
+    def __init__(self, a: Tensor, b: Tensor, sigma: float) -> None:
+        self.a, self.b, self.sigma = a, b, sigma
+        self.obs_dim, self.action_dim = a.shape[0], b.shape[1]
+
+    def fit(self, data: ReplayBuffer, generator: torch.Generator | None = None) -> FitReport:
+        return FitReport()
+
+    def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
+        return LinearFunctions(n, self.a, self.b, self.sigma)
+
+    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
+        mean = obs @ self.a.T + action @ self.b.T
+        return Predictive(mean, torch.zeros_like(mean), torch.full_like(mean, self.sigma**2))
+
+    def log_likelihood(
+        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
+    ) -> Tensor:
+        return self.sample_functions(1)(obs[None], action[None]).log_prob(next_obs[None])
+
+
+A = torch.tensor([[1.0, 0.1], [-0.2, 0.9]])
+B = torch.tensor([[0.0], [0.5]])
+Q = torch.tensor([[1.0, 0.2], [0.2, 0.5]])
+
+
+def quadratic_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    return -((next_obs @ Q) * next_obs).sum(-1) - 0.1 * action.square().sum(-1)
+
+
+def closed_form_return(s0: Tensor, actions: Tensor, sigma: float) -> Tensor:
+    """E[sum_t r_t] with m_{t+1} = A m_t + B a_t, S_{t+1} = A S_t A^T + sigma^2 I (float64)."""
+    a64, b64, q64 = A.double(), B.double(), Q.double()
+    out = []
+    for seq in actions.double():
+        m, cov, total = s0.double(), torch.zeros(2, 2, dtype=torch.float64), 0.0
+        for u in seq:
+            m = a64 @ m + b64 @ u
+            cov = a64 @ cov @ a64.T + sigma**2 * torch.eye(2, dtype=torch.float64)
+            total += -(m @ q64 @ m + torch.trace(q64 @ cov)) - 0.1 * float(u @ u)
+        out.append(total)
+    return torch.tensor(out)
+
+
+def test_evaluator_matches_closed_form_on_deterministic_linear_system() -> None:
+    g = torch.Generator().manual_seed(0)
+    model = LinearGaussianModel(A, B, sigma=0.0)
+    actions = torch.randn(6, 10, 1, generator=g)
+    s0 = torch.tensor([1.0, -0.5])
+    for propagation in ("ts_inf", "ts_1", "expectation"):
+        ev = RolloutEvaluator(
+            model, quadratic_reward, horizon=10, particles=4, propagation=propagation, generator=g
+        )
+        returns = ev.particle_returns(s0, actions)
+        expected = closed_form_return(s0, actions, 0.0).float()
+        torch.testing.assert_close(
+            returns, expected[:, None].expand_as(returns), rtol=1e-5, atol=1e-4
+        )
+
+
+def test_evaluator_mean_matches_closed_form_expected_return_with_noise() -> None:
+    g = torch.Generator().manual_seed(1)
+    sigma = 0.3
+    model = LinearGaussianModel(A, B, sigma=sigma)
+    actions = torch.randn(3, 8, 1, generator=g)
+    s0 = torch.tensor([0.5, 0.5])
+    ev = RolloutEvaluator(model, quadratic_reward, horizon=8, particles=20000, generator=g)
+    returns = ev.particle_returns(s0, actions)
+    expected = closed_form_return(s0, actions, sigma).float()
+    stderr = returns.std(1) / math.sqrt(returns.shape[1])
+    assert bool(((returns.mean(1) - expected).abs() < 4 * stderr).all()), (
+        returns.mean(1),
+        expected,
+    )
+    # without noise in the model, the noisy closed form is not matched (the test has power)
+    assert bool(
+        (
+            (closed_form_return(s0, actions, 0.0) - expected.double()).abs() > 10 * stderr.double()
+        ).all()
+    )
+
+
+def test_discount_and_termination_mask_rewards() -> None:
+    model = LinearGaussianModel(torch.eye(1), torch.ones(1, 1), sigma=0.0)
+
+    def reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        return torch.ones(next_obs.shape[:-1])
+
+    def terminated(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        return next_obs[..., 0] >= 2.5
+
+    actions = torch.ones(2, 6, 1)
+    actions[1] = 0.0  # never reaches the threshold
+    ev = RolloutEvaluator(model, reward, 6, particles=2, termination_fn=terminated, discount=0.5)
+    returns = ev.particle_returns(torch.zeros(1), actions)
+    # sequence 0 terminates on its 3rd step: 1 + 0.5 + 0.25 counted, later rewards dropped
+    torch.testing.assert_close(returns[0], torch.full((2,), 1.75))
+    torch.testing.assert_close(returns[1], torch.full((2,), sum(0.5**t for t in range(6))))
+
+
+# ------------------------------------------------ a two-member ensemble of known functions
+def known_two_member_ensemble() -> ProbabilisticEnsemble:
+    """Member 0: s' = s + 1, member 1: s' = s - 1 (noise std ~3e-7)."""
+    model = ProbabilisticEnsemble(1, 1, num_members=2, hidden_sizes=[4], seed=0)
+    with torch.no_grad():
+        for w in model.net.weights:
+            w.zero_()
+        for b in model.net.biases:
+            b.zero_()
+        model.net.biases[-1][0, 0, 0] = 1.0
+        model.net.biases[-1][1, 0, 0] = -1.0
+        model.net.biases[-1][:, 0, 1] = -30.0
+        model.net.min_logvar.fill_(-40.0)
+    model.fitted = True
+    return model
+
+
+def state_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    return next_obs[..., 0]
+
+
+def test_ts_inf_keeps_one_function_per_particle_and_ts_1_does_not() -> None:
+    model = known_two_member_ensemble()
+    horizon, particles = 6, 20
+    actions = torch.zeros(50, horizon, 1)
+    total = horizon * (horizon + 1) / 2  # sum of t for t = 1..H
+    g = torch.Generator().manual_seed(0)
+    ts_inf = RolloutEvaluator(model, state_reward, horizon, particles, "ts_inf", generator=g)
+    r_inf = ts_inf.particle_returns(torch.zeros(1), actions)
+    assert r_inf.shape == (50, particles)
+    torch.testing.assert_close(r_inf.abs(), torch.full_like(r_inf, total), atol=1e-3, rtol=0)
+    # stratified: half the particles of every sequence on each member
+    assert bool(((r_inf > 0).sum(1) == particles // 2).all())
+    ts_1 = RolloutEvaluator(model, state_reward, horizon, particles, "ts_1", generator=g)
+    r_1 = ts_1.particle_returns(torch.zeros(1), actions)
+    switched = (r_1.abs() - total).abs() > 1e-2
+    assert switched.float().mean() > 0.9  # almost every particle switched functions at some step
+    # every step is still stratified over the whole population: returns average to ~0
+    assert abs(float(r_1.mean())) < 0.3
+    expectation = RolloutEvaluator(model, state_reward, horizon, particles, "expectation")
+    torch.testing.assert_close(
+        expectation.particle_returns(torch.zeros(1), actions), torch.zeros(50, 1), atol=1e-3, rtol=0
+    )
+
+
+def test_evaluator_rejects_bad_shapes_and_options() -> None:
+    model = known_two_member_ensemble()
+    ev = RolloutEvaluator(model, state_reward, horizon=4, particles=2)
+    with pytest.raises(DataError, match="population, 4, 1"):
+        ev(torch.zeros(1), torch.zeros(3, 5, 1))
+    with pytest.raises(DataError, match="start_obs"):
+        ev(torch.zeros(2), torch.zeros(3, 4, 1))
+    with pytest.raises(ConfigError, match="ts_inf"):
+        RolloutEvaluator(model, state_reward, horizon=4, propagation="ts_infinity")
+    with pytest.raises(ConfigError, match="precision"):
+        RolloutEvaluator(model, state_reward, horizon=4, precision="float16")
+
+
+# ------------------------------------------------------------------------------ objectives
+def test_objectives_closed_forms() -> None:
+    r = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 10.0]])
+    std = r.std(1, unbiased=False)
+    torch.testing.assert_close(Mean()(r), torch.tensor([2.5, 2.5]))
+    torch.testing.assert_close(MeanMinusStd(2.0)(r), r.mean(1) - 2 * std)
+    torch.testing.assert_close(Optimistic(1.0)(r), r.mean(1) + std)
+    torch.testing.assert_close(CVaR(0.5)(r), torch.tensor([1.5, 0.0]))
+    # risk-averse objectives prefer the low-spread sequence, optimistic the high-spread one
+    assert MeanMinusStd(1.0)(r).argmax() == 0 and Optimistic(1.0)(r).argmax() == 1
+    with pytest.raises(ConfigError, match="cvar"):
+        make_objective("cvar", alpha=0.0)
+    with pytest.raises(ConfigError, match="unknown objective"):
+        make_objective("median")
+
+
+# -------------------------------------------------------------------------------- planners
+def quadratic_score(target: Tensor):  # type: ignore[no-untyped-def]
+    def score(actions: Tensor) -> Tensor:
+        return -(actions - target).square().sum((-2, -1))
+
+    return score
+
+
+@pytest.mark.parametrize("kind", ["cem", "mppi", "random_shooting"])
+def test_planners_find_the_optimum_of_a_known_quadratic(kind: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    horizon = 5
+    low, high = torch.tensor([-2.0, -1.0]), torch.tensor([2.0, 1.0])
+    target = torch.stack(
+        [torch.linspace(-1.5, 1.5, horizon), torch.linspace(0.8, -0.8, horizon)], -1
+    )
+    if kind == "cem":
+        planner = CEMPlanner(low, high, horizon, population=400, iterations=15, generator=g)
+        tol = 0.02
+    elif kind == "mppi":
+        planner = MPPIPlanner(
+            low,
+            high,
+            horizon,
+            population=400,
+            iterations=30,
+            temperature=0.05,
+            noise_std=0.3,
+            smoothing=1.0,
+            generator=g,
+        )
+        tol = 0.1
+    else:
+        planner = RandomShootingPlanner(low, high, 1, population=4000, iterations=2, generator=g)
+        target = target[:1]
+        tol = 0.15
+    result = planner.plan(quadratic_score(target))
+    assert result.actions.shape == target.shape
+    torch.testing.assert_close(result.actions, target, atol=tol, rtol=0)
+    assert bool(((result.actions >= low) & (result.actions <= high)).all())
+
+
+def test_cem_respects_bounds_when_optimum_is_outside() -> None:
+    planner = CEMPlanner(
+        torch.tensor([-1.0]), torch.tensor([1.0]), 4, population=200, iterations=10
+    )
+    result = planner.plan(quadratic_score(torch.full((4, 1), 5.0)))
+    torch.testing.assert_close(result.actions, torch.ones(4, 1), atol=0.02, rtol=0)
+
+
+def test_warm_start_shifts_by_executed_steps() -> None:
+    planner = CEMPlanner(torch.tensor([-1.0]), torch.tensor([1.0]), 4, population=10, iterations=1)
+    planner._warm = torch.tensor([[0.1], [0.2], [0.3], [0.4]])
+    planner.advance(1)
+    torch.testing.assert_close(planner.initial_mean(), torch.tensor([[0.2], [0.3], [0.4], [0.0]]))
+    planner.reset()
+    torch.testing.assert_close(planner.initial_mean(), torch.zeros(4, 1))
+
+
+def test_planner_validation() -> None:
+    with pytest.raises(ConfigError, match="finite action bounds"):
+        CEMPlanner(torch.tensor([-math.inf]), torch.tensor([1.0]), 4)
+    with pytest.raises(ConfigError, match="elite_fraction"):
+        CEMPlanner(torch.tensor([-1.0]), torch.tensor([1.0]), 4, elite_fraction=0.0)
+    planner = CEMPlanner(torch.tensor([-1.0]), torch.tensor([1.0]), 4, population=8)
+    with pytest.raises(DataError, match="score function returned shape"):
+        planner.plan(lambda a: torch.zeros(3))
