@@ -481,7 +481,7 @@ class Experiment:
         state = {
             "format_version": CHECKPOINT_FORMAT,
             "bayes_mbrl_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "episodes_done": self.episodes_done,
             "num_transitions": len(self.buffer),
             "model": self.model.state_dict() if hasattr(self.model, "state_dict") else {},

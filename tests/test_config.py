@@ -44,7 +44,7 @@ def test_defaults_are_the_documented_experiment() -> None:
     )
     assert cfg.env == EnvConfig(id="Pendulum-v1", episode_length=200)
     assert cfg.model.kind == "ensemble" and cfg.model.hidden_sizes == [200, 200, 200]
-    assert cfg.planner.kind == "cem" and cfg.planner.horizon == 15
+    assert cfg.planner.kind == "cem" and cfg.planner.horizon == 30
     assert cfg.planner.precision == "float32"
     assert MODEL_KINDS == ("ensemble",)
 
@@ -133,7 +133,7 @@ def test_override_of_each_type(override: str, section: str, key: str, expected: 
 def test_overrides_apply_in_order_and_leave_the_rest() -> None:
     cfg = load_config(None, ["planner.horizon=20", "planner.horizon=25"])
     assert cfg.planner.horizon == 25
-    assert dataclasses.replace(cfg.planner, horizon=15) == Config().planner
+    assert dataclasses.replace(cfg.planner, horizon=Config().planner.horizon) == Config().planner
 
 
 def test_seed_argument_overrides_seed_and_set() -> None:

@@ -83,7 +83,9 @@ class MPCAgent:
             self.last_plan = self.planner.plan(lambda actions: self.evaluator(o, actions))
             self.plan_seconds += time.perf_counter() - start
             self._cursor = 0
-        action = self.last_plan.actions[self._cursor].clone()
+        plan = self.last_plan
+        assert plan is not None  # set by the replan branch above
+        action = plan.actions[self._cursor].clone()
         self._cursor += 1
         if self.mode == "mpc":
             self.planner.advance(1)

@@ -174,14 +174,17 @@ class CEMPlanner(Planner):
     Each iteration samples ``population`` sequences from a diagonal Gaussian
     (variance limited so that two standard deviations stay inside the bounds, as in
     PETS), keeps the top ``elite_fraction`` and moves the Gaussian towards their
-    moments: ``mean <- momentum * mean + (1 - momentum) * elite_mean``. The best
-    sequence seen in any iteration is returned.
+    moments: ``mean <- momentum * mean + (1 - momentum) * elite_mean``. It returns the
+    mean of the last elites (or, with ``return_mean_elites=False``, the best sequence
+    seen in any iteration).
 
     Args:
         elite_fraction: fraction of the population kept, in ``(0, 1]``.
         momentum: weight of the previous moments, in ``[0, 1)``.
         iterations: CEM iterations per plan.
         init_std_fraction: initial std as a fraction of the action range.
+        return_mean_elites: return the mean of the last iteration's elites (PETS; smoother
+            actions, less winner's-curse noise) instead of the best sequence seen.
     """
 
     def __init__(
@@ -194,9 +197,11 @@ class CEMPlanner(Planner):
         elite_fraction: float = 0.1,
         momentum: float = 0.1,
         init_std_fraction: float = 0.25,
+        return_mean_elites: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(action_low, action_high, horizon, population, generator)
+        self.return_mean_elites = return_mean_elites
         if not 0 < elite_fraction <= 1:
             raise ConfigError(f"elite_fraction must be in (0, 1], got {elite_fraction}")
         if not 0 <= momentum < 1:
@@ -227,6 +232,8 @@ class CEMPlanner(Planner):
             mean = self.momentum * mean + (1 - self.momentum) * elites.mean(0)
             std = self.momentum * std + (1 - self.momentum) * elites.std(0, unbiased=False)
             history.append(best_value)
+        if self.return_mean_elites:
+            return PlanResult(elites.mean(0), float(values[top].mean()), history)
         return PlanResult(best, best_value, history)
 
 
