@@ -505,10 +505,20 @@ class Experiment:
 
         episodes = [r["episode"] for r in self.metrics]
         returns = [r["return"] for r in self.metrics]
-        colors = ["tab:gray" if r["policy"] == "random" else "tab:blue" for r in self.metrics]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(episodes, returns, color="tab:blue", alpha=0.5)
-        ax.scatter(episodes, returns, c=colors, zorder=3)
+        for random_policy, color, label in (
+            (True, "tab:gray", "random"),
+            (False, "tab:blue", "planned"),
+        ):
+            points = [
+                (r["episode"], r["return"])
+                for r in self.metrics
+                if (r["policy"] == "random") == random_policy
+            ]
+            if points:
+                ax.scatter(*zip(*points, strict=True), color=color, zorder=3, label=label)
+        ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel("episode")
         ax.set_ylabel("return")
         ax.set_title(

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Independent, Normal
 
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import DataError, ModelError
-from bayes_mbrl.models import ProbabilisticEnsemble
+from bayes_mbrl.models import ProbabilisticEnsemble, check_model
 
 
 def noisy_sine_buffer(seed: int = 0) -> tuple[ReplayBuffer, float]:
@@ -171,3 +172,36 @@ def _roundtrip(obj: object):
     torch.save(obj, buf)
     buf.seek(0)
     return buf
+
+
+def test_check_model_accepts_the_ensemble(fitted_sine: tuple[ProbabilisticEnsemble, float]) -> None:
+    model, _ = fitted_sine
+    a = torch.linspace(-1, 1, 6)[:, None]
+    check_model(model, torch.zeros(6, 1), a, num_functions=5)
+    check_model(model, torch.zeros(6, 1), a, num_functions=12)
+
+
+def test_check_model_names_the_broken_method(
+    fitted_sine: tuple[ProbabilisticEnsemble, float],
+) -> None:
+    model, _ = fitted_sine
+
+    class FlatBatch(ProbabilisticEnsemble):
+        """Returns one distribution per input instead of per (function, input)."""
+
+        def sample_functions(self, n, generator=None):  # type: ignore[no-untyped-def]
+            inner = super().sample_functions(n, generator)
+
+            class Wrapped(type(inner)):  # type: ignore[misc]
+                def __call__(self, obs, action):  # type: ignore[no-untyped-def]
+                    d = inner(obs, action)
+                    return Independent(Normal(d.mean[0], d.stddev[0]), 1)
+
+            w = Wrapped.__new__(Wrapped)
+            w.__dict__.update(inner.__dict__)
+            return w
+
+    broken = FlatBatch.__new__(FlatBatch)
+    broken.__dict__.update(model.__dict__)
+    with pytest.raises(ModelError, match=r"FunctionSample.__call__ returned batch \(6,\)"):
+        check_model(broken, torch.zeros(6, 1), torch.zeros(6, 1), num_functions=5)
