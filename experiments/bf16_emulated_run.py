@@ -40,11 +40,10 @@ class EmulatedBF16FunctionSample(EnsembleFunctionSample):
     def _head(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         x = bf16(torch.cat([obs, action], dim=-1))
         act = ensemble._INPLACE_ACTIVATIONS[self.activation]
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = bf16(torch.baddbmm(bf16(b), x, bf16(w)))
-            if i < last:
-                x = bf16(act(x))
+        for w, b in zip(self.weights, self.biases, strict=True):
+            x = bf16(act(bf16(torch.baddbmm(bf16(b), x, bf16(w)))))
+        out = torch.baddbmm(bf16(self.out_bias_t), bf16(self.out_weight_t), x.transpose(1, 2))
+        x = bf16(out).transpose(1, 2)
         mean, logvar = x[..., : self.obs_dim], x[..., self.obs_dim :]
         logvar = ensemble._soft_bound_logvar(logvar, self.min_logvar, self.max_logvar)
         return mean, 0.5 * logvar + self.log_delta_std

@@ -120,7 +120,7 @@ class EnsembleFunctionSample(FunctionSample):
     """``n`` ensemble members with the input/target normalization folded into the weights.
 
     Folding makes a planning step exactly one ``baddbmm`` plus one activation per
-    layer: ``W1' = W1 / sigma_in``, ``b1' = b1 - (mu_in / sigma_in) W1`` and the mean
+    hidden layer: ``W1' = W1 / sigma_in``, ``b1' = b1 - (mu_in / sigma_in) W1`` and the mean
     head is scaled by the delta scale.
 
     Args:
@@ -146,8 +146,12 @@ class EnsembleFunctionSample(FunctionSample):
         member_index: Tensor,
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.weights = [w.to(compute_dtype) for w in weights]
-        self.biases = [b.to(compute_dtype) for b in biases]
+        self.weights = [w.to(compute_dtype) for w in weights[:-1]]
+        self.biases = [b.to(compute_dtype) for b in biases[:-1]]
+        # the narrow output layer runs feature-major, (n, 2D, H) @ (n, H, B): with only
+        # 2 * obs_dim outputs, BLAS is several times faster this way round
+        self.out_weight_t = weights[-1].transpose(1, 2).contiguous().to(compute_dtype)
+        self.out_bias_t = biases[-1].transpose(1, 2).contiguous().to(compute_dtype)
         self.min_logvar, self.max_logvar = min_logvar, max_logvar
         self.log_delta_std = delta_std.log()
         self.obs_dim = obs_dim
@@ -166,12 +170,10 @@ class EnsembleFunctionSample(FunctionSample):
             )
         x = torch.cat([obs, action], dim=-1).to(self.compute_dtype)
         act = _INPLACE_ACTIVATIONS[self.activation]
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.baddbmm(b, x, w)
-            if i < last:
-                x = act(x)
-        out = x.float()
+        for w, b in zip(self.weights, self.biases, strict=True):
+            x = act(torch.baddbmm(b, x, w))
+        out = torch.baddbmm(self.out_bias_t, self.out_weight_t, x.transpose(1, 2))
+        out = out.transpose(1, 2).float()
         mean, logvar = out[..., : self.obs_dim], out[..., self.obs_dim :]
         logvar = _soft_bound_logvar(logvar, self.min_logvar, self.max_logvar)
         return mean, 0.5 * logvar + self.log_delta_std
