@@ -6,9 +6,9 @@ with 4 hidden layers of 200 units (obs 3, action 1; the Pendulum-v1 reward).
 
 Prints imagined transitions per second and the achieved FLOP/s of the model's
 matmuls as a fraction of this machine's batched-matmul FLOP/s at the same shapes,
-``torch.bmm`` of (5, 1400, 200) x (5, 200, 200), measured in the same run (the
-reference is timed before and after the planner and the faster is used, so a busy
-machine does not flatter the ratio).
+``torch.bmm`` of (5, 1400, 200) x (5, 200, 200), measured in the same run: the
+reference and the plan are timed in interleaved rounds and the best round of each
+is kept, so a machine whose speed drifts during the run does not skew the ratio.
 
 Run::
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import time
 from collections.abc import Callable
 
@@ -40,26 +41,21 @@ def model_flops_per_transition() -> int:
     return sum(2 * a * b for a, b in itertools.pairwise(sizes))
 
 
-def best_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Minimum wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def bmm_rate(dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of ``torch.bmm`` (5, 1400, 200) x (5, 200, 200) in ``dtype``."""
+def bmm_seconds(dtype: torch.dtype) -> Callable[[], float]:
+    """Timer of one ``torch.bmm`` (5, 1400, 200) x (5, 200, 200) in ``dtype``, seconds per call."""
     rows = POPULATION * PARTICLES // MEMBERS
     a = torch.randn(MEMBERS, rows, HIDDEN).to(dtype)
     b = torch.randn(MEMBERS, HIDDEN, HIDDEN).to(dtype)
     n_inner = 20 if dtype == torch.float32 else 2
-    t = best_time(lambda: [torch.bmm(a, b) for _ in range(n_inner)], repeats) / n_inner
-    return 2 * MEMBERS * rows * HIDDEN * HIDDEN / t
+
+    def timed() -> float:
+        t = time.perf_counter()
+        for _ in range(n_inner):
+            torch.bmm(a, b)
+        return (time.perf_counter() - t) / n_inner
+
+    timed()  # warm up
+    return timed
 
 
 def fitted_model(activation: str) -> DynamicsModel:
@@ -84,8 +80,8 @@ def fitted_model(activation: str) -> DynamicsModel:
     return model
 
 
-def plan_once_seconds(model: DynamicsModel, precision: str, repeats: int) -> float:
-    """Best wall time of one CEM plan (5 x 350 x 20 x 15) from a fixed state."""
+def plan_seconds(model: DynamicsModel, precision: str) -> Callable[[], float]:
+    """A timer of one CEM plan (5 x 350 x 20 x 15) from a fixed state (seconds per call)."""
     task = get_task("Pendulum-v1")
     g = torch.Generator().manual_seed(1)
     evaluator = RolloutEvaluator(
@@ -96,11 +92,14 @@ def plan_once_seconds(model: DynamicsModel, precision: str, repeats: int) -> flo
     )
     obs = torch.tensor([1.0, 0.0, 0.0])
 
-    def plan() -> None:
+    def timed() -> float:
         planner.reset()
+        t = time.perf_counter()
         planner.plan(lambda a: evaluator(obs, a))
+        return time.perf_counter() - t
 
-    return best_time(plan, repeats, warmup=1)
+    timed()  # warm up
+    return timed
 
 
 def main() -> None:
@@ -124,19 +123,21 @@ def main() -> None:
     )
     for precision in args.precision:
         dtype = getattr(torch, precision)
-        ref_before = bmm_rate(dtype, args.repeats)
-        seconds = plan_once_seconds(
-            model, precision, max(2, args.repeats // 2 if precision != "float32" else args.repeats)
-        )
-        ref_after = bmm_rate(dtype, args.repeats)
-        ref = max(ref_before, ref_after)
-        achieved = flops / seconds
+        ref_timer, plan_timer = bmm_seconds(dtype), plan_seconds(model, precision)
+        rounds = args.repeats if precision == "float32" else 1
+        # interleave the reference and the planner so both see the same machine state;
+        # the best round of each is kept
+        ref_s, plan_s = math.inf, math.inf
+        for _ in range(rounds):
+            ref_s = min(ref_s, ref_timer())
+            plan_s = min(plan_s, plan_timer())
+        ref = 2 * MEMBERS * (POPULATION * PARTICLES // MEMBERS) * HIDDEN * HIDDEN / ref_s
+        achieved = flops / plan_s
         print(
-            f"{precision:>9}: plan {seconds * 1e3:8.1f} ms | "
-            f"{transitions / seconds / 1e6:6.2f} M transitions/s | "
-            f"{achieved / 1e9:6.1f} GFLOP/s | bmm reference {ref / 1e9:6.1f} GFLOP/s "
-            f"(before {ref_before / 1e9:.1f}, after {ref_after / 1e9:.1f}) | "
-            f"fraction {achieved / ref:.2f}"
+            f"{precision:>9}: plan {plan_s * 1e3:8.1f} ms | "
+            f"{transitions / plan_s / 1e6:6.3f} M transitions/s | "
+            f"{achieved / 1e9:6.1f} GFLOP/s | bmm reference {ref / 1e9:6.1f} GFLOP/s | "
+            f"fraction {achieved / ref:.2f}  (best of {rounds} interleaved rounds)"
         )
 
 
