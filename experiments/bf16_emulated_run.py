@@ -56,18 +56,9 @@ def emulated_sample_functions(
     self: ProbabilisticEnsemble, n: int, generator: torch.Generator | None = None
 ) -> EnsembleFunctionSample:
     f = _original_sample_functions(self, n, generator)
-    assert isinstance(f, EnsembleFunctionSample)
-    w, b = f._fp32
-    return EmulatedBF16FunctionSample(
-        w,
-        b,
-        f.min_logvar,
-        f.max_logvar,
-        f.log_delta_std.exp(),
-        f.obs_dim,
-        f.activation,
-        f.member_index,
-    )
+    assert isinstance(f, EnsembleFunctionSample) and f.compute_dtype == torch.float32
+    f.__class__ = EmulatedBF16FunctionSample  # same fields, bf16-rounding forward pass
+    return f
 
 
 def check_against_real_bf16() -> None:
