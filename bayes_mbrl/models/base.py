@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,12 +22,16 @@ from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import DataError, ModelError
 
 __all__ = [
+    "DEFAULT_ANALYSIS_DRAWS",
     "DynamicsModel",
     "FitReport",
     "FunctionSample",
     "Predictive",
     "check_model_inputs",
 ]
+
+#: posterior draws used for analysis when a model has no finite posterior support
+DEFAULT_ANALYSIS_DRAWS = 100
 
 
 @dataclass
@@ -104,6 +109,18 @@ class FunctionSample(abc.ABC):
 
     #: number of functions in this sample
     n: int
+    #: functions are laid out chain-major, ``n = num_chains * draws_per_chain``;
+    #: 1 unless the draws come from several MCMC chains (the ArviZ export keeps them apart)
+    num_chains: int = 1
+
+    def latents(self) -> dict[str, Tensor]:
+        """Named global latent values of each function, each ``(n, *shape)``.
+
+        What ``az.summary`` reports for the model: physical parameters of a user's
+        Pyro model, noise scales of a BNN, the member index of an ensemble. Keep it
+        to quantities worth summarizing (not every weight of a large net). Default: none.
+        """
+        return {}
 
     @abc.abstractmethod
     def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
@@ -185,6 +202,28 @@ class DynamicsModel(abc.ABC):
             action: ``(B, action_dim)``.
             num_functions: functions to average over (None: the model's default).
         """
+
+    def posterior_functions(
+        self, num_draws: int | None = None, generator: torch.Generator | None = None
+    ) -> FunctionSample:
+        """Functions for analysis: ArviZ export, model comparison, calibration.
+
+        The default draws ``num_draws`` functions with :meth:`sample_functions`
+        (``num_draws=None``: the finite support for ensembles, else
+        :data:`DEFAULT_ANALYSIS_DRAWS`). Models with stored MCMC samples override it
+        to return every sample, chain-major, with ``num_chains`` set.
+        """
+        n = num_draws or self.num_functions_hint or DEFAULT_ANALYSIS_DRAWS
+        return self.sample_functions(n, generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the fitted posterior, as tensors and plain
+        containers only (loadable with ``torch.load(weights_only=True)``)."""
+        raise ModelError(f"{type(self).__name__} does not implement state_dict()")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into a model built with the same arguments."""
+        raise ModelError(f"{type(self).__name__} does not implement load_state_dict()")
 
     @abc.abstractmethod
     def log_likelihood(

@@ -190,6 +190,10 @@ class EnsembleFunctionSample(FunctionSample):
     def mean(self, obs: Tensor, action: Tensor) -> Tensor:
         return obs + self._head(obs, action)[0]
 
+    def latents(self) -> dict[str, Tensor]:
+        """The member each function is, ``(n,)``."""
+        return {"member": self.member_index}
+
     def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
         if dtype not in (torch.float32, torch.bfloat16):
             raise ModelError(f"ensemble planning supports float32 and bfloat16, not {dtype}")
