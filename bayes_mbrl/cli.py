@@ -1,4 +1,4 @@
-"""Command line interface: ``bayes-mbrl run | resume | presets``.
+"""Command line interface: ``bayes-mbrl run | resume | analyze | presets``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     bayes-mbrl run mountaincar-ensemble-mpc --seed 3 --set planner.horizon=40
     bayes-mbrl run my_experiment.toml --out runs/try1 --no-progress
     bayes-mbrl resume runs/try1
+    bayes-mbrl analyze runs/try1                    # uncertainty report of the run
 
 Errors a user can cause (:class:`~bayes_mbrl.errors.BayesMBRLError`) are printed
 as one line ``bayes-mbrl: error: ...`` and give exit status 2, as do usage
@@ -89,6 +90,28 @@ def _build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-progress", action="store_true", help="hide progress bars")
     resume.set_defaults(func=_cmd_resume)
 
+    analyze = sub.add_parser(
+        "analyze",
+        help="write the uncertainty report of a run",
+        description="Load a run's newest fitted model and its transitions and write the "
+        "uncertainty report into RUN_DIR/analysis: predictive bands (epistemic and aleatoric "
+        "apart), calibration curve, posterior plot, summary.csv and the ArviZ InferenceData "
+        "(netCDF). The last episode's transitions, collected after the model's last fit, "
+        "are the held-out data.",
+    )
+    analyze.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    analyze.add_argument(
+        "--num-draws",
+        type=int,
+        default=None,
+        metavar="N",
+        help="posterior draws for the analysis (default: the model's own choice)",
+    )
+    analyze.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="default: RUN_DIR/analysis"
+    )
+    analyze.set_defaults(func=_cmd_analyze)
+
     presets = sub.add_parser(
         "presets", help="list the embedded presets", description="List the embedded presets."
     )
@@ -169,6 +192,35 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _interrupted(run_dir)
     _report(result.run_dir, result.returns)
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl analyze``: load the run's model and data, write the report."""
+    run_dir: Path = args.run_dir
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    if args.num_draws is not None and args.num_draws < 2:
+        raise ConfigError(f"--num-draws must be at least 2, got {args.num_draws}")
+
+    import torch
+
+    from bayes_mbrl.experiment import load_run
+    from bayes_mbrl.uncertainty import uncertainty_report
+
+    run = load_run(run_dir)
+    out: Path = args.out or run_dir / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(run.config.experiment.seed)
+    written = uncertainty_report(
+        run.model, run.train, run.held_out, out, generator=generator, num_draws=args.num_draws
+    )
+    print(
+        f"model: {run.config.model.kind} after {run.episodes_done} episodes; "
+        f"{len(run.train)} training and {len(run.held_out)} held-out transitions"
+    )
+    for name, path in written.items():
+        print(f"{name}: {path}")
     return 0
 
 

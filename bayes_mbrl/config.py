@@ -44,8 +44,11 @@ from bayes_mbrl.planning import PROPAGATIONS as _PROPAGATIONS
 __all__ = [
     "ACTIVATIONS",
     "DEFAULT_PRESET",
+    "GUIDES",
+    "INFERENCE_KINDS",
     "MODEL_KINDS",
     "MODES",
+    "NOISE_KINDS",
     "OBJECTIVES",
     "PLANNER_KINDS",
     "PRECISIONS",
@@ -72,8 +75,19 @@ MODES: tuple[str, ...] = _MODES
 episode and run plans open loop (``v1.0``), refit each episode and replan every
 step (``mpc``)."""
 
-MODEL_KINDS: tuple[str, ...] = ("ensemble",)
-"""Dynamics model kinds the experiment runner can build."""
+MODEL_KINDS: tuple[str, ...] = ("ensemble", "bnn", "pyro")
+"""Dynamics model kinds the experiment runner can build: a bootstrap ensemble of
+probabilistic nets, a Bayesian neural net (Pyro, mean-field SVI or NUTS), or a
+user-written Pyro model (``model.pyro_model``)."""
+
+INFERENCE_KINDS: tuple[str, ...] = ("svi", "nuts")
+"""Posterior inference for the Pyro model kinds (``bnn``, ``pyro``)."""
+
+NOISE_KINDS: tuple[str, ...] = ("heteroscedastic", "homoscedastic")
+"""Observation noise of the Bayesian neural net."""
+
+GUIDES: tuple[str, ...] = ("normal", "multivariate_normal", "lowrank", "delta")
+"""Autoguides for SVI on a user-written Pyro model."""
 
 ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
 """Hidden-layer activations of neural dynamics models."""
@@ -145,6 +159,16 @@ class ModelConfig:
         max_epochs: Upper bound on training epochs per fit (>= 1).
         patience: Epochs without validation improvement before stopping (>= 1).
         val_fraction: Fraction of the data held out for validation, in [0, 0.5).
+        prior_scale: ``bnn``: standard deviation of the Gaussian weight prior (> 0).
+        noise: ``bnn``: one of :data:`NOISE_KINDS`.
+        inference: ``bnn`` and ``pyro``: one of :data:`INFERENCE_KINDS`.
+        num_samples: NUTS samples kept per chain (>= 1).
+        warmup_steps: NUTS warm-up steps per chain (>= 1).
+        num_chains: NUTS chains (>= 1; 2 or more for r_hat).
+        pyro_model: ``pyro``: the user's Pyro model function, ``path/to/file.py:function``
+            (relative to the working directory) or ``package.module:function``.
+        guide: ``pyro`` with SVI: one of :data:`GUIDES`.
+        num_steps: ``pyro`` with SVI: optimisation steps per fit (>= 1).
     """
 
     kind: str = "ensemble"
@@ -157,6 +181,15 @@ class ModelConfig:
     max_epochs: int = 100
     patience: int = 5
     val_fraction: float = 0.1
+    prior_scale: float = 1.0
+    noise: str = "heteroscedastic"
+    inference: str = "svi"
+    num_samples: int = 200
+    warmup_steps: int = 200
+    num_chains: int = 1
+    pyro_model: str = ""
+    guide: str = "normal"
+    num_steps: int = 2000
 
 
 @dataclass
@@ -293,6 +326,16 @@ def _positive_list(v: list[int]) -> str | None:
     return "a non-empty list of integers >= 1"
 
 
+def _pyro_model_spec(v: str) -> str | None:
+    """Check the form ``file.py:function`` / ``module:function`` (or empty)."""
+    if not v:
+        return None
+    target, sep, func = v.rpartition(":")
+    if sep and target and func.isidentifier():
+        return None
+    return "'path/to/file.py:function' or 'package.module:function'"
+
+
 _INT1 = _at_least(1, "an integer")
 
 _CHECKS: dict[str, _Check] = {
@@ -314,6 +357,15 @@ _CHECKS: dict[str, _Check] = {
     "model.max_epochs": _INT1,
     "model.patience": _INT1,
     "model.val_fraction": _interval(0.0, 0.5, lo_open=False, hi_open=True),
+    "model.prior_scale": _greater_than(0, "a number"),
+    "model.noise": _one_of(NOISE_KINDS),
+    "model.inference": _one_of(INFERENCE_KINDS),
+    "model.num_samples": _INT1,
+    "model.warmup_steps": _INT1,
+    "model.num_chains": _INT1,
+    "model.pyro_model": _pyro_model_spec,
+    "model.guide": _one_of(GUIDES),
+    "model.num_steps": _INT1,
     "planner.kind": _one_of(PLANNER_KINDS),
     "planner.horizon": _INT1,
     "planner.population": _INT1,
@@ -469,6 +521,13 @@ def _build(d: Mapping[str, Any], origin: Origin) -> Config:
             values[key] = value
         sections[section] = _SECTIONS[section](**values)
     config = Config(**sections)
+    if config.model.kind == "pyro" and not config.model.pyro_model:
+        raise _fail(
+            "model.pyro_model",
+            config.model.pyro_model,
+            "the user's Pyro model as 'path/to/file.py:function' when model.kind = 'pyro'",
+            origin,
+        )
     exp = config.experiment
     if exp.seed_episodes > exp.episodes:
         raise _fail(

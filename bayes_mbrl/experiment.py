@@ -22,12 +22,16 @@ collected is lost.
 from __future__ import annotations
 
 import csv
+import importlib
+import importlib.util
+import inspect
 import io
 import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +42,7 @@ import torch
 from bayes_mbrl import __version__
 from bayes_mbrl.algorithms import MPCAgent, RandomAgent
 from bayes_mbrl.config import Config, dump_config, load_config
-from bayes_mbrl.data import ReplayBuffer, validate_transitions
+from bayes_mbrl.data import ReplayBuffer, TransitionBatch, validate_transitions
 from bayes_mbrl.envs import TaskSpec, get_task, make_env
 from bayes_mbrl.errors import CheckpointError, ConfigError
 from bayes_mbrl.models import DynamicsModel, FitReport, ProbabilisticEnsemble
@@ -54,10 +58,13 @@ from bayes_mbrl.planning import (
 __all__ = [
     "Callback",
     "Experiment",
+    "LoadedRun",
     "RunResult",
     "TransitionLog",
     "build_model",
     "build_planner",
+    "load_run",
+    "load_user_function",
     "resume_experiment",
     "run_experiment",
 ]
@@ -96,7 +103,100 @@ def build_model(config: Config, obs_dim: int, action_dim: int) -> DynamicsModel:
             val_fraction=m.val_fraction,
             seed=config.experiment.seed,
         )
+    if m.kind == "bnn":
+        from bayes_mbrl.models.bnn import BayesianNeuralNet
+
+        return BayesianNeuralNet(
+            obs_dim,
+            action_dim,
+            hidden_sizes=m.hidden_sizes,
+            activation=m.activation,
+            prior_scale=m.prior_scale,
+            noise=m.noise,
+            learning_rate=m.learning_rate,
+            batch_size=m.batch_size,
+            max_epochs=m.max_epochs,
+            patience=m.patience,
+            val_fraction=m.val_fraction,
+            inference=m.inference,
+            num_samples=m.num_samples,
+            warmup_steps=m.warmup_steps,
+            num_chains=m.num_chains,
+            seed=config.experiment.seed,
+        )
+    if m.kind == "pyro":
+        from bayes_mbrl.models.pyro_dynamics import PyroDynamics
+
+        return PyroDynamics(
+            load_user_function(m.pyro_model, "model.pyro_model"),
+            obs_dim,
+            action_dim,
+            inference=m.inference,
+            guide=m.guide,
+            num_steps=m.num_steps,
+            learning_rate=m.learning_rate,
+            num_samples=m.num_samples,
+            warmup_steps=m.warmup_steps,
+            num_chains=m.num_chains,
+            seed=config.experiment.seed,
+        )
     raise ConfigError(f"unknown model.kind {m.kind!r}")
+
+
+def load_user_function(spec: str, key: str) -> Callable[..., Any]:
+    """Import the function named by ``path/to/file.py:function`` or ``package.module:function``.
+
+    A file path is taken relative to the working directory. Importing runs the
+    file's top-level code: point configs only at code you trust.
+
+    Args:
+        spec: where the function is.
+        key: the config key it came from (for error messages).
+
+    Raises:
+        ConfigError: the file or module cannot be found or imported, or has no such
+            callable.
+    """
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise ConfigError(f"{key} = {spec!r}: expected 'path/to/file.py:function'")
+    try:
+        if target.endswith(".py") or os.sep in target or "/" in target:
+            path = Path(target)
+            if not path.is_file():
+                raise ConfigError(
+                    f"{key} = {spec!r}: file {str(path)!r} not found (relative paths are "
+                    f"taken from the working directory {os.getcwd()!r}); run from the "
+                    "directory the config expects or give an absolute path"
+                )
+            module_name = f"bayes_mbrl_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                module_spec = importlib.util.spec_from_file_location(module_name, path)
+                if module_spec is None or module_spec.loader is None:
+                    raise ConfigError(f"{key} = {spec!r}: {str(path)!r} is not a Python file")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_name] = module
+                try:
+                    module_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+        else:
+            module = importlib.import_module(target)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"{key} = {spec!r}: importing {target!r} failed ({type(exc).__name__}: {exc})"
+        ) from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ConfigError(
+            f"{key} = {spec!r}: {target!r} has no function {name!r}; its functions are {found}"
+        )
+    return fn
 
 
 def build_planner(config: Config, task: TaskSpec, generator: torch.Generator) -> Planner:
@@ -349,7 +449,11 @@ class Experiment:
         return RunResult(self.run_dir, [float(r["return"]) for r in self.metrics], self.metrics)
 
     def _fit(self) -> FitReport:
-        bar = self._bar(total=self.config.model.max_epochs, desc="fit", leave=False)
+        m = self.config.model
+        total = {"ensemble": m.max_epochs, "bnn": m.max_epochs}.get(m.kind)
+        if m.kind == "pyro" and m.inference == "svi":
+            total = m.num_steps
+        bar = self._bar(total=total or 0, desc="fit", leave=False)
 
         def progress(epoch: int, train: float, val: float) -> None:
             if bar is not None:
@@ -357,8 +461,9 @@ class Experiment:
                 bar.set_postfix_str(f"train {train:.3f} val {val:.3f}", refresh=False)
 
         try:
-            if isinstance(self.model, ProbabilisticEnsemble):
-                return self.model.fit(self.buffer, self.generator, progress=progress)
+            if "progress" in inspect.signature(self.model.fit).parameters:
+                fit: Callable[..., FitReport] = self.model.fit
+                return fit(self.buffer, self.generator, progress=progress)
             return self.model.fit(self.buffer, self.generator)
         finally:
             if bar is not None:
@@ -484,7 +589,7 @@ class Experiment:
             "torch_version": str(torch.__version__),
             "episodes_done": self.episodes_done,
             "num_transitions": len(self.buffer),
-            "model": self.model.state_dict() if hasattr(self.model, "state_dict") else {},
+            "model": self.model.state_dict() if self.last_fit is not None else {},
             "model_fitted_once": self.last_fit is not None,
             "rng_torch": self.generator.get_state(),
             "metrics": [dict(r) for r in self.metrics],
@@ -533,8 +638,8 @@ class Experiment:
         _atomic_write_bytes(self.run_dir / "learning_curve.png", buf.getvalue())
 
     # ------------------------------------------------------------- resuming
-    def restore(self) -> None:
-        """Load the newest readable checkpoint and the transitions it covers."""
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint's contents (None when there is none)."""
         state: dict[str, Any] | None = None
         for path in sorted(self.checkpoint_dir.glob("ckpt_*.pt"), reverse=True):
             try:
@@ -553,6 +658,11 @@ class Experiment:
                     f"this bayes_mbrl reads {CHECKPOINT_FORMAT}"
                 )
             break
+        return state
+
+    def restore(self) -> None:
+        """Load the newest readable checkpoint and the transitions it covers."""
+        state = self.read_checkpoint()
         rows = self.log.read()
         if state is None:
             # killed during the first episode: start over, replaying what was logged
@@ -567,13 +677,78 @@ class Experiment:
             )
         self._add_rows(rows[:n])
         self._replay = rows[n:]
-        if state["model_fitted_once"] and hasattr(self.model, "load_state_dict"):
+        if state["model_fitted_once"]:
             self.model.load_state_dict(state["model"])
             self.last_fit = FitReport()
         self.generator.set_state(state["rng_torch"])
         self.metrics = [dict(r) for r in state["metrics"]]
         self.episodes_done = int(state["episodes_done"])
         self.log.open(keep_rows=len(rows))
+
+
+@dataclass
+class LoadedRun:
+    """A run's fitted model and its data, for analysis (``bayes-mbrl analyze``).
+
+    Attributes:
+        config: the run's configuration.
+        model: the model of the newest readable checkpoint.
+        train: transitions of every episode before the last one.
+        held_out: transitions of the last finished episode; the checkpointed
+            model was fitted before it was collected, so they are unseen data.
+        episodes_done: episodes finished at that checkpoint.
+    """
+
+    config: Config
+    model: DynamicsModel
+    train: TransitionBatch
+    held_out: TransitionBatch
+    episodes_done: int
+
+
+def load_run(run_dir: Path | str) -> LoadedRun:
+    """Load a run directory's newest fitted model and split its transitions for analysis.
+
+    Args:
+        run_dir: a directory written by :func:`run_experiment`.
+
+    Raises:
+        CheckpointError: not a run directory, no readable checkpoint, or no model
+            fitted yet (only random episodes so far).
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} has no config.toml; it is not a bayes_mbrl run directory")
+    config = load_config(config_path)
+    config.experiment.progress = False
+    experiment = Experiment(config, run_dir)
+    state = experiment.read_checkpoint()
+    if state is None:
+        raise CheckpointError(
+            f"{run_dir} has no readable checkpoint yet; let the run finish an episode first"
+        )
+    if not state["model_fitted_once"]:
+        raise CheckpointError(
+            f"{run_dir}: no model has been fitted yet (only random episodes so far); "
+            "analyze the run after its first planned episode"
+        )
+    experiment.model.load_state_dict(state["model"])
+    rows = experiment.log.read()[: int(state["num_transitions"])]
+    o, a, r, no, te, tr, ep = experiment.log.split_row(rows)
+    last = ep == ep.max()
+
+    def batch(mask: np.ndarray) -> TransitionBatch:
+        return TransitionBatch(
+            torch.from_numpy(o[mask].copy()),
+            torch.from_numpy(a[mask].copy()),
+            torch.from_numpy(r[mask].copy()),
+            torch.from_numpy(no[mask].copy()),
+            torch.from_numpy(te[mask].copy()),
+            torch.from_numpy(tr[mask].copy()),
+        )
+
+    return LoadedRun(config, experiment.model, batch(~last), batch(last), state["episodes_done"])
 
 
 def _fmt(value: Any) -> Any:
