@@ -1,0 +1,782 @@
+"""Any user-written Pyro model as a dynamics model, fitted by SVI or NUTS.
+
+The user model contract (checked at the start of :meth:`PyroDynamics.fit`; see
+``docs/pyro_models.md``)::
+
+    def model(obs, action, next_obs=None):
+        # obs (..., N, obs_dim), action (..., N, action_dim), next_obs (N, obs_dim) or None
+        mass = pyro.sample("mass", dist.LogNormal(0.0, 0.5))            # global latents:
+        w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))  # outside plates,
+        with pyro.plate("transitions", obs.shape[-2], dim=-1):        # vectors via to_event
+            loc = ...  # (..., N, obs_dim), written with `...` indexing: obs[..., 0]
+            pyro.sample("next_obs", dist.Normal(loc, scale).to_event(1), obs=next_obs)
+
+1. **Global latents** (physical parameters, noise scales, weights of a small residual
+   net) are ``pyro.sample`` sites outside any plate, with batch shape ``()``; vector
+   latents use ``.to_event(k)``. Unknown quantities are latents with a prior, not
+   ``pyro.param`` (``guide="delta"`` gives a MAP point estimate).
+2. **One plate** ``pyro.plate("transitions", N, dim=-1)`` over transitions, and no
+   other plate.
+3. **Exactly one observed site**, ``"next_obs"``, inside that plate, with batch shape
+   ``(N,)`` and event shape ``(obs_dim,)``, observed with ``obs=next_obs``.
+   ``pyro.deterministic`` sites are allowed.
+4. **Vectorizable**: the model also runs with extra batch dimensions on the left, as
+   Pyro's ``Predictive(parallel=True)`` requires. :meth:`PyroDynamics.sample_functions`
+   evaluates ``n`` draws in one call: each latent becomes ``(n, 1, *event_shape)``,
+   inputs ``(n, B, dim)``, under ``pyro.plate("functions", n, dim=-2)``. Index with
+   ``...`` (``obs[..., 2]``, never ``obs[:, 2]``) and let latents broadcast.
+
+A *function* is one draw of the global latents (from the SVI guide, or one stored
+NUTS sample); its next-observation distribution is the model's ``"next_obs"`` site
+with the latents conditioned, read in one pass of the model per call (no loop over draws).
+
+Shapes: ``n`` functions, ``B`` inputs per function, ``N`` transitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyro
+import pyro.infer.autoguide as autoguide
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
+from pyro.optim import Adam, ClippedAdam  # type: ignore[attr-defined]
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from torch.distributions import Distribution
+
+from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
+from bayes_mbrl.models.base import (
+    DEFAULT_ANALYSIS_DRAWS,
+    DynamicsModel,
+    FitReport,
+    FunctionSample,
+    Predictive,
+)
+
+__all__ = [
+    "FUNCTIONS_PLATE",
+    "GUIDES",
+    "INFERENCES",
+    "NEXT_OBS",
+    "OPTIMIZERS",
+    "TRANSITIONS_PLATE",
+    "PyroDynamics",
+    "PyroFunctionSample",
+]
+
+#: name of the observed site a user model must declare
+NEXT_OBS = "next_obs"
+#: name of the plate over transitions a user model must declare (``dim=-1``)
+TRANSITIONS_PLATE = "transitions"
+#: name of the plate over function draws that vectorized evaluation adds (``dim=-2``)
+FUNCTIONS_PLATE = "functions"
+INFERENCES = ("svi", "nuts")
+GUIDES: dict[str, Callable[..., autoguide.AutoGuide]] = {
+    "normal": autoguide.AutoNormal,
+    "multivariate_normal": autoguide.AutoMultivariateNormal,
+    "delta": autoguide.AutoDelta,
+    "lowrank": autoguide.AutoLowRankMultivariateNormal,
+}
+OPTIMIZERS = ("adam", "clipped_adam")
+_FUNCTION_DIM = -2
+#: transitions used to check the model's contract at the start of fit
+_CHECK_ROWS = 64
+#: progress/loss records per SVI fit
+_LOG_POINTS = 100
+
+ModelFn = Callable[..., Any]
+
+
+class _Evaluate(Messenger):
+    """Conditions global latents, keeps ``next_obs`` from being sampled, captures its law.
+
+    Sits below the plates in the handler stack, so the captured distribution is the
+    plate-broadcast one.
+    """
+
+    def __init__(self, values: dict[str, Tensor], next_obs: Tensor) -> None:
+        super().__init__()
+        self.values, self.next_obs = values, next_obs
+        self.fn: Distribution | None = None
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        name = msg["name"]
+        if name == NEXT_OBS:
+            self.fn = msg["fn"]
+            msg["value"], msg["is_observed"] = self.next_obs, True
+        elif name in self.values:
+            msg["value"], msg["is_observed"] = self.values[name], True
+
+
+class _ScaleSite(Messenger):
+    """Scale the log-density of one site (the minibatched likelihood) by ``scale``."""
+
+    def __init__(self, name: str, scale: float) -> None:
+        super().__init__()
+        self.name, self.scale = name, scale
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if msg["name"] == self.name:
+            msg["scale"] = self.scale * msg["scale"]
+
+
+def _run_vectorized(
+    model_fn: ModelFn, values: dict[str, Tensor], obs: Tensor, action: Tensor, n: int
+) -> Distribution | None:
+    """The ``next_obs`` law of ``n`` latent draws at ``(n, B, dim)`` inputs, one model pass."""
+    handler = _Evaluate(values, obs)
+    with handler, pyro.plate(FUNCTIONS_PLATE, n, dim=_FUNCTION_DIM):
+        model_fn(obs, action, None)
+    return handler.fn
+
+
+class PyroFunctionSample(FunctionSample):
+    """``n`` draws of a user model's global latents, evaluated in one model pass per call.
+
+    Args:
+        model_fn: the user's Pyro model (see the module docstring for the contract).
+        latents: global latent values, each ``(n, *shape)``.
+        obs_dim: observation size.
+        num_chains: MCMC chains the draws come from (chain-major), 1 for SVI.
+    """
+
+    def __init__(
+        self, model_fn: ModelFn, latents: dict[str, Tensor], obs_dim: int, num_chains: int = 1
+    ) -> None:
+        if not latents:
+            raise ModelError("a PyroFunctionSample needs at least one latent draw")
+        self.model_fn = model_fn
+        self._latents = latents
+        self.n = int(next(iter(latents.values())).shape[0])
+        self.obs_dim = obs_dim
+        self.num_chains = num_chains
+        # (n, *shape) -> (n, 1, *shape): the plate over functions sits at dim -2
+        self._values = {k: v.reshape(self.n, 1, *v.shape[1:]) for k, v in latents.items()}
+
+    def latents(self) -> dict[str, Tensor]:
+        """Global latents of each function, ``(n, *shape)`` per site."""
+        return dict(self._latents)
+
+    def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
+        """Next-observation law of each function: batch ``(n, B)``, event ``(obs_dim,)``.
+
+        Args:
+            obs: ``(n, B, obs_dim)``.
+            action: ``(n, B, action_dim)``.
+        """
+        if obs.dim() != 3 or obs.shape[0] != self.n or obs.shape[-1] != self.obs_dim:
+            raise DataError(
+                f"FunctionSample of {self.n} functions expects obs of shape "
+                f"({self.n}, B, {self.obs_dim}), got {tuple(obs.shape)}"
+            )
+        with pyro.validation_enabled(False):
+            fn = _run_vectorized(self.model_fn, self._values, obs, action, self.n)
+        if fn is None:  # checked at fit; a model may still branch on its inputs
+            raise ModelError(f"the Pyro model did not reach its '{NEXT_OBS}' sample site")
+        return fn
+
+
+class PyroDynamics(DynamicsModel):
+    """A user-written Pyro model ``model(obs, action, next_obs=None)`` as dynamics.
+
+    Args:
+        model_fn: the Pyro model; contract in the module docstring and ``docs/pyro_models.md``.
+        obs_dim: observation size.
+        action_dim: action size.
+        inference: ``"svi"`` (an autoguide trained with the ELBO) or ``"nuts"``.
+        guide: SVI autoguide, one of :data:`GUIDES` (``normal``: AutoNormal,
+            ``multivariate_normal``, ``delta`` (MAP), ``lowrank``).
+        num_steps: SVI steps per :meth:`fit` (training continues from the current guide).
+        learning_rate: SVI step size.
+        batch_size: SVI minibatch size (the likelihood is scaled to all ``N``
+            transitions), or None for full batches.
+        num_samples: NUTS samples kept per chain.
+        warmup_steps: NUTS adaptation steps per chain.
+        num_chains: NUTS chains (run one after another, seeded apart).
+        seed: seeds Pyro's randomness of a fit (when no generator is given) and the
+            draws of :meth:`predict` / :meth:`log_likelihood`.
+        optimizer: ``"clipped_adam"`` (gradient norm clipped at 10) or ``"adam"``.
+
+    Example:
+        >>> def model(obs, action, next_obs=None):
+        ...     a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("transitions", obs.shape[-2], dim=-1):
+        ...         loc = a * obs + action
+        ...         pyro.sample("next_obs", dist.Normal(loc, 0.1).to_event(1), obs=next_obs)
+        >>> dyn = PyroDynamics(model, obs_dim=1, action_dim=1, num_steps=100)
+    """
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        obs_dim: int,
+        action_dim: int,
+        inference: str = "svi",
+        guide: str = "normal",
+        num_steps: int = 2000,
+        learning_rate: float = 0.01,
+        batch_size: int | None = None,
+        num_samples: int = 500,
+        warmup_steps: int = 500,
+        num_chains: int = 1,
+        seed: int = 0,
+        optimizer: str = "clipped_adam",
+    ) -> None:
+        if not callable(model_fn):
+            raise ConfigError(
+                f"model_fn must be a callable Pyro model, got {type(model_fn).__name__}"
+            )
+        if obs_dim < 1 or action_dim < 1:
+            raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim}, {action_dim}")
+        if inference not in INFERENCES:
+            raise ConfigError(f"unknown inference {inference!r}; choose one of {list(INFERENCES)}")
+        if guide not in GUIDES:
+            raise ConfigError(f"unknown guide {guide!r}; choose one of {sorted(GUIDES)}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        positive = {
+            "num_steps": num_steps,
+            "num_samples": num_samples,
+            "num_chains": num_chains,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if not (learning_rate > 0 and math.isfinite(learning_rate)):
+            raise ConfigError(f"learning_rate must be a positive number, got {learning_rate}")
+        self.model_fn = model_fn
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.inference, self.guide_name, self.optimizer_name = inference, guide, optimizer
+        self.num_steps, self.learning_rate, self.batch_size = num_steps, learning_rate, batch_size
+        self.num_samples, self.warmup_steps, self.num_chains = (
+            num_samples,
+            warmup_steps,
+            num_chains,
+        )
+        self.seed = seed
+        self.num_functions_hint = None
+        #: latent site name -> shape of one draw (set by the first fit or load)
+        self.latent_shapes: dict[str, tuple[int, ...]] = {}
+        self.guide: autoguide.AutoGuide | None = None
+        #: NUTS samples, chain-major ``(num_chains * num_samples, *shape)`` per site
+        self.samples: dict[str, Tensor] = {}
+        self.fitted = False
+        self._proto: tuple[Tensor, Tensor, Tensor] | None = None
+        self._store: Any = {"params": {}, "constraints": {}}
+
+    # ------------------------------------------------------------------ helpers
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
+        """This model's own Pyro param store; the global one is restored after."""
+        with pyro.get_param_store().scope(self._store) as state:
+            yield
+        self._store = state
+
+    def _seed_from(self, generator: torch.Generator | None) -> int:
+        if generator is None:
+            return self.seed
+        return int(torch.randint(2**62, (1,), generator=generator))
+
+    def _describe_call(self, obs: Tensor, action: Tensor) -> str:
+        return (
+            f"model(obs {tuple(obs.shape)}, action {tuple(action.shape)}, "
+            f"next_obs {tuple(obs.shape)})"
+        )
+
+    # --------------------------------------------------------------- validation
+    def check_model_fn(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> dict[str, Any]:
+        """Trace the user model once and check the contract.
+
+        Runs the model at the prior median of its latents on ``(N, dim)`` inputs, then
+        once vectorized over 2 functions, and compares the two.
+
+        Args:
+            obs: ``(N, obs_dim)``.
+            action: ``(N, action_dim)``.
+            next_obs: ``(N, obs_dim)``.
+
+        Returns:
+            The latent values at the prior median, ``{name: (*shape)}``.
+
+        Raises:
+            ModelError: naming what breaks the contract and how to fix it.
+        """
+        n_rows = obs.shape[0]
+        call = self._describe_call(obs, action)
+        fix = "see docs/pyro_models.md for the contract"
+        try:
+            with (
+                torch.random.fork_rng(devices=[]),
+                pyro.validation_enabled(True),
+                torch.no_grad(),
+            ):
+                torch.manual_seed(self.seed)
+                init = InitMessenger(init_to_median(num_samples=15))
+                trace = poutine.trace(init(self.model_fn)).get_trace(obs, action, next_obs)
+                trace.compute_log_prob()
+                nodes: dict[str, Any] = dict(trace.nodes)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"the Pyro model raised {type(exc).__name__} when traced as {call}: {exc}; "
+                f"fix the model ({fix})"
+            ) from exc
+        params = [name for name, s in nodes.items() if s["type"] == "param"]
+        if params:
+            raise ModelError(
+                f"the Pyro model declares pyro.param sites {params}; make unknown quantities "
+                "latent pyro.sample sites with a prior (guide='delta' fits a MAP point estimate)"
+            )
+        sites = {
+            name: s
+            for name, s in nodes.items()
+            if s["type"] == "sample"
+            and not site_is_subsample(s)
+            and not s["infer"].get("_deterministic", False)
+        }
+        if NEXT_OBS not in sites:
+            raise ModelError(
+                f"the Pyro model has no sample site named '{NEXT_OBS}' (its sites: "
+                f"{sorted(sites)}); end it with pyro.sample('{NEXT_OBS}', "
+                f"dist.Normal(loc, scale).to_event(1), obs=next_obs) inside "
+                f"pyro.plate('{TRANSITIONS_PLATE}', N, dim=-1)"
+            )
+        site = sites[NEXT_OBS]
+        if not site["is_observed"]:
+            raise ModelError(
+                f"site '{NEXT_OBS}' is not observed; pass obs=next_obs to its pyro.sample"
+            )
+        others = [k for k, s in sites.items() if s["is_observed"] and k != NEXT_OBS]
+        if others:
+            raise ModelError(
+                f"the Pyro model has observed sites {others} besides '{NEXT_OBS}'; "
+                f"exactly one observed site, '{NEXT_OBS}', is supported"
+            )
+        fn = site["fn"]
+        if tuple(fn.event_shape) != (self.obs_dim,):
+            raise ModelError(
+                f"site '{NEXT_OBS}' has event shape {tuple(fn.event_shape)}, expected "
+                f"({self.obs_dim},) (obs_dim); declare the per-dimension law as one event, "
+                "e.g. dist.Normal(loc, scale).to_event(1)"
+            )
+        if tuple(fn.batch_shape) != (n_rows,):
+            raise ModelError(
+                f"site '{NEXT_OBS}' has batch shape {tuple(fn.batch_shape)} for {n_rows} "
+                f"transitions, expected ({n_rows},); compute loc of shape (..., N, obs_dim) from "
+                f"obs and action and sample it inside pyro.plate('{TRANSITIONS_PLATE}', N, dim=-1)"
+            )
+        frames = [f.name for f in site["cond_indep_stack"]]
+        if frames != [TRANSITIONS_PLATE]:
+            raise ModelError(
+                f"site '{NEXT_OBS}' is inside plates {frames}, expected exactly "
+                f"['{TRANSITIONS_PLATE}']; use pyro.plate('{TRANSITIONS_PLATE}', N, dim=-1)"
+            )
+        latents: dict[str, Tensor] = {}
+        for name, s in sites.items():
+            if s["is_observed"]:
+                continue
+            if s["cond_indep_stack"] or tuple(s["fn"].batch_shape) != ():
+                raise ModelError(
+                    f"latent site '{name}' has batch shape {tuple(s['fn'].batch_shape)} "
+                    f"(plates {[f.name for f in s['cond_indep_stack']]}); global latents must "
+                    "be sampled outside any plate with batch shape (), vectors as "
+                    "dist.Normal(0, 1).expand([k]).to_event(1)"
+                )
+            latents[name] = s["value"].detach()
+        if not latents:
+            raise ModelError(
+                "the Pyro model has no latent sample sites; a dynamics model needs at least one "
+                "unknown global quantity with a prior (e.g. a noise scale)"
+            )
+        latent_values = {k: v.tolist() for k, v in latents.items()}
+        for name, s in nodes.items():
+            if s["type"] == "sample" and "log_prob_sum" in s:
+                lp = s["log_prob_sum"]
+                if not bool(torch.isfinite(lp)):
+                    raise ModelError(
+                        f"log-density of site '{name}' is {float(lp)} at the prior median of the "
+                        f"latents {latent_values}; check that the "
+                        "distribution parameters are finite (no NaN loc, positive scale) and "
+                        "that latents are used inside their support (e.g. a LogNormal prior "
+                        "for a positive mass)"
+                    )
+        self._check_vectorized(latents, obs, action, site["fn"].mean.detach())
+        return latents
+
+    def _check_vectorized(
+        self, latents: dict[str, Tensor], obs: Tensor, action: Tensor, mean: Tensor
+    ) -> None:
+        """Run the model over 2 functions with the same latents on different row orders."""
+        values = {k: v.expand(2, *v.shape) for k, v in latents.items()}
+        flip = torch.arange(obs.shape[0] - 1, -1, -1)
+        o, a = torch.stack([obs, obs[flip]]), torch.stack([action, action[flip]])
+        expected = torch.stack([mean, mean[flip]])
+        hint = (
+            "the model is not vectorizable: it must also run with extra batch dimensions on "
+            "the left (latents (n, 1, *event_shape), obs (n, N, obs_dim)); index with `...` "
+            "(obs[..., 0], not obs[:, 0]); a scalar latent is (n, 1) and broadcasts against "
+            "(n, N) per-transition values, so write a.unsqueeze(-1) * obs for (n, N, obs_dim) "
+            "tensors (or build loc with torch.stack([...], -1)); declare "
+            f"pyro.plate('{TRANSITIONS_PLATE}', obs.shape[-2], dim=-1)"
+        )
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(self.seed)
+                fn = PyroFunctionSample(self.model_fn, values, self.obs_dim)(o, a)
+                got = fn.mean
+        except Exception as exc:
+            raise ModelError(
+                f"{hint} (vectorized call raised {type(exc).__name__}: {exc})"
+            ) from exc
+        if tuple(fn.batch_shape) != (2, obs.shape[0]) or tuple(fn.event_shape) != (self.obs_dim,):
+            raise ModelError(
+                f"{hint} (vectorized call gave batch {tuple(fn.batch_shape)} / event "
+                f"{tuple(fn.event_shape)}, expected (2, {obs.shape[0]}) / ({self.obs_dim},))"
+            )
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            err = float((got - expected).abs().max())
+            raise ModelError(f"{hint} (vectorized means differ from unvectorized ones by {err:g})")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        data: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, float, float], None] | None = None,
+    ) -> FitReport:
+        """Fit the posterior to all transitions in ``data``.
+
+        SVI continues from the current guide (warm start across MPC episodes) with a
+        fresh optimizer; NUTS reruns its chains on all data.
+
+        Args:
+            data: all transitions so far.
+            generator: seeds Pyro's randomness for this fit (default: ``seed``).
+            progress: called as ``progress(step, loss, nan)`` about 100 times per SVI fit
+                (loss: negative ELBO per transition) and once per NUTS chain
+                (loss: mean potential energy per transition of its samples).
+
+        Returns:
+            The logged losses; ``epochs`` counts SVI steps or NUTS samples.
+
+        Raises:
+            DataError: no transitions.
+            ModelError: the model breaks the contract (checked before anything changes), or
+                SVI diverged (the previous guide parameters are restored).
+        """
+        start = time.perf_counter()
+        if len(data) < 1:
+            raise DataError("need at least 1 transition to fit; collect some first")
+        if data.obs_dim != self.obs_dim or data.action_dim != self.action_dim:
+            raise DataError(
+                f"buffer has obs_dim={data.obs_dim}, action_dim={data.action_dim} but the model "
+                f"was built for {self.obs_dim}, {self.action_dim}; pass the matching buffer"
+            )
+        batch = data.all()
+        obs, action, next_obs = batch.obs, batch.action, batch.next_obs
+        k = min(_CHECK_ROWS, len(data))
+        latents = self.check_model_fn(obs[:k], action[:k], next_obs[:k])
+        shapes = {name: tuple(v.shape) for name, v in latents.items()}
+        if self.latent_shapes and shapes != self.latent_shapes:
+            raise ModelError(
+                f"the model's latents changed from {self.latent_shapes} to {shapes} since the "
+                "last fit; build a new PyroDynamics for a different model"
+            )
+        seed = self._seed_from(generator)
+        if self.inference == "svi":
+            report = self._fit_svi(obs, action, next_obs, shapes, seed, progress)
+        else:
+            report = self._fit_nuts(obs, action, next_obs, shapes, seed, progress)
+        self.latent_shapes = shapes
+        self._proto = (obs[:k].clone(), action[:k].clone(), next_obs[:k].clone())
+        self.fitted = True
+        report.wall_seconds = time.perf_counter() - start
+        return report
+
+    def _make_guide(self) -> autoguide.AutoGuide:
+        return GUIDES[self.guide_name](self.model_fn)
+
+    def _fit_svi(
+        self,
+        obs: Tensor,
+        action: Tensor,
+        next_obs: Tensor,
+        shapes: dict[str, tuple[int, ...]],
+        seed: int,
+        progress: Callable[[int, float, float], None] | None,
+    ) -> FitReport:
+        n_total = obs.shape[0]
+        bs = n_total if self.batch_size is None else min(self.batch_size, n_total)
+        report = FitReport()
+        log_every = max(1, self.num_steps // _LOG_POINTS)
+        with self._scope(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pyro.set_rng_seed(seed)
+            guide = self.guide if self.guide is not None else self._make_guide()
+            model: ModelFn = self.model_fn
+            if bs < n_total:
+                model = _ScaleSite(NEXT_OBS, n_total / bs)(self.model_fn)
+            if self.guide is None:  # set up the guide's parameters on the data
+                with torch.no_grad():
+                    guide(obs[:bs], action[:bs], next_obs[:bs])
+            backup = {k: v.detach().clone() for k, v in guide.state_dict().items()}
+            optim_cls = ClippedAdam if self.optimizer_name == "clipped_adam" else Adam
+            args: dict[str, Any] = {"lr": self.learning_rate}
+            if self.optimizer_name == "clipped_adam":
+                args["clip_norm"] = 10.0
+            svi = SVI(model, guide, optim_cls(args), loss=Trace_ELBO())
+            gen = torch.Generator().manual_seed(seed)
+            running, count = 0.0, 0
+            for step in range(self.num_steps):
+                if bs < n_total:
+                    idx = torch.randint(n_total, (bs,), generator=gen)
+                    loss = svi.step(obs[idx], action[idx], next_obs[idx])
+                else:
+                    loss = svi.step(obs, action, next_obs)
+                if not math.isfinite(loss):
+                    guide.load_state_dict(backup)
+                    raise ModelError(
+                        f"SVI diverged (non-finite ELBO) at step {step}; the guide parameters "
+                        "were restored to those before this fit. Lower model.learning_rate, "
+                        "tighten the priors, or check the model for NaN-producing operations"
+                    )
+                running += loss / n_total
+                count += 1
+                if (step + 1) % log_every == 0 or step == self.num_steps - 1:
+                    report.train_losses.append(running / count)
+                    if progress is not None:
+                        progress(step, running / count, math.nan)
+                    running, count = 0.0, 0
+            report.epochs = self.num_steps
+        self.guide = guide
+        return report
+
+    def _fit_nuts(
+        self,
+        obs: Tensor,
+        action: Tensor,
+        next_obs: Tensor,
+        shapes: dict[str, tuple[int, ...]],
+        seed: int,
+        progress: Callable[[int, float, float], None] | None,
+    ) -> FitReport:
+        report = FitReport()
+        chains: list[dict[str, Tensor]] = []
+        n_total = obs.shape[0]
+        with self._scope(), torch.random.fork_rng(devices=[]):
+            for chain in range(self.num_chains):  # whole chains, one after another
+                torch.manual_seed(seed + chain)
+                pyro.set_rng_seed(seed + chain)
+                kernel = NUTS(self.model_fn, init_strategy=init_to_median(num_samples=15))
+                mcmc = MCMC(
+                    kernel,
+                    num_samples=self.num_samples,
+                    warmup_steps=self.warmup_steps,
+                    num_chains=1,
+                    disable_progbar=True,
+                )
+                mcmc.run(obs, action, next_obs)
+                draws = {k: v.detach() for k, v in mcmc.get_samples().items() if k in shapes}
+                energy = self._mean_energy(draws, obs, action, next_obs) / n_total
+                report.train_losses.append(energy)
+                if progress is not None:
+                    progress(chain, energy, math.nan)
+                chains.append(draws)
+        samples = {k: torch.cat([c[k] for c in chains]) for k in shapes}
+        for name, v in samples.items():
+            if not bool(torch.isfinite(v).all()):
+                raise ModelError(
+                    f"NUTS produced non-finite samples of '{name}'; the previous samples were "
+                    "kept. Tighten the priors or reparameterize the model"
+                )
+        self.samples = samples
+        report.epochs = self.num_samples * self.num_chains
+        return report
+
+    def _mean_energy(
+        self, draws: dict[str, Tensor], obs: Tensor, action: Tensor, next_obs: Tensor
+    ) -> float:
+        """Mean negative log-likelihood of the data over ``draws`` (vectorized)."""
+        fs = PyroFunctionSample(self.model_fn, draws, self.obs_dim)
+        with torch.no_grad():
+            lp = fs(obs.expand(fs.n, -1, -1), action.expand(fs.n, -1, -1)).log_prob(
+                next_obs.expand(fs.n, -1, -1)
+            )
+        return float(-lp.sum(-1).mean())
+
+    # ---------------------------------------------------------------- functions
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise ModelError("the Pyro dynamics model has not been fitted; call fit(buffer) first")
+
+    def _guide_draws(self, n: int, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """``n`` draws of the global latents from the guide, one vectorized guide pass."""
+        assert self.guide is not None and self._proto is not None  # set by fit / load
+        seed = self._seed_from(generator)
+        with (
+            self._scope(),
+            torch.random.fork_rng(devices=[]),
+            torch.no_grad(),
+            pyro.validation_enabled(False),
+        ):
+            torch.manual_seed(seed)
+            with pyro.plate(FUNCTIONS_PLATE, n, dim=_FUNCTION_DIM):
+                trace = poutine.trace(self.guide).get_trace(*self._proto)
+        nodes: dict[str, Any] = dict(trace.nodes)
+        return {
+            name: nodes[name]["value"].detach().reshape(n, *shape)
+            for name, shape in self.latent_shapes.items()
+        }
+
+    def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
+        """Draw ``n`` functions: guide draws (SVI) or stored samples (NUTS, without
+        replacement while ``n`` does not exceed the number stored).
+
+        Args:
+            n: number of functions.
+            generator: source of randomness (the same generator state gives the same functions).
+        """
+        self._require_fitted()
+        if n < 1:
+            raise DataError(f"number of functions must be >= 1, got {n}")
+        if self.inference == "svi":
+            return PyroFunctionSample(self.model_fn, self._guide_draws(n, generator), self.obs_dim)
+        total = next(iter(self.samples.values())).shape[0]
+        if n <= total:
+            idx = torch.randperm(total, generator=generator)[:n]
+        else:
+            idx = torch.randint(total, (n,), generator=generator)
+        return PyroFunctionSample(
+            self.model_fn, {k: v[idx] for k, v in self.samples.items()}, self.obs_dim
+        )
+
+    def posterior_functions(
+        self, num_draws: int | None = None, generator: torch.Generator | None = None
+    ) -> FunctionSample:
+        """NUTS: every stored sample, chain-major with ``num_chains`` set (``num_draws``
+        evenly thinned per chain when it is a multiple of the chains); SVI: guide draws."""
+        self._require_fitted()
+        if self.inference == "svi":
+            return self.sample_functions(num_draws or DEFAULT_ANALYSIS_DRAWS, generator)
+        total = next(iter(self.samples.values())).shape[0]
+        per_chain = total // self.num_chains
+        if num_draws is None or num_draws >= total:
+            return PyroFunctionSample(
+                self.model_fn, dict(self.samples), self.obs_dim, self.num_chains
+            )
+        if num_draws % self.num_chains == 0:
+            keep = num_draws // self.num_chains
+            within = torch.linspace(0, per_chain - 1, keep).round().long()
+            idx = (torch.arange(self.num_chains)[:, None] * per_chain + within).reshape(-1)
+            return PyroFunctionSample(
+                self.model_fn,
+                {k: v[idx] for k, v in self.samples.items()},
+                self.obs_dim,
+                self.num_chains,
+            )
+        return self.sample_functions(num_draws, generator)
+
+    def _analysis_functions(self, num_functions: int | None) -> FunctionSample:
+        gen = torch.Generator().manual_seed(self.seed)
+        if num_functions is None:
+            return self.posterior_functions(None, gen)
+        return self.sample_functions(num_functions, gen)
+
+    @torch.no_grad()
+    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
+        """Moments over ``num_functions`` draws (None: all NUTS samples, or 100 guide draws).
+
+        Args:
+            obs: ``(B, obs_dim)``.
+            action: ``(B, action_dim)``.
+            num_functions: functions to average over.
+        """
+        self.check_inputs(obs, action)
+        fs = self._analysis_functions(num_functions)
+        dist = fs(obs.float().expand(fs.n, -1, -1), action.float().expand(fs.n, -1, -1))
+        return Predictive.from_function_moments(dist.mean, dist.variance)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
+    ) -> Tensor:
+        """``(num_functions, N)`` log-density of each transition under each function."""
+        self.check_inputs(obs, action, next_obs)
+        fs = self._analysis_functions(num_functions)
+        o = obs.float().expand(fs.n, -1, -1)
+        a = action.float().expand(fs.n, -1, -1)
+        return fs(o, a).log_prob(next_obs.float().expand(fs.n, -1, -1))
+
+    # -------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Guide parameters (SVI) or samples (NUTS), latent shapes and a few transitions
+        to rebuild the guide; tensors and plain containers only."""
+        state: dict[str, Any] = {
+            "inference": self.inference,
+            "guide": self.guide_name,
+            "fitted": self.fitted,
+            "latent_shapes": {k: list(v) for k, v in self.latent_shapes.items()},
+            "num_chains": self.num_chains,
+        }
+        if self._proto is not None:
+            state["proto"] = [t.clone() for t in self._proto]
+        if self.guide is not None:
+            state["guide_params"] = {
+                k: v.detach().clone() for k, v in self.guide.state_dict().items()
+            }
+        if self.samples:
+            state["samples"] = {k: v.clone() for k, v in self.samples.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into a model built with the same arguments.
+
+        Raises:
+            ModelError: the state was saved with another inference, guide or model.
+        """
+        for key in ("inference", "guide"):
+            mine = self.inference if key == "inference" else self.guide_name
+            if state.get(key) != mine:
+                raise ModelError(
+                    f"saved Pyro dynamics used {key}={state.get(key)!r}, this model {mine!r}; "
+                    "load it into a model built with the same arguments"
+                )
+        if not state.get("fitted", False):
+            self.fitted = False
+            return
+        shapes = {k: tuple(int(d) for d in v) for k, v in state["latent_shapes"].items()}
+        proto = tuple(state["proto"])
+        guide: autoguide.AutoGuide | None = None
+        if self.inference == "svi":
+            try:
+                with self._scope(), torch.random.fork_rng(devices=[]), torch.no_grad():
+                    torch.manual_seed(self.seed)
+                    guide = self._make_guide()
+                    guide(*proto)
+                    guide.load_state_dict(state["guide_params"])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise ModelError(
+                    f"saved guide does not match this model ({exc}); load it into a model "
+                    "built with the same model function and guide"
+                ) from exc
+        self.latent_shapes = shapes
+        self._proto = (proto[0], proto[1], proto[2])
+        self.guide = guide
+        self.samples = dict(state.get("samples", {}))
+        self.num_chains = int(state.get("num_chains", self.num_chains))
+        self.fitted = True
