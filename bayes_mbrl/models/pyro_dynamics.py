@@ -51,7 +51,7 @@ from pyro.optim import Adam, ClippedAdam  # type: ignore[attr-defined]
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
 
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
@@ -116,6 +116,21 @@ class _Evaluate(Messenger):
             msg["value"], msg["is_observed"] = self.next_obs, True
         elif name in self.values:
             msg["value"], msg["is_observed"] = self.values[name], True
+
+
+def _law_problem(fn: Any) -> str:
+    """Which moment of a distribution is broken, as a clause for an error message."""
+    try:
+        base = fn.base_dist if isinstance(fn, Independent) else fn
+        mean, sd = fn.mean, getattr(base, "scale", None)
+        sd = fn.stddev if not isinstance(sd, Tensor) else sd
+    except Exception:  # laws without moments: say nothing more
+        return ""
+    if not bool(torch.isfinite(mean).all()):
+        return f" (its mean/loc has {int((~torch.isfinite(mean)).sum())} non-finite entries)"
+    if not bool((torch.isfinite(sd) & (sd > 0)).all()):
+        return " (its variance/scale is not positive and finite everywhere)"
+    return ""
 
 
 class _ScaleSite(Messenger):
@@ -206,6 +221,9 @@ class PyroDynamics(DynamicsModel):
         seed: seeds Pyro's randomness of a fit (when no generator is given) and the
             draws of :meth:`predict` / :meth:`log_likelihood`.
         optimizer: ``"clipped_adam"`` (gradient norm clipped at 10) or ``"adam"``.
+        final_learning_rate: with ``clipped_adam``, decay the step size geometrically
+            from ``learning_rate`` to this over each fit's ``num_steps`` (None: constant).
+            Decaying makes the final guide settle instead of jittering around the optimum.
 
     Example:
         >>> def model(obs, action, next_obs=None):
@@ -231,6 +249,7 @@ class PyroDynamics(DynamicsModel):
         num_chains: int = 1,
         seed: int = 0,
         optimizer: str = "clipped_adam",
+        final_learning_rate: float | None = None,
     ) -> None:
         if not callable(model_fn):
             raise ConfigError(
@@ -258,6 +277,17 @@ class PyroDynamics(DynamicsModel):
             raise ConfigError(f"batch_size must be >= 1 or None, got {batch_size}")
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
             raise ConfigError(f"learning_rate must be a positive number, got {learning_rate}")
+        if final_learning_rate is not None:
+            if not (0 < final_learning_rate <= learning_rate):
+                raise ConfigError(
+                    f"final_learning_rate must be in (0, learning_rate={learning_rate}], "
+                    f"got {final_learning_rate}"
+                )
+            if optimizer != "clipped_adam":
+                raise ConfigError(
+                    "final_learning_rate (a decaying step size) needs optimizer='clipped_adam'"
+                )
+        self.final_learning_rate = final_learning_rate
         self.model_fn = model_fn
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.inference, self.guide_name, self.optimizer_name = inference, guide, optimizer
@@ -289,7 +319,8 @@ class PyroDynamics(DynamicsModel):
     def _seed_from(self, generator: torch.Generator | None) -> int:
         if generator is None:
             return self.seed
-        return int(torch.randint(2**62, (1,), generator=generator))
+        # pyro.set_rng_seed also seeds numpy, which takes seeds below 2**32
+        return int(torch.randint(2**31 - 1, (1,), generator=generator))
 
     def _describe_call(self, obs: Tensor, action: Tensor) -> str:
         return (
@@ -321,7 +352,7 @@ class PyroDynamics(DynamicsModel):
         try:
             with (
                 torch.random.fork_rng(devices=[]),
-                pyro.validation_enabled(True),
+                pyro.validation_enabled(False),
                 torch.no_grad(),
             ):
                 torch.manual_seed(self.seed)
@@ -403,17 +434,19 @@ class PyroDynamics(DynamicsModel):
                 "the Pyro model has no latent sample sites; a dynamics model needs at least one "
                 "unknown global quantity with a prior (e.g. a noise scale)"
             )
-        latent_values = {k: v.tolist() for k, v in latents.items()}
+        latent_values = {
+            k: [round(x, 6) for x in v.reshape(-1).tolist()] for k, v in latents.items()
+        }
         for name, s in nodes.items():
             if s["type"] == "sample" and "log_prob_sum" in s:
                 lp = s["log_prob_sum"]
                 if not bool(torch.isfinite(lp)):
                     raise ModelError(
                         f"log-density of site '{name}' is {float(lp)} at the prior median of the "
-                        f"latents {latent_values}; check that the "
+                        f"latents {latent_values}{_law_problem(s['fn'])}; check that the "
                         "distribution parameters are finite (no NaN loc, positive scale) and "
                         "that latents are used inside their support (e.g. a LogNormal prior "
-                        "for a positive mass)"
+                        "for a positive mass, not log() of a Normal one)"
                     )
         self._check_vectorized(latents, obs, action, site["fn"].mean.detach())
         return latents
@@ -524,7 +557,8 @@ class PyroDynamics(DynamicsModel):
         bs = n_total if self.batch_size is None else min(self.batch_size, n_total)
         report = FitReport()
         log_every = max(1, self.num_steps // _LOG_POINTS)
-        with self._scope(), torch.random.fork_rng(devices=[]):
+        # the contract was checked before: no per-step validation (it doubles the step time)
+        with self._scope(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
             torch.manual_seed(seed)
             pyro.set_rng_seed(seed)
             guide = self.guide if self.guide is not None else self._make_guide()
@@ -539,15 +573,26 @@ class PyroDynamics(DynamicsModel):
             args: dict[str, Any] = {"lr": self.learning_rate}
             if self.optimizer_name == "clipped_adam":
                 args["clip_norm"] = 10.0
+                if self.final_learning_rate is not None:  # geometric decay over the steps
+                    ratio = self.final_learning_rate / self.learning_rate
+                    args["lrd"] = ratio ** (1.0 / self.num_steps)
             svi = SVI(model, guide, optim_cls(args), loss=Trace_ELBO())
             gen = torch.Generator().manual_seed(seed)
             running, count = 0.0, 0
             for step in range(self.num_steps):
-                if bs < n_total:
-                    idx = torch.randint(n_total, (bs,), generator=gen)
-                    loss = svi.step(obs[idx], action[idx], next_obs[idx])
-                else:
-                    loss = svi.step(obs, action, next_obs)
+                try:
+                    if bs < n_total:
+                        idx = torch.randint(n_total, (bs,), generator=gen)
+                        loss = svi.step(obs[idx], action[idx], next_obs[idx])
+                    else:
+                        loss = svi.step(obs, action, next_obs)
+                except Exception as exc:
+                    guide.load_state_dict(backup)
+                    raise ModelError(
+                        f"SVI step {step} failed: the Pyro model or guide raised "
+                        f"{type(exc).__name__}: {exc}; the guide parameters were restored to "
+                        "those before this fit. Fix the model (see docs/pyro_models.md)"
+                    ) from exc
                 if not math.isfinite(loss):
                     guide.load_state_dict(backup)
                     raise ModelError(
@@ -578,7 +623,7 @@ class PyroDynamics(DynamicsModel):
         report = FitReport()
         chains: list[dict[str, Tensor]] = []
         n_total = obs.shape[0]
-        with self._scope(), torch.random.fork_rng(devices=[]):
+        with self._scope(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
             for chain in range(self.num_chains):  # whole chains, one after another
                 torch.manual_seed(seed + chain)
                 pyro.set_rng_seed(seed + chain)
@@ -590,7 +635,14 @@ class PyroDynamics(DynamicsModel):
                     num_chains=1,
                     disable_progbar=True,
                 )
-                mcmc.run(obs, action, next_obs)
+                try:
+                    mcmc.run(obs, action, next_obs)
+                except Exception as exc:
+                    raise ModelError(
+                        f"NUTS chain {chain} failed: the Pyro model raised {type(exc).__name__}: "
+                        f"{exc}; the previous posterior samples were kept. Fix the model "
+                        "(see docs/pyro_models.md)"
+                    ) from exc
                 draws = {k: v.detach() for k, v in mcmc.get_samples().items() if k in shapes}
                 energy = self._mean_energy(draws, obs, action, next_obs) / n_total
                 report.train_losses.append(energy)
