@@ -1,0 +1,759 @@
+"""Bayesian neural network dynamics model (Pyro; mean-field SVI, or NUTS for small nets).
+
+The model is a Bayesian MLP ``(s, a) -> N(mu, diag(sigma^2))`` over the normalized
+state delta ``s' - s`` (normalization as in the ensemble), written as a Pyro program
+with one ``pyro.sample`` site per weight matrix and bias vector:
+
+* priors: ``W_l ~ N(0, (prior_scale / sqrt(fan_in_l))^2)`` elementwise (Neal's scaling,
+  so the prior over functions stays O(1) whatever the width) and
+  ``b_l ~ N(0, prior_scale^2)``;
+* noise, ``noise="heteroscedastic"``: the last layer also outputs a log-variance,
+  soft-bounded into ``[min_logvar, max_logvar]`` as in the ensemble; the two bounds are
+  point estimates (maximum-ELBO), as are the ensemble's;
+* noise, ``noise="homoscedastic"``: one log-variance per output dimension, a latent with
+  prior ``N(-2, 3^2)`` (normalized space) and its own Gaussian variational factor, so
+  the noise level is inferred, not point-estimated.
+
+Inference, ``inference="svi"`` (the default): Bayes by Backprop (Blundell, Cornebise,
+Kavukcuoglu & Wierstra, "Weight Uncertainty in Neural Networks", ICML 2015): a fully
+factorized Gaussian guide ``q(w) = prod_j N(m_j, softplus(rho_j)^2)`` over every weight,
+fitted by maximizing the ELBO with Adam on minibatches. The likelihood of a minibatch
+is scaled by ``N / batch`` (``pyro.plate("transitions", N, subsample=rows)``), so the
+KL term counts once per data set; the KL is analytic (:class:`~pyro.infer.TraceMeanField_ELBO`,
+a :class:`~pyro.infer.Trace_ELBO` with closed-form Gaussian KLs). The guide starts at
+the usual deterministic initialization of the means with small scales, so training
+starts like a deterministic net. Early stopping on the held-out predictive NLL.
+
+Inference, ``inference="nuts"``: ``pyro.infer.MCMC`` with NUTS on the full data (small
+nets only); the samples are kept with their chain structure and
+:meth:`BayesianNeuralNet.posterior_functions` returns them chain-major. The
+heteroscedastic bounds are then fixed at the ensemble's initial values.
+
+No parameter lives in Pyro's global param store: the variational parameters are
+module-local ``torch.nn.Parameter`` objects read by the guide, and the loss is
+``TraceMeanField_ELBO().differentiable_loss`` optimized with a module-local Adam.
+
+Planning: :meth:`BayesianNeuralNet.sample_functions` draws ``n`` weight sets in one
+vectorized draw, ``(n, fan_in, fan_out)`` per layer, and evaluates them with the
+ensemble's :class:`~bayes_mbrl.models.ensemble.EnsembleFunctionSample` (normalization
+folded into the weights, one ``baddbmm`` per layer), so planning costs the same as
+with an ensemble of ``n`` members.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as pdist
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bayes_mbrl.data import Normalizer, ReplayBuffer
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
+from bayes_mbrl.models.base import DynamicsModel, FitReport, FunctionSample, Predictive
+from bayes_mbrl.models.ensemble import (
+    ACTIVATIONS,
+    LOG_2PI,
+    EnsembleFunctionSample,
+    _soft_bound_logvar,
+)
+
+__all__ = ["BNNFunctionSample", "BayesianNeuralNet"]
+
+NOISE_MODES = ("heteroscedastic", "homoscedastic")
+INFERENCE_MODES = ("svi", "nuts")
+#: prior of the homoscedastic log noise variance (normalized delta space)
+NOISE_PRIOR_LOC, NOISE_PRIOR_SCALE = -2.0, 3.0
+#: initial guide scale as a fraction of the layer's prior scale
+INIT_SCALE_FRACTION = 1e-3
+#: fixed log-variance bounds where they are not learned (NUTS; homoscedastic)
+_FIXED_MIN_LOGVAR, _FIXED_MAX_LOGVAR = -10.0, 0.5
+_HOMO_MIN_LOGVAR, _HOMO_MAX_LOGVAR = -20.0, 5.0
+#: early stopping does not stop a fit before this many gradient steps
+MIN_STEPS_BEFORE_STOPPING = 1000
+#: weight draws for the held-out predictive NLL used for early stopping
+_VAL_DRAWS = 16
+
+
+def _inv_softplus(x: float) -> float:
+    return x + math.log(-math.expm1(-x))
+
+
+def _draw_with_kl(
+    loc: Tensor, rho: Tensor, prior_loc: float, prior_scale: float
+) -> tuple[Tensor, Tensor]:
+    """A reparameterized draw from ``N(loc, softplus(rho)^2)`` and its KL to the prior.
+
+    The prior is ``N(prior_loc, prior_scale^2)`` elementwise.
+
+    Draws exactly as ``torch.distributions.Normal(loc, scale).rsample()`` does.
+
+    Returns:
+        ``(value, kl)``: value shaped like ``loc``, scalar KL summed over elements.
+    """
+    scale = F.softplus(rho)
+    eps = torch.empty(loc.shape, dtype=loc.dtype).normal_()
+    var_ratio = (scale / prior_scale).pow(2)
+    t1 = ((loc - prior_loc) / prior_scale).pow(2)
+    kl = 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+    return loc + eps * scale, kl.sum()
+
+
+class MeanFieldGuideParams(nn.Module):
+    """Locations and softplus-scales of the fully factorized Gaussian guide.
+
+    Args:
+        sizes: layer sizes ``[in_dim, *hidden, out_width]``.
+        prior_scale: the weight prior's scale multiplier (sets the initial guide scales).
+        noise_dim: size of the homoscedastic log-variance latent (0: none).
+        generator: source of randomness for the initial means.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        prior_scale: float,
+        noise_dim: int,
+        generator: torch.Generator | None,
+    ) -> None:
+        super().__init__()
+        self.w_loc, self.w_rho = nn.ParameterList(), nn.ParameterList()
+        self.b_loc, self.b_rho = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            # nn.Linear's default initialization of the means
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
+            b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+            w_rho = _inv_softplus(INIT_SCALE_FRACTION * prior_scale)
+            b_rho = _inv_softplus(INIT_SCALE_FRACTION * prior_scale)
+            self.w_loc.append(nn.Parameter(w))
+            self.w_rho.append(nn.Parameter(torch.full((fan_in, fan_out), w_rho)))
+            self.b_loc.append(nn.Parameter(b))
+            self.b_rho.append(nn.Parameter(torch.full((fan_out,), b_rho)))
+        self.noise_loc = nn.Parameter(torch.full((noise_dim,), NOISE_PRIOR_LOC))
+        self.noise_rho = nn.Parameter(torch.full((noise_dim,), _inv_softplus(0.1)))
+
+
+class BNNFunctionSample(EnsembleFunctionSample):
+    """``n`` BNN weight draws, evaluated like ensemble members (folded, one baddbmm per layer).
+
+    :meth:`latents` reports the noise: the per-dimension noise standard deviation of
+    each draw (homoscedastic), or each draw's noise standard deviation at the centre
+    of the training inputs (heteroscedastic), ``(n, obs_dim)`` in observation units.
+    """
+
+    def __init__(self, *args: Any, input_mean: Tensor, num_chains: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_mean = input_mean
+        self.num_chains = num_chains
+
+    def latents(self) -> dict[str, Tensor]:
+        """``{"noise_std": (n, obs_dim)}`` (see the class docstring)."""
+        x = self.input_mean.expand(self.n, 1, -1)
+        obs, action = x[..., : self.obs_dim], x[..., self.obs_dim :]
+        with torch.no_grad():
+            log_std = self._head(obs.contiguous(), action.contiguous())[1]
+        return {"noise_std": log_std.exp().squeeze(1)}
+
+    def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ModelError(f"BNN planning supports float32 and bfloat16, not {dtype}")
+        w, b = self._fp32
+        return BNNFunctionSample(
+            w,
+            b,
+            self.min_logvar,
+            self.max_logvar,
+            self.log_delta_std.exp(),
+            self.obs_dim,
+            self.activation,
+            self.member_index,
+            dtype,
+            input_mean=self.input_mean,
+            num_chains=self.num_chains,
+        )
+
+
+class BayesianNeuralNet(DynamicsModel):
+    """Bayesian MLP over normalized state deltas, mean-field SVI (or NUTS).
+
+    See the module docstring for the priors, the noise models and the inference.
+
+    Args:
+        obs_dim: observation size.
+        action_dim: action size.
+        hidden_sizes: hidden layer widths.
+        activation: one of ``silu``, ``relu``, ``tanh``, ``elu``.
+        prior_scale: weight prior std is ``prior_scale / sqrt(fan_in)``, bias prior std
+            ``prior_scale``.
+        noise: ``"heteroscedastic"`` (log-variance head) or ``"homoscedastic"``
+            (a per-dimension noise latent).
+        learning_rate: Adam step size (SVI).
+        batch_size: minibatch size (SVI).
+        max_epochs: upper bound on epochs per :meth:`fit` (SVI).
+        patience: epochs without a held-out NLL improvement of more than 1% before stopping.
+        val_fraction: fraction of the data held out for early stopping (SVI).
+        inference: ``"svi"`` or ``"nuts"``.
+        num_samples: NUTS samples kept per chain.
+        warmup_steps: NUTS warm-up steps per chain.
+        num_chains: NUTS chains (run one after the other).
+        seed: seeds the initialization.
+
+    Example:
+        >>> model = BayesianNeuralNet(obs_dim=3, action_dim=1, hidden_sizes=[8])
+        >>> model.num_functions_hint is None
+        True
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (200, 200, 200),
+        activation: str = "silu",
+        prior_scale: float = 1.0,
+        noise: str = "heteroscedastic",
+        learning_rate: float = 1e-3,
+        batch_size: int = 64,
+        max_epochs: int = 100,
+        patience: int = 5,
+        val_fraction: float = 0.1,
+        inference: str = "svi",
+        num_samples: int = 200,
+        warmup_steps: int = 200,
+        num_chains: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if obs_dim < 1 or action_dim < 1:
+            raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim}, {action_dim}")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown model.activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
+            )
+        if noise not in NOISE_MODES:
+            raise ConfigError(f"unknown model.noise {noise!r}; choose one of {list(NOISE_MODES)}")
+        if inference not in INFERENCE_MODES:
+            raise ConfigError(
+                f"unknown model.inference {inference!r}; choose one of {list(INFERENCE_MODES)}"
+            )
+        if not hidden_sizes or min(hidden_sizes) < 1:
+            raise ConfigError(
+                f"model.hidden_sizes must be a non-empty list of positive widths, "
+                f"got {list(hidden_sizes)}"
+            )
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_epochs", max_epochs),
+            ("num_samples", num_samples),
+            ("num_chains", num_chains),
+        ):
+            if value < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {value}")
+        if warmup_steps < 0 or patience < 0:
+            raise ConfigError(
+                "model.warmup_steps and model.patience must be >= 0, "
+                f"got {warmup_steps}, {patience}"
+            )
+        if not (prior_scale > 0 and math.isfinite(prior_scale)):
+            raise ConfigError(f"model.prior_scale must be positive and finite, got {prior_scale}")
+        if not (learning_rate > 0 and math.isfinite(learning_rate)):
+            raise ConfigError(f"model.learning_rate must be positive, got {learning_rate}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"model.val_fraction must be in [0, 1), got {val_fraction}")
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.num_functions_hint = None
+        self.activation, self.noise, self.inference = activation, noise, inference
+        self.prior_scale = float(prior_scale)
+        self.batch_size, self.max_epochs, self.patience = batch_size, max_epochs, patience
+        self.val_fraction = val_fraction
+        self.num_samples, self.warmup_steps, self.num_chains = num_samples, warmup_steps, num_chains
+        self.seed = seed
+        self.heteroscedastic = noise == "heteroscedastic"
+        in_dim = obs_dim + action_dim
+        out_width = 2 * obs_dim if self.heteroscedastic else obs_dim
+        self.sizes = [in_dim, *hidden_sizes, out_width]
+        self.num_layers = len(self.sizes) - 1
+        self.guide_params = MeanFieldGuideParams(
+            self.sizes,
+            self.prior_scale,
+            0 if self.heteroscedastic else obs_dim,
+            torch.Generator().manual_seed(seed),
+        )
+        if self.heteroscedastic and inference == "svi":
+            lo, hi = -10.0, 0.5
+        elif self.heteroscedastic:
+            lo, hi = _FIXED_MIN_LOGVAR, _FIXED_MAX_LOGVAR
+        else:
+            lo, hi = _HOMO_MIN_LOGVAR, _HOMO_MAX_LOGVAR
+        self.min_logvar = nn.Parameter(torch.full((obs_dim,), lo))
+        self.max_logvar = nn.Parameter(torch.full((obs_dim,), hi))
+        self.learn_bounds = self.heteroscedastic and inference == "svi"
+        self.input_normalizer = Normalizer(in_dim)
+        self.delta_normalizer = Normalizer(obs_dim)
+        params = list(self.guide_params.parameters())
+        if self.learn_bounds:
+            params += [self.min_logvar, self.max_logvar]
+        self.optimizer = torch.optim.Adam(params, lr=learning_rate, foreach=True)
+        #: NUTS samples, chain-major: site name -> (num_chains * num_samples, *shape)
+        self.mcmc_samples: dict[str, Tensor] = {}
+        self.fitted = False
+
+    # ------------------------------------------------------------- Pyro program
+    def _prior_scales(self) -> list[tuple[float, float]]:
+        return [(self.prior_scale, self.prior_scale)] * self.num_layers
+
+    def model(self, x: Tensor, y: Tensor | None, rows: Tensor, num_total: int) -> Tensor:
+        """The Pyro model: weight priors, noise and the likelihood of a minibatch.
+
+        Args:
+            x: ``(B, in_dim)`` normalized inputs.
+            y: ``(B, obs_dim)`` normalized delta targets, or None to sample them.
+            rows: ``(B,)`` indices of the minibatch in the data set (the plate's subsample).
+            num_total: data set size ``N``; the likelihood is scaled by ``N / B``.
+
+        Returns:
+            ``(B, obs_dim)`` the observed (or sampled) targets.
+        """
+        h = x
+        for i, ((fan_in, fan_out), (w_scale, b_scale)) in enumerate(
+            zip(itertools.pairwise(self.sizes), self._prior_scales(), strict=True)
+        ):
+            w = pyro.sample(
+                f"w{i}",
+                pdist.Normal(x.new_zeros(()), w_scale).expand([fan_in, fan_out]).to_event(2),
+            )
+            b = pyro.sample(
+                f"b{i}", pdist.Normal(x.new_zeros(()), b_scale).expand([fan_out]).to_event(1)
+            )
+            h = h @ w + b
+            if i < self.num_layers - 1:
+                h = ACTIVATIONS[self.activation](h)
+        d = self.obs_dim
+        if self.heteroscedastic:
+            mean, raw_logvar = h[:, :d], h[:, d:]
+        else:
+            mean = h
+            raw_logvar = pyro.sample(
+                "log_noise_var",
+                pdist.Normal(x.new_full((), NOISE_PRIOR_LOC), NOISE_PRIOR_SCALE)
+                .expand([d])
+                .to_event(1),
+            ).expand_as(mean)
+        logvar = _soft_bound_logvar(raw_logvar, self.min_logvar, self.max_logvar)
+        with pyro.plate("transitions", num_total, subsample=rows):
+            return pyro.sample("delta", pdist.Normal(mean, (0.5 * logvar).exp()).to_event(1), obs=y)
+
+    def guide(self, x: Tensor, y: Tensor | None, rows: Tensor, num_total: int) -> None:
+        """The mean-field Gaussian guide over every weight (and the homoscedastic noise)."""
+        g = self.guide_params
+        for i in range(self.num_layers):
+            pyro.sample(f"w{i}", pdist.Normal(g.w_loc[i], F.softplus(g.w_rho[i])).to_event(2))
+            pyro.sample(f"b{i}", pdist.Normal(g.b_loc[i], F.softplus(g.b_rho[i])).to_event(1))
+        if not self.heteroscedastic:
+            pyro.sample(
+                "log_noise_var", pdist.Normal(g.noise_loc, F.softplus(g.noise_rho)).to_event(1)
+            )
+
+    def negative_elbo(self, x: Tensor, y: Tensor, num_total: int) -> Tensor:
+        """``-ELBO`` of a minibatch, the same number as Pyro's ``TraceMeanField_ELBO``.
+
+        Equal to ``TraceMeanField_ELBO().differentiable_loss(self.model, self.guide, ...)``
+        (same draws from the global RNG, in the guide's order: ``w0, b0, w1, ...``), but
+        computed without Pyro's tracing, which halves the cost of a training step.
+
+        Args:
+            x: ``(B, in_dim)`` normalized inputs.
+            y: ``(B, obs_dim)`` normalized delta targets.
+            num_total: data set size ``N``; the likelihood is scaled by ``N / B``.
+
+        Returns:
+            Scalar: ``(N / B) * sum_b -log p(y_b | x_b, w) + KL(q || prior)``, ``w ~ q``.
+        """
+        g = self.guide_params
+        h, kl = x, x.new_zeros(())
+        for i, (w_scale, b_scale) in enumerate(self._prior_scales()):
+            w, kl_w = _draw_with_kl(g.w_loc[i], g.w_rho[i], 0.0, w_scale)
+            b, kl_b = _draw_with_kl(g.b_loc[i], g.b_rho[i], 0.0, b_scale)
+            kl = kl + kl_w + kl_b
+            h = torch.addmm(b, h, w)
+            if i < self.num_layers - 1:
+                h = ACTIVATIONS[self.activation](h)
+        d = self.obs_dim
+        if self.heteroscedastic:
+            mean, raw_logvar = h[:, :d], h[:, d:]
+        else:
+            mean = h
+            z, kl_z = _draw_with_kl(g.noise_loc, g.noise_rho, NOISE_PRIOR_LOC, NOISE_PRIOR_SCALE)
+            raw_logvar, kl = z.expand_as(mean), kl + kl_z
+        logvar = _soft_bound_logvar(raw_logvar, self.min_logvar, self.max_logvar)
+        nll = 0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
+        return nll.sum() * (num_total / x.shape[0]) + kl
+
+    # ------------------------------------------------------------ weight draws
+    def _draw_normalized(
+        self, n: int, generator: torch.Generator | None
+    ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor | None]:
+        """``n`` weight sets in normalized space, one vectorized draw.
+
+        Returns:
+            ``(weights, biases, index, log_noise_var)``: weights ``(n, in, out)`` and
+            biases ``(n, 1, out)`` per layer, ``(n,)`` the draw index (NUTS sample index,
+            or ``arange(n)``), and ``(n, obs_dim)`` homoscedastic log-variances or None.
+        """
+        if n < 1:
+            raise DataError(f"number of functions must be >= 1, got {n}")
+        if self.inference == "nuts":
+            total = next(iter(self.mcmc_samples.values())).shape[0]
+            if n <= total:
+                idx = torch.randperm(total, generator=generator)[:n]
+            else:
+                idx = torch.randint(total, (n,), generator=generator)
+            return self._gather_samples(idx)
+        g = self.guide_params
+        ws, bs = [], []
+        with torch.no_grad():
+            for i in range(self.num_layers):
+                loc, scale = g.w_loc[i], F.softplus(g.w_rho[i])
+                eps = torch.randn((n, *loc.shape), generator=generator)
+                ws.append(loc + scale * eps)
+                loc, scale = g.b_loc[i], F.softplus(g.b_rho[i])
+                eps = torch.randn((n, 1, *loc.shape), generator=generator)
+                bs.append(loc + scale * eps)
+            noise = None
+            if not self.heteroscedastic:
+                eps = torch.randn((n, self.obs_dim), generator=generator)
+                noise = g.noise_loc + F.softplus(g.noise_rho) * eps
+        return ws, bs, torch.arange(n), noise
+
+    def _gather_samples(
+        self, idx: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor | None]:
+        s = self.mcmc_samples
+        ws = [s[f"w{i}"][idx] for i in range(self.num_layers)]
+        bs = [s[f"b{i}"][idx].unsqueeze(1) for i in range(self.num_layers)]
+        noise = None if self.heteroscedastic else s["log_noise_var"][idx]
+        return ws, bs, idx, noise
+
+    def _full_head(
+        self, ws: list[Tensor], bs: list[Tensor], noise: Tensor | None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Make the last layer output ``[mean, raw log-variance]`` (``2 * obs_dim`` wide)."""
+        if noise is None:
+            return ws, bs
+        n, hidden, d = ws[-1].shape
+        ws = [*ws[:-1], torch.cat([ws[-1], ws[-1].new_zeros(n, hidden, d)], -1)]
+        bs = [*bs[:-1], torch.cat([bs[-1], noise.unsqueeze(1)], -1)]
+        return ws, bs
+
+    def _normalized_forward(
+        self, ws: list[Tensor], bs: list[Tensor], x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(n, B, in_dim)`` normalized inputs -> ``(mean, logvar)``, each ``(n, B, D)``."""
+        act = ACTIVATIONS[self.activation]
+        for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i < self.num_layers - 1:
+                x = act(x)
+        mean, logvar = x.split(self.obs_dim, dim=-1)
+        return mean, _soft_bound_logvar(logvar, self.min_logvar, self.max_logvar)
+
+    def _function_sample(
+        self,
+        ws: list[Tensor],
+        bs: list[Tensor],
+        index: Tensor,
+        noise: Tensor | None,
+        num_chains: int = 1,
+    ) -> BNNFunctionSample:
+        ws, bs = self._full_head(ws, bs, noise)
+        ws, bs = list(ws), list(bs)
+        mu_in, sd_in = self.input_normalizer.mean, self.input_normalizer.std
+        w0 = ws[0]
+        ws[0] = w0 / sd_in[None, :, None]
+        bs[0] = bs[0] - ((mu_in / sd_in) @ w0).unsqueeze(1)
+        d = self.obs_dim
+        mu_out, sd_out = self.delta_normalizer.mean, self.delta_normalizer.std
+        scale = torch.cat([sd_out, torch.ones(d)])
+        shift = torch.cat([mu_out, torch.zeros(d)])
+        ws[-1] = ws[-1] * scale
+        bs[-1] = bs[-1] * scale + shift
+        return BNNFunctionSample(
+            ws,
+            bs,
+            self.min_logvar.detach().view(1, 1, d).clone(),
+            self.max_logvar.detach().view(1, 1, d).clone(),
+            self.delta_normalizer.std.clone(),
+            self.obs_dim,
+            self.activation,
+            index,
+            input_mean=mu_in.clone(),
+            num_chains=num_chains,
+        )
+
+    # ------------------------------------------------------------------ fitting
+    def _nuts_seed(self, generator: torch.Generator | None) -> int:
+        return int(torch.randint(2**62, (1,), generator=generator))
+
+    def fit(
+        self,
+        data: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, float, float], None] | None = None,
+    ) -> FitReport:
+        """Fit the posterior to all transitions in ``data``.
+
+        SVI continues from the current guide (warm start across MPC episodes) and keeps
+        the guide of the best held-out epoch; NUTS reruns its chains from scratch.
+
+        Args:
+            data: all transitions so far.
+            generator: source of all randomness (split, minibatches, ELBO draws, NUTS).
+            progress: called as ``progress(epoch, train_loss, val_loss)`` after each epoch.
+
+        Returns:
+            SVI: train losses are the negative ELBO per transition, validation losses
+            the held-out predictive NLL per transition (normalized deltas). NUTS: no losses.
+
+        Raises:
+            DataError: fewer than 2 transitions.
+            ModelError: the ELBO became non-finite (the last good guide is restored).
+        """
+        start = time.perf_counter()
+        if len(data) < 2:
+            raise DataError(f"need at least 2 transitions to fit, got {len(data)}; collect more")
+        batch = data.all()
+        inputs = torch.cat([batch.obs, batch.action], dim=-1)
+        deltas = batch.next_obs - batch.obs
+        self.input_normalizer.fit(inputs)
+        self.delta_normalizer.fit(deltas)
+        x_all = self.input_normalizer.normalize(inputs)
+        y_all = self.delta_normalizer.normalize(deltas)
+        # all randomness of Pyro's samplers comes from this seed, drawn from `generator`;
+        # the global torch RNG is restored afterwards
+        seed = self._nuts_seed(generator)
+        with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+            torch.manual_seed(seed)
+            if self.inference == "nuts":
+                report = self._fit_nuts(x_all, y_all)
+            else:
+                report = self._fit_svi(data, x_all, y_all, generator, progress)
+        self.fitted = True
+        report.wall_seconds = time.perf_counter() - start
+        return report
+
+    def _val_nll(self, x: Tensor, y: Tensor, seed: int) -> float:
+        """Held-out predictive NLL per transition, ``-log mean_k p(y | x, w_k)``."""
+        with torch.no_grad():
+            ws, bs, _, noise = self._draw_normalized(
+                _VAL_DRAWS, torch.Generator().manual_seed(seed)
+            )
+            ws, bs = self._full_head(ws, bs, noise)
+            mean, logvar = self._normalized_forward(ws, bs, x.expand(_VAL_DRAWS, -1, -1))
+            ll = -0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
+            ll = ll.sum(-1)  # (K, B)
+            pred = torch.logsumexp(ll, 0) - math.log(_VAL_DRAWS)
+            return float(-pred.mean())
+
+    def _fit_svi(
+        self,
+        data: ReplayBuffer,
+        x_all: Tensor,
+        y_all: Tensor,
+        generator: torch.Generator | None,
+        progress: Callable[[int, float, float], None] | None,
+    ) -> FitReport:
+        train_idx, val_idx = data.split(self.val_fraction, generator)
+        n_train = len(train_idx)
+        bs = min(self.batch_size, n_train)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        best_state = [p.detach().clone() for p in params]
+        has_val = len(val_idx) > 0
+        val_seed = self._nuts_seed(generator)
+        x_val, y_val = x_all[val_idx], y_all[val_idx]
+        report = FitReport()
+        best_val = self._val_nll(x_val, y_val, val_seed) if has_val else math.inf
+        stale = 0
+        for epoch in range(self.max_epochs):
+            order = train_idx[torch.randperm(n_train, generator=generator)]
+            total, count = 0.0, 0
+            for lo in range(0, n_train - bs + 1, bs):
+                rows = order[lo : lo + bs]
+                loss = self.negative_elbo(x_all[rows], y_all[rows], n_train) / n_train
+                if self.learn_bounds:
+                    loss = loss + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+                if not torch.isfinite(loss):
+                    with torch.no_grad():
+                        for p, b in zip(params, best_state, strict=True):
+                            p.copy_(b)
+                    raise ModelError(
+                        f"BNN fit diverged (non-finite ELBO) at epoch {epoch}; the last good "
+                        "variational parameters are restored. Lower model.learning_rate or "
+                        "model.prior_scale, or check the data for extreme values"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach()) * bs
+                count += bs
+            report.train_losses.append(total / max(count, 1))
+            report.epochs = epoch + 1
+            if has_val:
+                current = self._val_nll(x_val, y_val, val_seed)
+                report.val_losses.append(current)
+                if not math.isfinite(current):
+                    stale += 1
+                elif (best_val - current) / max(abs(best_val), 1e-8) > 0.01 or not math.isfinite(
+                    best_val
+                ):
+                    with torch.no_grad():
+                        for p, b in zip(params, best_state, strict=True):
+                            b.copy_(p)
+                    best_val, report.best_epoch, stale = current, epoch, 0
+                else:
+                    stale += 1
+            else:
+                with torch.no_grad():
+                    for p, b in zip(params, best_state, strict=True):
+                        b.copy_(p)
+            if progress is not None:
+                progress(
+                    epoch, report.train_losses[-1], report.val_losses[-1] if has_val else math.nan
+                )
+            steps = (epoch + 1) * (n_train // bs)
+            if has_val and stale >= self.patience and steps >= MIN_STEPS_BEFORE_STOPPING:
+                break
+        if has_val:
+            with torch.no_grad():
+                for p, b in zip(params, best_state, strict=True):
+                    p.copy_(b)
+        return report
+
+    def _fit_nuts(self, x_all: Tensor, y_all: Tensor) -> FitReport:
+        from pyro.infer import MCMC, NUTS
+
+        n = x_all.shape[0]
+        rows = torch.arange(n)
+        chains: list[dict[str, Tensor]] = []
+        for _ in range(self.num_chains):  # chains run one after the other (one process)
+            mcmc = MCMC(
+                NUTS(self.model, jit_compile=False),
+                num_samples=self.num_samples,
+                warmup_steps=self.warmup_steps,
+                num_chains=1,
+                disable_progbar=True,
+            )
+            mcmc.run(x_all, y_all, rows, n)
+            chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
+        self.mcmc_samples = {k: torch.cat([c[k] for c in chains], 0) for k in chains[0]}
+        for k, v in self.mcmc_samples.items():
+            if not bool(torch.isfinite(v).all()):
+                self.mcmc_samples = {}
+                raise ModelError(
+                    f"NUTS produced non-finite samples of {k}; lower model.prior_scale, "
+                    "use a smaller net or inference='svi'"
+                )
+        return FitReport(epochs=1)
+
+    # ---------------------------------------------------------------- functions
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise ModelError("the BNN has not been fitted; call fit(buffer) first")
+
+    def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
+        """Draw ``n`` weight sets (guide draws, or NUTS samples) in one vectorized draw."""
+        self._require_fitted()
+        ws, bs, index, noise = self._draw_normalized(n, generator)
+        return self._function_sample(ws, bs, index, noise)
+
+    def posterior_functions(
+        self, num_draws: int | None = None, generator: torch.Generator | None = None
+    ) -> FunctionSample:
+        """SVI: ``num_draws`` guide draws. NUTS: the stored samples, chain-major.
+
+        With NUTS and ``num_draws=None`` every sample is returned; otherwise
+        ``max(1, num_draws // num_chains)`` evenly spaced samples per chain.
+        """
+        self._require_fitted()
+        if self.inference != "nuts":
+            return super().posterior_functions(num_draws, generator)
+        per_chain = next(iter(self.mcmc_samples.values())).shape[0] // self.num_chains
+        keep = (
+            per_chain if num_draws is None else max(1, min(per_chain, num_draws // self.num_chains))
+        )
+        within = torch.linspace(0, per_chain - 1, keep).round().long()
+        idx = (torch.arange(self.num_chains)[:, None] * per_chain + within).reshape(-1)
+        ws, bs, index, noise = self._gather_samples(idx)
+        return self._function_sample(ws, bs, index, noise, num_chains=self.num_chains)
+
+    @torch.no_grad()
+    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
+        """Moments over ``num_functions`` draws (default 100; NUTS: all samples)."""
+        self.check_inputs(obs, action)
+        f = self._default_functions(num_functions)
+        o = obs.float().expand(f.n, -1, -1)
+        a = action.float().expand(f.n, -1, -1)
+        dist = f(o, a)
+        return Predictive.from_function_moments(dist.mean, dist.variance)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
+    ) -> Tensor:
+        """``(num_functions, N)`` log-density of each transition under each draw."""
+        self.check_inputs(obs, action, next_obs)
+        f = self._default_functions(num_functions)
+        o = obs.float().expand(f.n, -1, -1)
+        a = action.float().expand(f.n, -1, -1)
+        return f(o, a).log_prob(next_obs.float().expand(f.n, -1, -1))
+
+    def _default_functions(self, num_functions: int | None) -> FunctionSample:
+        """Fixed-seed draws so that ``predict`` is deterministic."""
+        g = torch.Generator().manual_seed(self.seed)
+        if num_functions is None:
+            return self.posterior_functions(None, g)
+        return self.sample_functions(num_functions, g)
+
+    # -------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Guide, bounds, normalizers, optimizer state and NUTS samples (weights-only safe)."""
+        return {
+            "guide": self.guide_params.state_dict(),
+            "min_logvar": self.min_logvar.detach().clone(),
+            "max_logvar": self.max_logvar.detach().clone(),
+            "input_normalizer": self.input_normalizer.state_dict(),
+            "delta_normalizer": self.delta_normalizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "mcmc_samples": {k: v.clone() for k, v in self.mcmc_samples.items()},
+            "inference": self.inference,
+            "fitted": self.fitted,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into a model built with the same arguments."""
+        try:
+            if state["inference"] != self.inference:
+                raise ValueError(
+                    f"saved with inference={state['inference']!r}, this model uses "
+                    f"{self.inference!r}"
+                )
+            self.guide_params.load_state_dict(state["guide"])
+            with torch.no_grad():
+                self.min_logvar.copy_(state["min_logvar"])
+                self.max_logvar.copy_(state["max_logvar"])
+            self.input_normalizer.load_state_dict(state["input_normalizer"])
+            self.delta_normalizer.load_state_dict(state["delta_normalizer"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            samples = {k: v.clone() for k, v in state["mcmc_samples"].items()}
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ModelError(
+                f"saved BNN does not match this configuration ({exc}); "
+                "load it with the config it was saved with"
+            ) from exc
+        self.mcmc_samples = samples
+        self.fitted = bool(state["fitted"])
