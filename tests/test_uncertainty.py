@@ -483,6 +483,8 @@ def test_compare_models_single_model_and_bad_ic() -> None:
         compare_models({"only": model}, train, ic="aic")
     with pytest.raises(ConfigError, match="at least one model"):
         compare_models({}, train)
+    with pytest.raises(ModelError, match="num_draws >= 2"):
+        compare_models({"only": model}, train, num_draws=1)
 
 
 # ----------------------------------------------------------------------------- plots

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from bayes_mbrl.data import ReplayBuffer, TransitionBatch
-from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.errors import ConfigError, ModelError
 from bayes_mbrl.models.base import DynamicsModel
 from bayes_mbrl.uncertainty.decompose import resolve_generator
 from bayes_mbrl.uncertainty.inference_data import (
@@ -88,6 +88,7 @@ def compare_models(
 
     Raises:
         ConfigError: no models, or an unknown ``ic``.
+        ModelError: a model gave fewer than 2 posterior functions.
         DataError: the data does not fit a model.
 
     Example:
@@ -99,6 +100,14 @@ def compare_models(
         raise ConfigError("compare_models needs at least one model in the dict")
     gen = resolve_generator(generator)
     idatas = {name: to_inference_data(m, data, num_draws, gen) for name, m in models.items()}
+    for name, idata in idatas.items():
+        draws = int(idata["posterior"].sizes["chain"] * idata["posterior"].sizes["draw"])
+        if draws < 2:
+            raise ModelError(
+                f"model {name!r} gave {draws} posterior function; PSIS-LOO needs at least 2. "
+                "Pass num_draws >= 2 (a model with a single fixed function has no posterior "
+                "for LOO: compare it by held_out_nll instead)"
+            )
     if held_out is not None:
         nlls = {name: mean_mixture_nll(m, held_out, num_draws, gen) for name, m in models.items()}
     else:  # the same draws as the information criterion

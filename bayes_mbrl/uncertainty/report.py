@@ -131,7 +131,8 @@ def uncertainty_report(
       :data:`MAX_BAND_STEPS` held-out transitions, epistemic and total bands apart;
     * ``calibration.png``: empirical vs nominal coverage on the held-out data;
     * ``posterior.png``: forest plot of the posterior latents;
-    * ``summary.csv``: see :func:`summary_table`;
+    * ``summary.csv``: see :func:`summary_table` (no ``loo`` rows when the model gives
+      a single posterior function);
     * ``idata.nc``: the InferenceData of the training transitions (netCDF via
       h5netcdf; read it back with ``az.from_netcdf``).
 
@@ -182,7 +183,13 @@ def uncertainty_report(
     )
     plot_calibration(calibration, paths["calibration"])
     plot_posterior(idata, paths["posterior"])
-    loo = az.loo(idata, pointwise=True)
+    posterior = idata["posterior"]
+    # PSIS-LOO needs at least two posterior functions
+    loo = (
+        az.loo(idata, pointwise=True)
+        if posterior.sizes["chain"] * posterior.sizes["draw"] > 1
+        else None
+    )
     summary_table(idata, calibration, loo).to_csv(paths["summary"], index=False)
     tmp = paths["inference_data"].with_suffix(".nc.tmp")
     idata.to_netcdf(str(tmp))
