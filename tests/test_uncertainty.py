@@ -7,6 +7,7 @@ posterior of ``k``, so every quantity has a closed form to test against.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from pathlib import Path
@@ -576,3 +577,19 @@ def test_uncertainty_report_writes_consistent_files(tmp_path: Path) -> None:
     empty = held_out.index(torch.arange(0))
     with pytest.raises(DataError, match="no transitions"):
         uncertainty_report(model, train, empty, tmp_path / "x")
+
+
+def test_chunked_evaluation_matches_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the package exports a function named like the module: fetch the module itself
+    decompose_module = importlib.import_module("bayes_mbrl.uncertainty.decompose")
+    train = make_batch(50, seed=0)
+    model = fitted_slope_model(train)
+    full_ll = to_inference_data(model, train, num_draws=8).log_likelihood["next_obs"].values
+    full = decompose_model(model, train.obs, train.action, num_functions=8)
+    monkeypatch.setattr(decompose_module, "ROWS_PER_CALL", 24)  # 3 inputs per call
+    assert len(decompose_module.input_chunks(8, 50)) == 17
+    chunked_ll = to_inference_data(model, train, num_draws=8).log_likelihood["next_obs"].values
+    chunked = decompose_model(model, train.obs, train.action, num_functions=8)
+    np.testing.assert_array_equal(chunked_ll, full_ll)
+    assert torch.equal(chunked.predictive.mean, full.predictive.mean)
+    assert torch.equal(chunked.predictive.epistemic_var, full.predictive.epistemic_var)

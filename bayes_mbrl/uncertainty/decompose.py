@@ -34,10 +34,13 @@ __all__ = [
     "decompose_model",
     "entropy_decomposition",
     "function_moments",
+    "input_chunks",
     "resolve_generator",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
+#: rows (functions x inputs) per call of a FunctionSample in the analysis functions
+ROWS_PER_CALL = 1 << 16
 #: elements of the largest intermediate tensor before inputs are processed in chunks
 _CHUNK_ELEMENTS = 1 << 21
 
@@ -199,8 +202,17 @@ def entropy_decomposition(
     )
 
 
+def input_chunks(n: int, b: int) -> list[slice]:
+    """Slices of ``b`` inputs such that ``n`` functions see at most :data:`ROWS_PER_CALL`
+    rows per call (bounds the memory of a network's hidden activations)."""
+    step = max(1, ROWS_PER_CALL // max(1, n))
+    return [slice(lo, min(lo + step, b)) for lo in range(0, b, step)]
+
+
 def function_moments(fs: FunctionSample, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance of every function at the same inputs.
+
+    Inputs are evaluated in chunks of :func:`input_chunks` (every function at once).
 
     Args:
         fs: ``n`` functions.
@@ -213,18 +225,22 @@ def function_moments(fs: FunctionSample, obs: Tensor, action: Tensor) -> tuple[T
     Raises:
         ModelError: the functions return a distribution of the wrong shape.
     """
-    o = obs.float().expand(fs.n, -1, -1)
-    a = action.float().expand(fs.n, -1, -1)
-    with torch.no_grad():
-        dist = fs(o, a)
-        means, variances = dist.mean, dist.variance
-    expected = (fs.n, obs.shape[0], obs.shape[1])
-    if tuple(means.shape) != expected or tuple(variances.shape) != expected:
-        raise ModelError(
-            f"{type(fs).__name__} returned means {tuple(means.shape)} and variances "
-            f"{tuple(variances.shape)}, expected {expected}; check the model with check_model"
-        )
-    return means, variances
+    means_parts, var_parts = [], []
+    for rows in input_chunks(fs.n, obs.shape[0]):
+        o = obs[rows].float().expand(fs.n, -1, -1)
+        a = action[rows].float().expand(fs.n, -1, -1)
+        with torch.no_grad():
+            dist = fs(o, a)
+            means_parts.append(dist.mean)
+            var_parts.append(dist.variance)
+        expected = (fs.n, o.shape[1], obs.shape[1])
+        if tuple(means_parts[-1].shape) != expected or tuple(var_parts[-1].shape) != expected:
+            raise ModelError(
+                f"{type(fs).__name__} returned means {tuple(means_parts[-1].shape)} and "
+                f"variances {tuple(var_parts[-1].shape)}, expected {expected}; "
+                "check the model with check_model"
+            )
+    return torch.cat(means_parts, dim=1), torch.cat(var_parts, dim=1)
 
 
 @dataclass

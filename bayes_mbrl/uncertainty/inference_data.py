@@ -29,7 +29,7 @@ from torch import Tensor
 from bayes_mbrl.data import ReplayBuffer, TransitionBatch
 from bayes_mbrl.errors import DataError, ModelError
 from bayes_mbrl.models.base import DynamicsModel, FunctionSample
-from bayes_mbrl.uncertainty.decompose import resolve_generator
+from bayes_mbrl.uncertainty.decompose import input_chunks, resolve_generator
 
 __all__ = ["as_batch", "function_log_likelihood", "to_inference_data"]
 
@@ -56,23 +56,38 @@ def as_batch(data: ReplayBuffer | TransitionBatch, model: DynamicsModel) -> Tran
     return batch
 
 
+def _evaluate(
+    fs: FunctionSample, batch: TransitionBatch, generator: torch.Generator | None
+) -> tuple[Tensor, list[Tensor]]:
+    """``(n, N)`` log-likelihood and, with a generator, ``(n, chunk, obs_dim)`` draws per chunk."""
+    n = fs.n
+    ll_parts, draws = [], []
+    for rows in input_chunks(n, len(batch)):
+        o = batch.obs[rows].float().expand(n, -1, -1)
+        a = batch.action[rows].float().expand(n, -1, -1)
+        with torch.no_grad():
+            ll = fs(o, a).log_prob(batch.next_obs[rows].float().expand(n, -1, -1))
+            if generator is not None:
+                draws.append(fs.sample(o, a, generator))
+        if tuple(ll.shape) != (n, o.shape[1]):
+            raise ModelError(
+                f"{type(fs).__name__} log_prob returned shape {tuple(ll.shape)}, expected "
+                f"({n}, {o.shape[1]}); its distribution needs event shape (obs_dim,) "
+                "(wrap Normal in Independent(..., 1))"
+            )
+        ll_parts.append(ll)
+    return torch.cat(ll_parts, dim=1), draws
+
+
 def function_log_likelihood(fs: FunctionSample, batch: TransitionBatch) -> Tensor:
     """``(n, N)`` log-density of each transition under each function (summed over dims).
+
+    Transitions are evaluated in chunks (:func:`input_chunks`), every function at once.
 
     Raises:
         ModelError: the functions return log-densities of the wrong shape.
     """
-    n, big_n = fs.n, len(batch)
-    with torch.no_grad():
-        dist = fs(batch.obs.float().expand(n, -1, -1), batch.action.float().expand(n, -1, -1))
-        ll = dist.log_prob(batch.next_obs.float().expand(n, -1, -1))
-    if tuple(ll.shape) != (n, big_n):
-        raise ModelError(
-            f"{type(fs).__name__} log_prob returned shape {tuple(ll.shape)}, expected "
-            f"({n}, {big_n}); its distribution needs event shape (obs_dim,) "
-            "(wrap Normal in Independent(..., 1))"
-        )
-    return ll
+    return _evaluate(fs, batch, None)[0]
 
 
 def _chain_draw(t: Tensor, chains: int) -> np.ndarray:
@@ -126,11 +141,8 @@ def to_inference_data(
             "multiple of num_chains (chain-major layout)"
         )
     big_n = len(batch)
-    ll = function_log_likelihood(fs, batch)
-    with torch.no_grad():
-        pp = fs.sample(
-            batch.obs.float().expand(n, -1, -1), batch.action.float().expand(n, -1, -1), gen
-        )
+    ll, draws = _evaluate(fs, batch, gen)
+    pp = torch.cat(draws, dim=1)  # (n, N, obs_dim)
 
     coords: dict[str, Any] = {
         "transition": np.arange(big_n),

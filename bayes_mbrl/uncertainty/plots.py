@@ -199,7 +199,9 @@ def plot_calibration(result: CalibrationResult, path: str | Path) -> Path:
 def plot_posterior(
     idata: az.InferenceData, path: str | Path, var_names: Sequence[str] | None = None
 ) -> Path:
-    """Forest plot (mean and 94% HDI per chain) of the posterior latents.
+    """Forest plots (mean, 50% and 94% HDI per chain) of the posterior latents.
+
+    One panel per variable, each on its own scale.
 
     Args:
         idata: from :func:`~bayes_mbrl.uncertainty.inference_data.to_inference_data`.
@@ -222,10 +224,15 @@ def plot_posterior(
         raise DataError(
             f"posterior variables {missing or names} not found; choose from {available}"
         )
-    rows = sum(math.prod(posterior[n].shape[2:]) for n in names)
-    fig = Figure(figsize=(6, 1.2 + 0.45 * rows * int(posterior.sizes["chain"])))
-    ax = fig.subplots()
-    az.plot_forest(idata, var_names=names, ax=ax, combined=False, show=False)
-    ax.set_title("posterior of the dynamics latents (94% HDI)", fontsize=10)
+    chains = int(posterior.sizes["chain"])
+    heights = [1.0 + 0.35 * chains * math.prod(posterior[n].shape[2:]) for n in names]
+    fig = Figure(figsize=(6, 0.6 + sum(heights)))
+    axes = fig.subplots(len(names), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for name, ax in zip(names, axes[:, 0], strict=True):  # one x-scale per latent
+        az.plot_forest(idata, var_names=[name], ax=ax, combined=False, show=False)
+        ax.set_title("")
+    fig.suptitle(
+        f"posterior latents: mean, 50% and 94% HDI of each of {chains} chain(s)", fontsize=10
+    )
     fig.tight_layout()
     return _save(fig, path)
