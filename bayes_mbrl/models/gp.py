@@ -258,6 +258,10 @@ class GPFunctionSample(FunctionSample):
         self.n = int(prior_weights.shape[0])
         self.freqs = freqs
         self.prior_weights = prior_weights
+        half = freqs.shape[1]
+        sin_w, cos_w = prior_weights[..., :half], prior_weights[..., half:]
+        self.amplitudes = torch.hypot(sin_w, cos_w)  # (n, D, F/2)
+        self.phases = torch.atan2(sin_w, cos_w)  # (n, D, F/2)
         self.constant = constant
         self.points = points
         self.points_sq = points.square().sum(-1)  # (D, M)
@@ -283,11 +287,11 @@ class GPFunctionSample(FunctionSample):
         Returns:
             ``(n, D, B)``.
         """
-        half = self.freqs.shape[1]
         xb = x.unsqueeze(1)  # (n, 1, B, d)
-        proj = torch.matmul(xb, self.freqs.transpose(-1, -2))  # (n, D, B, F/2)
-        w = self.prior_weights.unsqueeze(-1)  # (n, D, F, 1)
-        prior = torch.matmul(proj.sin(), w[:, :, :half]) + torch.matmul(proj.cos_(), w[:, :, half:])
+        # a sin(p) + b cos(p) = r cos(p - phi): one cosine per feature instead of two
+        feats = torch.matmul(xb, self.freqs.transpose(-1, -2))  # (n, D, B, F/2)
+        feats = feats.sub_(self.phases.unsqueeze(-2)).cos_()
+        prior = torch.matmul(feats, self.amplitudes.unsqueeze(-1))  # (n, D, B, 1)
         cross = torch.matmul(xb, self.points_over_ls.transpose(-1, -2))  # (n, D, B, M)
         x_sq = torch.matmul(x.square(), self.inv_ls2.T).transpose(1, 2)  # (n, D, B)
         r2 = cross.mul_(-2.0).add_(self.points_sq.unsqueeze(-2)).add_(x_sq.unsqueeze(-1))
@@ -319,10 +323,6 @@ class GPFunctionSample(FunctionSample):
         loc = obs.to(self.dtype) + f * self.delta_std + self.delta_mean
         scale = self.noise_std.expand_as(loc)
         return Independent(Normal(loc.to(out_dtype), scale.to(out_dtype)), 1)
-
-    def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
-        """float32 only (the GP sample's own precision is set by ``path_dtype``)."""
-        return super().with_compute_dtype(dtype)
 
 
 # --------------------------------------------------------------- the models
@@ -659,11 +659,11 @@ class ExactGPDynamics(_GPDynamicsBase):
         obs_dim: int,
         action_dim: int,
         kernel: str = "se",
-        training_steps: int = 150,
+        training_steps: int = 100,
         learning_rate: float = 0.05,
         num_features: int = 1024,
         max_train_points: int | None = None,
-        hyper_max_points: int = 2048,
+        hyper_max_points: int = 1024,
         min_noise: float = 1e-6,
         max_jitter: float = 1e-3,
         path_dtype: str = "float32",
