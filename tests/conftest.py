@@ -10,6 +10,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
+# small models run faster on one thread, and the suite's timing does not depend on
+# what else the machine is doing
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def generator() -> torch.Generator:
