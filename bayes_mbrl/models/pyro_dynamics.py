@@ -224,6 +224,10 @@ class PyroDynamics(DynamicsModel):
         final_learning_rate: with ``clipped_adam``, decay the step size geometrically
             from ``learning_rate`` to this over each fit's ``num_steps`` (None: constant).
             Decaying makes the final guide settle instead of jittering around the optimum.
+        max_tree_depth: NUTS trajectories take at most ``2**max_tree_depth - 1`` steps. Lower
+            it (e.g. 6) when latents have very different posterior scales (a sharply
+            identified physical parameter next to a vague noise scale): early warmup,
+            before the mass matrix is adapted, then stays cheap.
 
     Example:
         >>> def model(obs, action, next_obs=None):
@@ -250,6 +254,7 @@ class PyroDynamics(DynamicsModel):
         seed: int = 0,
         optimizer: str = "clipped_adam",
         final_learning_rate: float | None = None,
+        max_tree_depth: int = 10,
     ) -> None:
         if not callable(model_fn):
             raise ConfigError(
@@ -288,6 +293,9 @@ class PyroDynamics(DynamicsModel):
                     "final_learning_rate (a decaying step size) needs optimizer='clipped_adam'"
                 )
         self.final_learning_rate = final_learning_rate
+        if max_tree_depth < 1:
+            raise ConfigError(f"max_tree_depth must be >= 1, got {max_tree_depth}")
+        self.max_tree_depth = max_tree_depth
         self.model_fn = model_fn
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.inference, self.guide_name, self.optimizer_name = inference, guide, optimizer
@@ -363,6 +371,12 @@ class PyroDynamics(DynamicsModel):
         except ModelError:
             raise
         except Exception as exc:
+            if "Shape mismatch inside plate" in str(exc):
+                fix = (
+                    f"a law inside pyro.plate('{TRANSITIONS_PLATE}', N, dim=-1) needs batch shape "
+                    "(N,): compute loc as (..., N, obs_dim) and declare the obs_dim coordinates "
+                    "as one event with .to_event(1); " + fix
+                )
             raise ModelError(
                 f"the Pyro model raised {type(exc).__name__} when traced as {call}: {exc}; "
                 f"fix the model ({fix})"
@@ -627,7 +641,11 @@ class PyroDynamics(DynamicsModel):
             for chain in range(self.num_chains):  # whole chains, one after another
                 torch.manual_seed(seed + chain)
                 pyro.set_rng_seed(seed + chain)
-                kernel = NUTS(self.model_fn, init_strategy=init_to_median(num_samples=15))
+                kernel = NUTS(
+                    self.model_fn,
+                    init_strategy=init_to_median(num_samples=15),
+                    max_tree_depth=self.max_tree_depth,
+                )
                 mcmc = MCMC(
                     kernel,
                     num_samples=self.num_samples,
