@@ -196,7 +196,7 @@ def test_sparse_gp_learns_the_dynamics() -> None:
         ACT,
         num_inducing=24,
         batch_size=100,
-        min_steps=80,
+        min_steps=50,
         learning_rate=0.05,
         natural_gradient=True,
     )

@@ -95,16 +95,16 @@ def growth_exponent(ns: list[int], seconds: list[float]) -> float:
     return float((xc * (y - y.mean())).sum() / xc.square().sum())
 
 
-def scaling(sizes: list[int], exact_max: int) -> None:
+def scaling(sizes: list[int], exact_max: int, flavours: list[str]) -> None:
     g = torch.Generator().manual_seed(0)
     test = synthetic(TEST_POINTS, torch.Generator().manual_seed(123))
     rows: dict[str, list[tuple[int, float, float, float]]] = {"exact": [], "sparse": []}
     print(f"{'flavour':>7} {'n':>6} {'fit s':>8} {'predict s':>9} {'total s':>8} {'NLL':>8}")
     for n in sizes:
         train = synthetic(n, g)
-        flavours: list[tuple[str, ExactGPDynamics | SparseGPDynamics]] = []
-        if n <= exact_max:
-            flavours.append(
+        models: list[tuple[str, ExactGPDynamics | SparseGPDynamics]] = []
+        if n <= exact_max and "exact" in flavours:
+            models.append(
                 (
                     "exact",
                     ExactGPDynamics(
@@ -116,15 +116,16 @@ def scaling(sizes: list[int], exact_max: int) -> None:
                     ),
                 )
             )
-        flavours.append(("sparse", SparseGPDynamics(OBS_DIM, ACTION_DIM)))
-        for name, model in flavours:
+        if "sparse" in flavours:
+            models.append(("sparse", SparseGPDynamics(OBS_DIM, ACTION_DIM)))
+        for name, model in models:
             fit_s, pred_s, nll = timed_fit_predict(model, train, test)
             rows[name].append((n, fit_s, pred_s, nll))
             print(
                 f"{name:>7} {n:>6} {fit_s:8.2f} {pred_s:9.3f} {fit_s + pred_s:8.2f} {nll:8.3f}",
                 flush=True,
             )
-        if n > exact_max:
+        if n > exact_max and "exact" in flavours:
             print(f"{'exact':>7} {n:>6}  skipped (n > --exact-max {exact_max}; cubic Cholesky)")
     for name, r in rows.items():
         ns = [x[0] for x in r]
@@ -244,6 +245,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--exact-max", type=int, default=4096)
+    parser.add_argument("--flavours", nargs="+", default=["exact", "sparse"])
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--pendulum", action="store_true")
     parser.add_argument("--no-scaling", action="store_true")
@@ -252,7 +254,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     if not args.no_scaling:
-        scaling(args.sizes, args.exact_max)
+        scaling(args.sizes, args.exact_max, args.flavours)
     if args.throughput:
         throughput(args.repeats)
     if args.pendulum:
