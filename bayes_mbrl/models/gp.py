@@ -663,7 +663,7 @@ class ExactGPDynamics(_GPDynamicsBase):
         learning_rate: float = 0.05,
         num_features: int = 1024,
         max_train_points: int | None = None,
-        hyper_max_points: int = 1024,
+        hyper_max_points: int = 512,
         min_noise: float = 1e-6,
         max_jitter: float = 1e-3,
         path_dtype: str = "float32",
