@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "GUIDES",
     "INFERENCE_KINDS",
+    "KERNELS",
     "MODEL_KINDS",
     "MODES",
     "NOISE_KINDS",
@@ -75,10 +76,14 @@ MODES: tuple[str, ...] = _MODES
 episode and run plans open loop (``v1.0``), refit each episode and replan every
 step (``mpc``)."""
 
-MODEL_KINDS: tuple[str, ...] = ("ensemble", "bnn", "pyro")
+MODEL_KINDS: tuple[str, ...] = ("ensemble", "bnn", "pyro", "gp", "sparse_gp")
 """Dynamics model kinds the experiment runner can build: a bootstrap ensemble of
-probabilistic nets, a Bayesian neural net (Pyro, mean-field SVI or NUTS), or a
-user-written Pyro model (``model.pyro_model``)."""
+probabilistic nets, a Bayesian neural net (Pyro, mean-field SVI or NUTS), a
+user-written Pyro model (``model.pyro_model``), an exact GP or a sparse variational
+GP (GPyTorch, one GP per state dimension, pathwise function draws)."""
+
+KERNELS: tuple[str, ...] = ("se", "matern52", "matern32")
+"""GP kernels (ARD)."""
 
 INFERENCE_KINDS: tuple[str, ...] = ("svi", "nuts")
 """Posterior inference for the Pyro model kinds (``bnn``, ``pyro``)."""
@@ -168,7 +173,14 @@ class ModelConfig:
         pyro_model: ``pyro``: the user's Pyro model function, ``path/to/file.py:function``
             (relative to the working directory) or ``package.module:function``.
         guide: ``pyro`` with SVI: one of :data:`GUIDES`.
-        num_steps: ``pyro`` with SVI: optimisation steps per fit (>= 1).
+        num_steps: ``pyro`` with SVI: optimisation steps per fit; ``gp``: Adam steps on
+            the marginal likelihood per fit (>= 1).
+        kernel: ``gp``, ``sparse_gp``: one of :data:`KERNELS`.
+        num_features: ``gp``, ``sparse_gp``: random Fourier features of each posterior
+            function draw (>= 1).
+        num_inducing: ``sparse_gp``: inducing points (>= 1).
+        max_train_points: ``gp``: condition on at most this many transitions, a random
+            subset (0: all).
     """
 
     kind: str = "ensemble"
@@ -190,6 +202,10 @@ class ModelConfig:
     pyro_model: str = ""
     guide: str = "normal"
     num_steps: int = 2000
+    kernel: str = "se"
+    num_features: int = 1024
+    num_inducing: int = 256
+    max_train_points: int = 0
 
 
 @dataclass
@@ -366,6 +382,10 @@ _CHECKS: dict[str, _Check] = {
     "model.pyro_model": _pyro_model_spec,
     "model.guide": _one_of(GUIDES),
     "model.num_steps": _INT1,
+    "model.kernel": _one_of(KERNELS),
+    "model.num_features": _INT1,
+    "model.num_inducing": _INT1,
+    "model.max_train_points": _at_least(0, "an integer"),
     "planner.kind": _one_of(PLANNER_KINDS),
     "planner.horizon": _INT1,
     "planner.population": _INT1,

@@ -140,6 +140,33 @@ def build_model(config: Config, obs_dim: int, action_dim: int) -> DynamicsModel:
             num_chains=m.num_chains,
             seed=config.experiment.seed,
         )
+    if m.kind == "gp":
+        from bayes_mbrl.models.gp import ExactGPDynamics
+
+        return ExactGPDynamics(
+            obs_dim,
+            action_dim,
+            kernel=m.kernel,
+            training_steps=m.num_steps,
+            learning_rate=m.learning_rate,
+            num_features=m.num_features,
+            max_train_points=m.max_train_points or None,
+            seed=config.experiment.seed,
+        )
+    if m.kind == "sparse_gp":
+        from bayes_mbrl.models.gp import SparseGPDynamics
+
+        return SparseGPDynamics(
+            obs_dim,
+            action_dim,
+            kernel=m.kernel,
+            num_inducing=m.num_inducing,
+            batch_size=m.batch_size,
+            epochs=m.max_epochs,
+            learning_rate=m.learning_rate,
+            num_features=m.num_features,
+            seed=config.experiment.seed,
+        )
     raise ConfigError(f"unknown model.kind {m.kind!r}")
 
 
@@ -450,7 +477,7 @@ class Experiment:
 
     def _fit(self) -> FitReport:
         m = self.config.model
-        total = {"ensemble": m.max_epochs, "bnn": m.max_epochs}.get(m.kind)
+        total = {"ensemble": m.max_epochs, "bnn": m.max_epochs, "gp": m.num_steps}.get(m.kind)
         if m.kind == "pyro" and m.inference == "svi":
             total = m.num_steps
         bar = self._bar(total=total or 0, desc="fit", leave=False)

@@ -46,7 +46,7 @@ def test_defaults_are_the_documented_experiment() -> None:
     assert cfg.model.kind == "ensemble" and cfg.model.hidden_sizes == [200, 200, 200]
     assert cfg.planner.kind == "cem" and cfg.planner.horizon == 30
     assert cfg.planner.precision == "float32"
-    assert MODEL_KINDS == ("ensemble", "bnn", "pyro")
+    assert MODEL_KINDS == ("ensemble", "bnn", "pyro", "gp", "sparse_gp")
 
 
 def test_hidden_sizes_default_is_not_shared() -> None:
@@ -296,7 +296,7 @@ def test_range_boundaries_that_are_allowed() -> None:
     ("dotted", "value", "valid"),
     [
         ("experiment.mode", "v2", ["v0.5", "v1.0", "mpc"]),
-        ("model.kind", "gp", ["ensemble", "bnn", "pyro"]),
+        ("model.kind", "gpp", ["ensemble", "bnn", "pyro", "gp", "sparse_gp"]),
         ("model.activation", "gelu", ["silu", "relu", "tanh", "elu"]),
         ("planner.kind", "cme", ["cem", "mppi", "random_shooting"]),
         ("planner.propagation", "moment", ["ts_inf", "ts_1", "expectation"]),
