@@ -3,6 +3,9 @@
 Workload (issue 2): plan one action with CEM, 5 iterations x population 350 x 20
 particles x horizon 15, ``ts_inf``, through a 5-member ensemble of Gaussian MLPs
 with 4 hidden layers of 200 units (obs 3, action 1; the Pendulum-v1 reward).
+``--model bnn`` runs the same workload through a Bayesian neural network of the same
+architecture (one weight draw per particle: 20 functions x 350 rows per matmul instead
+of 5 members x 1400 rows, the same FLOPs).
 
 Prints imagined transitions per second and the achieved FLOP/s of the model's
 matmuls as a fraction of this machine's batched-matmul FLOP/s at the same shapes,
@@ -13,6 +16,7 @@ is kept, so a machine whose speed drifts during the run does not skew the ratio.
 Run::
 
     python experiments/benchmarks/planning_throughput.py [--precision float32 bfloat16]
+        [--model ensemble|bnn]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import get_task
 from bayes_mbrl.models import DynamicsModel, ProbabilisticEnsemble
+from bayes_mbrl.models.bnn import BayesianNeuralNet
 from bayes_mbrl.planning import CEMPlanner, RolloutEvaluator
 
 MEMBERS, HIDDEN, LAYERS = 5, 200, 4
@@ -58,8 +63,13 @@ def bmm_seconds(dtype: torch.dtype) -> Callable[[], float]:
     return timed
 
 
-def fitted_model(activation: str) -> DynamicsModel:
-    """An ensemble fitted briefly on random Pendulum-like data (weights only matter for realism)."""
+def fitted_model(activation: str, kind: str = "ensemble") -> DynamicsModel:
+    """A model fitted briefly on random Pendulum-like data (weights only matter for realism).
+
+    Args:
+        activation: hidden activation.
+        kind: ``"ensemble"`` (5 members) or ``"bnn"`` (mean-field Bayesian neural net).
+    """
     g = torch.Generator().manual_seed(0)
     n = 400
     th = torch.rand(n, generator=g) * 6.28 - 3.14
@@ -68,14 +78,20 @@ def fitted_model(activation: str) -> DynamicsModel:
     next_obs = obs + 0.05 * torch.randn(n, 3, generator=g)
     buf = ReplayBuffer(OBS_DIM, ACTION_DIM, n)
     buf.add(obs, action, torch.zeros(n), next_obs, torch.zeros(n), torch.zeros(n))
-    model = ProbabilisticEnsemble(
-        OBS_DIM,
-        ACTION_DIM,
-        num_members=MEMBERS,
-        hidden_sizes=[HIDDEN] * LAYERS,
-        activation=activation,
-        max_epochs=2,
-    )
+    model: DynamicsModel
+    if kind == "bnn":
+        model = BayesianNeuralNet(
+            OBS_DIM, ACTION_DIM, hidden_sizes=[HIDDEN] * LAYERS, activation=activation, max_epochs=2
+        )
+    else:
+        model = ProbabilisticEnsemble(
+            OBS_DIM,
+            ACTION_DIM,
+            num_members=MEMBERS,
+            hidden_sizes=[HIDDEN] * LAYERS,
+            activation=activation,
+            max_epochs=2,
+        )
     model.fit(buf, g)
     return model
 
@@ -107,14 +123,15 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--activation", default="silu", choices=["silu", "relu", "tanh", "elu"])
+    parser.add_argument("--model", default="ensemble", choices=["ensemble", "bnn"])
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = fitted_model(args.activation)
+    model = fitted_model(args.activation, args.model)
     transitions = ITERATIONS * POPULATION * PARTICLES * HORIZON
     flops = transitions * model_flops_per_transition()
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"activation {args.activation}"
+        f"activation {args.activation}, model {args.model}"
     )
     print(
         f"workload: CEM {ITERATIONS} it x pop {POPULATION} x {PARTICLES} particles x "
