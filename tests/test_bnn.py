@@ -255,3 +255,34 @@ def test_aleatoric_recovered_and_epistemic_grows_off_the_data(kind: str) -> None
     assert far_ratio > 5, far_ratio
     if kind == "ensemble":
         assert gap_ratio > 5, gap_ratio
+
+
+def test_nuts_keeps_the_chains_apart() -> None:
+    model = BayesianNeuralNet(
+        1,
+        1,
+        hidden_sizes=[2],
+        inference="nuts",
+        noise="homoscedastic",
+        num_samples=10,
+        warmup_steps=10,
+        num_chains=2,
+    )
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(20, 1, generator=g) * 2 - 1
+    buf = buffer(s, torch.rand(20, 1, generator=g), 1.5 * s + 0.1 * torch.randn(20, 1, generator=g))
+    model.fit(buf, torch.Generator().manual_seed(1))
+    f = model.posterior_functions()
+    assert (f.n, f.num_chains) == (20, 2)
+    torch.testing.assert_close(f.member_index, torch.arange(20))  # chain-major sample order
+    thinned = model.posterior_functions(10)
+    assert (thinned.n, thinned.num_chains) == (10, 2)
+    assert thinned.member_index.tolist() == [0, 2, 4, 7, 9, 10, 12, 14, 17, 19]
+    noise = f.latents()["noise_std"]
+    assert noise.shape == (20, 1) and 0.05 < float(noise.mean()) < 0.3
+    # NUTS draws are the stored samples: the same draw index gives the same function
+    data = buf.all()
+    o, a = data.obs.expand(20, -1, -1), data.action.expand(20, -1, -1)
+    again = model.posterior_functions()
+    torch.testing.assert_close(f.mean(o, a), again.mean(o, a), rtol=0, atol=0)
+    assert float(f.mean(o, a).std(0).mean()) > 1e-4  # different samples, different functions
