@@ -170,6 +170,8 @@ class ModelConfig:
         num_samples: NUTS samples kept per chain (>= 1).
         warmup_steps: NUTS warm-up steps per chain (>= 1).
         num_chains: NUTS chains (>= 1; 2 or more for r_hat).
+        max_tree_depth: NUTS maximum tree depth (>= 1; at most ``2**depth - 1``
+            leapfrog steps per sample).
         pyro_model: ``pyro``: the user's Pyro model function, ``path/to/file.py:function``
             (relative to the working directory) or ``package.module:function``.
         guide: ``pyro`` with SVI: one of :data:`GUIDES`.
@@ -199,6 +201,7 @@ class ModelConfig:
     num_samples: int = 200
     warmup_steps: int = 200
     num_chains: int = 1
+    max_tree_depth: int = 10
     pyro_model: str = ""
     guide: str = "normal"
     num_steps: int = 2000
@@ -379,6 +382,7 @@ _CHECKS: dict[str, _Check] = {
     "model.num_samples": _INT1,
     "model.warmup_steps": _INT1,
     "model.num_chains": _INT1,
+    "model.max_tree_depth": _INT1,
     "model.pyro_model": _pyro_model_spec,
     "model.guide": _one_of(GUIDES),
     "model.num_steps": _INT1,

@@ -138,6 +138,7 @@ def build_model(config: Config, obs_dim: int, action_dim: int) -> DynamicsModel:
             num_samples=m.num_samples,
             warmup_steps=m.warmup_steps,
             num_chains=m.num_chains,
+            max_tree_depth=m.max_tree_depth,
             seed=config.experiment.seed,
         )
     if m.kind == "gp":
