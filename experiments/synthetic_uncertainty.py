@@ -5,7 +5,8 @@ Dynamics ``s' = s + sin(s) + eps``, ``eps ~ N(0, sigma(s)^2)``, ``sigma(s) = 0.0
 ``(-1, 1)`` has no data. The action is an irrelevant uniform column (models need
 ``action_dim >= 1``). Fits a probabilistic ensemble (PETS; Chua et al. 2018) and a
 mean-field Bayesian neural network (Blundell et al. 2015, "Weight Uncertainty in Neural
-Networks") and reports, per model:
+Networks") and the same Bayesian neural network, smaller, sampled by NUTS (Hoffman & Gelman
+2014; started at a MAP fit), and reports, per model:
 
 * ``aleatoric_ratio``: mean predicted aleatoric variance / true noise variance, on a grid
   inside the data (target: within 25%, i.e. in [0.75, 1.25]);
@@ -26,6 +27,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,6 +53,19 @@ class Args:
     bnn_learning_rate: float = 1e-2
     num_functions: int = 200
     """BNN weight draws for the predictive moments"""
+    models: str = "ensemble,bnn,bnn_nuts"
+    """comma-separated subset of the models to fit"""
+    nuts_hidden: str = "16"
+    """hidden widths of the NUTS BNN, comma-separated (small: NUTS costs a full-data
+    forward and backward pass per leapfrog step)"""
+    nuts_warmup: int = 300
+    nuts_samples: int = 300
+    """NUTS samples kept per chain (all of them give the predictive moments)"""
+    nuts_chains: int = 1
+    nuts_max_tree_depth: int = 6
+    nuts_prior_scale: float = 1.0
+    nuts_dense_mass: int = 0
+    """1: adapt a dense mass matrix"""
 
 
 def noise_std(x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +110,10 @@ def plot(
 
     data = buf.all()
     grid = torch.linspace(-4, 4, 300)[:, None]
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), sharey=True)
+    fig, grid_axes = plt.subplots(
+        1, len(models), figsize=(6 * len(models), 4.5), sharey=True, squeeze=False
+    )
+    axes = grid_axes[0]
     for ax, (name, (model, nf)) in zip(axes, models.items(), strict=True):
         p = model.predict(grid, torch.zeros_like(grid), nf)
         g, mean = grid[:, 0].numpy(), (p.mean - grid)[:, 0].numpy()
@@ -158,22 +176,49 @@ def main() -> None:
             ),
             args.num_functions,
         ),
+        "bnn_nuts": (
+            BayesianNeuralNet(
+                1,
+                1,
+                hidden_sizes=[int(h) for h in args.nuts_hidden.split(",")],
+                activation="tanh",
+                prior_scale=args.nuts_prior_scale,
+                inference="nuts",
+                num_samples=args.nuts_samples,
+                warmup_steps=args.nuts_warmup,
+                num_chains=args.nuts_chains,
+                max_tree_depth=args.nuts_max_tree_depth,
+                dense_mass=bool(args.nuts_dense_mass),
+                seed=args.seed,
+            ),
+            None,
+        ),
     }
-    results: dict[str, dict[str, float]] = {}
+    models = {k: v for k, v in models.items() if k in args.models.split(",")}
+    results: dict[str, dict[str, Any]] = {}
     for name, (model, nf) in models.items():
         start = time.perf_counter()
         report = model.fit(buf, torch.Generator().manual_seed(args.seed))
-        metrics = evaluate(model, nf)
+        metrics: dict[str, Any] = dict(evaluate(model, nf))
         metrics.update(fit_seconds=time.perf_counter() - start, epochs=report.epochs)
         metrics["aleatoric_ok"] = float(0.75 <= metrics["aleatoric_ratio"] <= 1.25)
         metrics["gap_ok"] = float(metrics["gap_epistemic_ratio"] >= 5)
         results[name] = metrics
+        nuts = ""
+        if isinstance(model, BayesianNeuralNet) and model.nuts_diagnostics:
+            diag = model.nuts_diagnostics
+            metrics["nuts_diagnostics"] = diag
+            nuts = " | NUTS per chain: " + ", ".join(
+                f"step {c['step_size']:.2g} accept {c['accept_prob']:.2f} "
+                f"leapfrog/sample {c['leapfrog_per_sample']:.0f} div {c['divergences']:.0f}"
+                for c in diag
+            )
         print(
             f"seed {args.seed} {name:>8}: aleatoric/true var {metrics['aleatoric_ratio']:.3f} "
             "(target [0.75, 1.25]) | "
             f"gap/inside epistemic var {metrics['gap_epistemic_ratio']:.1f} "
             f"(target >= 5) | mean abs error {metrics['mean_abs_error_inside']:.3f} | "
-            f"{report.epochs} epochs, {metrics['fit_seconds']:.1f} s"
+            f"{report.epochs} epochs, {metrics['fit_seconds']:.1f} s{nuts}"
         )
     (out / "metrics.json").write_text(
         json.dumps({"args": asdict(args), "results": results}, indent=2)

@@ -37,9 +37,24 @@ Networks"); it does raise it away from the data.
 Inference, ``inference="nuts"``: ``pyro.infer.MCMC`` with NUTS on the full data (small
 nets only); the samples are kept with their chain structure and
 :meth:`BayesianNeuralNet.posterior_functions` returns them chain-major. The
-heteroscedastic bounds are then fixed at the ensemble's initial values. NUTS is slow
-(about 10 s for 2 chains x 20 steps of a 2-unit net on 20 points, and minutes for a
-4-unit net on 40 points): use it for small nets and data.
+heteroscedastic bounds are then fixed at the ensemble's initial values. What makes it
+practical:
+
+* the potential is plain torch (:meth:`BayesianNeuralNet.potential_energy`, tested equal
+  to minus the log joint of the Pyro program) over one flat parameter vector, so a
+  leapfrog step is one forward and backward pass, with no Pyro tracing (``jit_compile``
+  does not apply to a ``potential_fn``);
+* ``max_tree_depth`` (default 6: at most 63 leapfrog steps per iteration, against 1023
+  with Pyro's default 10; the tree depth saturates on BNN posteriors);
+* each chain starts at a MAP fit (``nuts_init="map"``, ``map_steps`` full-batch Adam
+  steps from a fresh random initialization), not at a random point far in the tails.
+
+Measured on ``experiments/synthetic_uncertainty.py`` (2000 transitions, one hidden layer
+of 16 tanh units, 300 warm-up + 300 samples, one chain, 2 shared CPU cores): about
+3 minutes, step size about 0.01, acceptance about 0.9, tree depth saturated (63 steps),
+and epistemic variance in the gap several times that inside the data, which mean-field
+SVI does not give. A step costs a few milliseconds of mostly fixed overhead, so the data
+size matters less than the number of leapfrog steps.
 
 No parameter lives in Pyro's global param store: the variational parameters are
 module-local ``torch.nn.Parameter`` objects read by the guide, and the loss is
@@ -80,6 +95,9 @@ __all__ = ["BNNFunctionSample", "BayesianNeuralNet"]
 
 NOISE_MODES = ("heteroscedastic", "homoscedastic")
 INFERENCE_MODES = ("svi", "nuts")
+NUTS_INITS = ("map", "prior")
+#: Adam step size of the MAP fit that starts each NUTS chain (``nuts_init="map"``)
+_MAP_LEARNING_RATE = 1e-2
 #: prior of the homoscedastic log noise variance (normalized delta space)
 NOISE_PRIOR_LOC, NOISE_PRIOR_SCALE = -2.0, 3.0
 #: initial guide scale as a fraction of the layer's prior scale
@@ -217,6 +235,14 @@ class BayesianNeuralNet(DynamicsModel):
         warmup_steps: NUTS warm-up steps per chain.
         num_chains: NUTS chains (run one after the other).
         seed: seeds the initialization.
+        max_tree_depth: NUTS's maximum tree depth: at most ``2**max_tree_depth - 1``
+            leapfrog steps per iteration (Pyro's default, 10, allows 1023).
+        target_accept_prob: NUTS's step-size adaptation target.
+        dense_mass: adapt a dense (full) mass matrix instead of a diagonal one (NUTS).
+        nuts_init: where each NUTS chain starts: ``"map"`` (the default: a maximum a
+            posteriori fit by ``map_steps`` full-batch Adam steps from a fresh random
+            initialization per chain) or ``"prior"`` (a draw from the weight prior).
+        map_steps: full-batch Adam steps of the ``"map"`` initialization.
 
     Example:
         >>> model = BayesianNeuralNet(obs_dim=3, action_dim=1, hidden_sizes=[8])
@@ -242,6 +268,11 @@ class BayesianNeuralNet(DynamicsModel):
         warmup_steps: int = 200,
         num_chains: int = 1,
         seed: int = 0,
+        max_tree_depth: int = 6,
+        target_accept_prob: float = 0.8,
+        dense_mass: bool = False,
+        nuts_init: str = "map",
+        map_steps: int = 2000,
     ) -> None:
         if obs_dim < 1 or action_dim < 1:
             raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim}, {action_dim}")
@@ -268,10 +299,23 @@ class BayesianNeuralNet(DynamicsModel):
         ):
             if value < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {value}")
-        if warmup_steps < 0 or patience < 0:
+        if not 1 <= max_tree_depth <= 15:
             raise ConfigError(
-                "model.warmup_steps and model.patience must be >= 0, "
-                f"got {warmup_steps}, {patience}"
+                f"model.max_tree_depth must be in [1, 15] (at most 2**depth - 1 leapfrog "
+                f"steps per NUTS iteration), got {max_tree_depth}"
+            )
+        if not 0.0 < target_accept_prob < 1.0:
+            raise ConfigError(
+                f"model.target_accept_prob must be in (0, 1), got {target_accept_prob}"
+            )
+        if nuts_init not in NUTS_INITS:
+            raise ConfigError(
+                f"unknown model.nuts_init {nuts_init!r}; choose one of {list(NUTS_INITS)}"
+            )
+        if warmup_steps < 0 or patience < 0 or map_steps < 0:
+            raise ConfigError(
+                "model.warmup_steps, model.patience and model.map_steps must be >= 0, "
+                f"got {warmup_steps}, {patience}, {map_steps}"
             )
         if not (prior_scale > 0 and math.isfinite(prior_scale)):
             raise ConfigError(f"model.prior_scale must be positive and finite, got {prior_scale}")
@@ -287,6 +331,8 @@ class BayesianNeuralNet(DynamicsModel):
         self.val_fraction = val_fraction
         self.num_samples, self.warmup_steps, self.num_chains = num_samples, warmup_steps, num_chains
         self.seed = seed
+        self.max_tree_depth, self.target_accept_prob = max_tree_depth, float(target_accept_prob)
+        self.dense_mass, self.nuts_init, self.map_steps = bool(dense_mass), nuts_init, map_steps
         self.heteroscedastic = noise == "heteroscedastic"
         in_dim = obs_dim + action_dim
         out_width = 2 * obs_dim if self.heteroscedastic else obs_dim
@@ -315,6 +361,9 @@ class BayesianNeuralNet(DynamicsModel):
         self.optimizer = torch.optim.Adam(params, lr=learning_rate, foreach=True)
         #: NUTS samples, chain-major: site name -> (num_chains * num_samples, *shape)
         self.mcmc_samples: dict[str, Tensor] = {}
+        #: per NUTS chain of the last fit: step size, mean acceptance probability and
+        #: leapfrog steps per iteration (sampling phase), divergences, wall seconds
+        self.nuts_diagnostics: list[dict[str, float]] = []
         self.fitted = False
 
     # ------------------------------------------------------------- Pyro program
@@ -647,22 +696,143 @@ class BayesianNeuralNet(DynamicsModel):
                     p.copy_(b)
         return report
 
+    def potential_energy(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """``-log p(w, y | x)`` of the full data, the potential that NUTS samples.
+
+        The same number as ``-poutine.trace(self.model).get_trace(x, y, arange(N), N)
+        .log_prob_sum()`` (tested), written as plain torch so that a leapfrog step costs
+        one forward and backward pass, without Pyro's tracing.
+
+        Args:
+            params: site name -> value: ``w{i}`` ``(fan_in, fan_out)``, ``b{i}``
+                ``(fan_out,)``, and ``log_noise_var`` ``(obs_dim,)`` if homoscedastic.
+            x: ``(N, in_dim)`` normalized inputs.
+            y: ``(N, obs_dim)`` normalized delta targets.
+
+        Returns:
+            Scalar potential energy.
+        """
+        h, log_prior = x, x.new_zeros(())
+        for i, (w_scale, b_scale) in enumerate(self._prior_scales()):
+            w, b = params[f"w{i}"], params[f"b{i}"]
+            log_prior = log_prior - 0.5 * ((w / w_scale).pow(2).sum() + (b / b_scale).pow(2).sum())
+            log_prior = log_prior - (w.numel() * math.log(w_scale) + b.numel() * math.log(b_scale))
+            log_prior = log_prior - 0.5 * LOG_2PI * (w.numel() + b.numel())
+            h = torch.addmm(b, h, w)
+            if i < self.num_layers - 1:
+                h = ACTIVATIONS[self.activation](h)
+        d = self.obs_dim
+        if self.heteroscedastic:
+            mean, raw_logvar = h[:, :d], h[:, d:]
+        else:
+            mean = h
+            z = params["log_noise_var"]
+            log_prior = (
+                log_prior
+                - (
+                    0.5 * ((z - NOISE_PRIOR_LOC) / NOISE_PRIOR_SCALE).pow(2)
+                    + math.log(NOISE_PRIOR_SCALE)
+                    + 0.5 * LOG_2PI
+                ).sum()
+            )
+            raw_logvar = z.expand_as(mean)
+        logvar = _soft_bound_logvar(raw_logvar, self.min_logvar, self.max_logvar)
+        nll = 0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
+        return nll.sum() - log_prior
+
+    def _nuts_init_shapes(self) -> dict[str, Tensor]:
+        """Zero tensors shaped like the NUTS sites, in the order of the flat parameter."""
+        shapes: dict[str, Tensor] = {}
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(self.sizes)):
+            shapes[f"w{i}"], shapes[f"b{i}"] = torch.zeros(fan_in, fan_out), torch.zeros(fan_out)
+        if not self.heteroscedastic:
+            shapes["log_noise_var"] = torch.zeros(self.obs_dim)
+        return shapes
+
+    def _nuts_init(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """A chain's starting point: a MAP fit (``nuts_init="map"``) or a prior draw."""
+        params: dict[str, Tensor] = {}
+        for i, ((fan_in, fan_out), (w_scale, b_scale)) in enumerate(
+            zip(itertools.pairwise(self.sizes), self._prior_scales(), strict=True)
+        ):
+            if self.nuts_init == "prior":
+                params[f"w{i}"] = torch.randn(fan_in, fan_out) * w_scale
+                params[f"b{i}"] = torch.randn(fan_out) * b_scale
+            else:  # nn.Linear's initialization, then MAP
+                bound = 1.0 / math.sqrt(fan_in)
+                params[f"w{i}"] = (torch.rand(fan_in, fan_out) * 2 - 1) * bound
+                params[f"b{i}"] = (torch.rand(fan_out) * 2 - 1) * bound
+        if not self.heteroscedastic:
+            params["log_noise_var"] = torch.full((self.obs_dim,), NOISE_PRIOR_LOC)
+        if self.nuts_init == "map" and self.map_steps > 0:
+            leaves = [v.requires_grad_() for v in params.values()]
+            opt = torch.optim.Adam(leaves, lr=_MAP_LEARNING_RATE)
+            for _ in range(self.map_steps):
+                opt.zero_grad(set_to_none=True)
+                self.potential_energy(params, x, y).backward()
+                opt.step()
+        return {k: v.detach() for k, v in params.items()}
+
     def _fit_nuts(self, x_all: Tensor, y_all: Tensor) -> FitReport:
         from pyro.infer import MCMC, NUTS
 
-        n = x_all.shape[0]
-        rows = torch.arange(n)
+        calls = [0]  # potential-gradient evaluations = leapfrog steps (+ a few in adaptation)
+        last: dict[str, float] = {}
+
+        # one flat site: Pyro's per-site bookkeeping in every leapfrog step is then paid once
+        shapes = {k: v.shape for k, v in self._nuts_init_shapes().items()}
+        sizes = [math.prod(v) for v in shapes.values()]
+
+        def unflatten(theta: Tensor) -> dict[str, Tensor]:
+            parts = theta.split(sizes, dim=-1)
+            lead = theta.shape[:-1]
+            return {
+                k: p.reshape(*lead, *shp) for (k, shp), p in zip(shapes.items(), parts, strict=True)
+            }
+
+        def potential(params: dict[str, Tensor]) -> Tensor:
+            calls[0] += 1
+            return self.potential_energy(unflatten(params["theta"]), x_all, y_all)
+
+        def hook(k: Any, _params: Any, stage: str, i: int) -> None:
+            if stage == "Sample" and i == self.num_samples - 1:
+                # read before MCMC's cleanup resets the kernel
+                last.update(step_size=float(k.step_size), accept_prob=float(k._mean_accept_prob))
+                last.update(divergences=float(len(k._divergences)))
+            elif stage == "Warmup" and i == self.warmup_steps - 1:
+                last.update(warmup_calls=float(calls[0]))
+
         chains: list[dict[str, Tensor]] = []
+        self.nuts_diagnostics = []
         for _ in range(self.num_chains):  # chains run one after the other (one process)
+            start = time.perf_counter()
+            init = self._nuts_init(x_all, y_all)
+            kernel = NUTS(
+                potential_fn=potential,
+                max_tree_depth=self.max_tree_depth,
+                target_accept_prob=self.target_accept_prob,
+                full_mass=self.dense_mass,
+            )
+            calls[0] = 0
+            last.clear()
             mcmc = MCMC(
-                NUTS(self.model, jit_compile=False),
+                kernel,
                 num_samples=self.num_samples,
                 warmup_steps=self.warmup_steps,
-                num_chains=1,
+                initial_params={"theta": torch.cat([v.reshape(-1) for v in init.values()])},
                 disable_progbar=True,
+                hook_fn=hook,
             )
-            mcmc.run(x_all, y_all, rows, n)
-            chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
+            mcmc.run()
+            chains.append(unflatten(mcmc.get_samples()["theta"].detach()))
+            sampling_calls = calls[0] - last.pop("warmup_calls", 0.0)
+            self.nuts_diagnostics.append(
+                {
+                    **last,
+                    "leapfrog_per_sample": sampling_calls / self.num_samples,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
         self.mcmc_samples = {k: torch.cat([c[k] for c in chains], 0) for k in chains[0]}
         for k, v in self.mcmc_samples.items():
             if not bool(torch.isfinite(v).all()):
