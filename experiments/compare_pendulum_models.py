@@ -93,7 +93,7 @@ def main() -> None:
         idata = to_inference_data(models["greybox"], held_out, args.num_draws, gen)
         import arviz as az
 
-        print(az.summary(idata, var_names=["mass", "length"], kind="stats"))
+        print(az.summary(idata, var_names=["m", "l"], kind="stats"))
         az.loo(idata)
     missing = [str(w.message) for w in caught if "group" in str(w.message).lower()]
     print(f"groups: {list(idata.groups())}; warnings about missing groups: {len(missing)}")

@@ -386,3 +386,22 @@ def test_constructor_rejects_bad_options() -> None:
         PyroDynamics(linear_model, 1, 1, num_chains=0)
     with pytest.raises(ModelError, match="not been fitted"):
         PyroDynamics(linear_model, 1, 1).sample_functions(2)
+    with pytest.raises(ConfigError, match="unknown nuts_init 'mode'"):
+        PyroDynamics(linear_model, 1, 1, nuts_init="mode")
+    with pytest.raises(ConfigError, match="map_steps"):
+        PyroDynamics(linear_model, 1, 1, map_steps=-1)
+
+
+def test_map_start_of_nuts_is_the_posterior_mode() -> None:
+    """The conjugate posterior is Gaussian, so its mode is the closed-form mean; the MAP
+    climb must reach it from a prior draw and leave nothing in the param store."""
+    buf = make_buffer(50, seed=3, sigma=CONJ_SIGMA)
+    mean, cov = closed_form(buf)
+    model = PyroDynamics(conjugate_model, 1, 1, inference="nuts", map_steps=600)
+    data = buf.all()
+    with model._scope():
+        pyro.set_rng_seed(0)
+        point = model._map_point(data.obs, data.action, data.next_obs)
+        assert len(pyro.get_param_store()) == 0
+    sd = cov.diagonal().sqrt()
+    assert torch.allclose(point["w"].double(), mean, atol=float(0.05 * sd.min())), (point, mean)
