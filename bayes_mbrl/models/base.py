@@ -153,6 +153,23 @@ class FunctionSample(abc.ABC):
         """Mean next observation of each function, ``(n, B, obs_dim)``."""
         return self(obs, action).mean
 
+    def at(self, obs: Tensor, action: Tensor) -> Distribution:
+        """Every function at the same inputs (for predict, log-likelihood and analysis).
+
+        Args:
+            obs: ``(B, obs_dim)``.
+            action: ``(B, action_dim)``.
+
+        Returns:
+            Next-observation distributions with batch shape ``(n, B)``.
+        """
+        return self(obs.float().expand(self.n, -1, -1), action.float().expand(self.n, -1, -1))
+
+    def log_prob_at(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        """``(n, B)`` log-density of the observed ``(B, obs_dim)`` next observations
+        under every function (inputs as for :meth:`at`)."""
+        return self.at(obs, action).log_prob(next_obs.float().expand(self.n, -1, -1))
+
     def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
         """A copy that computes in ``dtype`` (inputs/outputs stay float32).
 

@@ -879,9 +879,7 @@ class BayesianNeuralNet(DynamicsModel):
         """Moments over ``num_functions`` draws (default 100; NUTS: all samples)."""
         self.check_inputs(obs, action)
         f = self._default_functions(num_functions)
-        o = obs.float().expand(f.n, -1, -1)
-        a = action.float().expand(f.n, -1, -1)
-        dist = f(o, a)
+        dist = f.at(obs, action)
         return Predictive.from_function_moments(dist.mean, dist.variance)
 
     @torch.no_grad()
@@ -891,9 +889,7 @@ class BayesianNeuralNet(DynamicsModel):
         """``(num_functions, N)`` log-density of each transition under each draw."""
         self.check_inputs(obs, action, next_obs)
         f = self._default_functions(num_functions)
-        o = obs.float().expand(f.n, -1, -1)
-        a = action.float().expand(f.n, -1, -1)
-        return f(o, a).log_prob(next_obs.float().expand(f.n, -1, -1))
+        return f.log_prob_at(obs, action, next_obs)
 
     def _default_functions(self, num_functions: int | None) -> FunctionSample:
         """Fixed-seed draws so that ``predict`` is deterministic."""

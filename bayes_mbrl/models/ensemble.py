@@ -458,9 +458,7 @@ class ProbabilisticEnsemble(DynamicsModel):
         """Moments over all members (or ``num_functions`` stratified draws)."""
         self.check_inputs(obs, action)
         f = self.sample_functions(num_functions or self.num_members)
-        o = obs.float().expand(f.n, -1, -1)
-        a = action.float().expand(f.n, -1, -1)
-        dist = f(o, a)
+        dist = f.at(obs, action)
         return Predictive.from_function_moments(dist.mean, dist.variance)
 
     @torch.no_grad()
@@ -470,9 +468,7 @@ class ProbabilisticEnsemble(DynamicsModel):
         """``(num_functions, N)`` log-density of each transition under each member."""
         self.check_inputs(obs, action, next_obs)
         f = self.sample_functions(num_functions or self.num_members)
-        o = obs.float().expand(f.n, -1, -1)
-        a = action.float().expand(f.n, -1, -1)
-        return f(o, a).log_prob(next_obs.float().expand(f.n, -1, -1))
+        return f.log_prob_at(obs, action, next_obs)
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:

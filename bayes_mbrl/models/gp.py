@@ -596,9 +596,7 @@ class _GPDynamicsBase(DynamicsModel):
         self._require_fitted()
         self.check_inputs(obs, action, next_obs)
         f = self.sample_functions(num_functions or DEFAULT_ANALYSIS_DRAWS)
-        o = obs.float().expand(f.n, -1, -1)
-        a = action.float().expand(f.n, -1, -1)
-        return f(o, a).log_prob(next_obs.float().expand(f.n, -1, -1))
+        return f.log_prob_at(obs, action, next_obs)
 
     def _hyper_state(self) -> dict[str, Any]:
         return {

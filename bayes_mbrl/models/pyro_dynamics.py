@@ -832,7 +832,7 @@ class PyroDynamics(DynamicsModel):
         """
         self.check_inputs(obs, action)
         fs = self._analysis_functions(num_functions)
-        dist = fs(obs.float().expand(fs.n, -1, -1), action.float().expand(fs.n, -1, -1))
+        dist = fs.at(obs, action)
         return Predictive.from_function_moments(dist.mean, dist.variance)
 
     @torch.no_grad()
@@ -842,9 +842,7 @@ class PyroDynamics(DynamicsModel):
         """``(num_functions, N)`` log-density of each transition under each function."""
         self.check_inputs(obs, action, next_obs)
         fs = self._analysis_functions(num_functions)
-        o = obs.float().expand(fs.n, -1, -1)
-        a = action.float().expand(fs.n, -1, -1)
-        return fs(o, a).log_prob(next_obs.float().expand(fs.n, -1, -1))
+        return fs.log_prob_at(obs, action, next_obs)
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
