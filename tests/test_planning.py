@@ -279,3 +279,47 @@ def test_planner_validation() -> None:
     planner = CEMPlanner(torch.tensor([-1.0]), torch.tensor([1.0]), 4, population=8)
     with pytest.raises(DataError, match="score function returned shape"):
         planner.plan(lambda a: torch.zeros(3))
+
+
+class _RandomGainFunctions(FunctionSample):
+    """s' = s + g_i a with a gain g_i per function, no noise."""
+
+    def __init__(self, gains: Tensor) -> None:
+        self.gains, self.n = gains, int(gains.shape[0])
+
+    def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
+        mean = obs + self.gains[:, None, None] * action
+        return Independent(Normal(mean, torch.full_like(mean, 1e-6), validate_args=False), 1)
+
+
+class _RandomGainModel(LinearGaussianModel):
+    """Continuous posterior over the gain: every draw is new (like BNN weights)."""
+
+    def __init__(self) -> None:
+        super().__init__(torch.eye(1), torch.ones(1, 1), 1e-6)
+        self.draws = 0
+
+    def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
+        self.draws += 1
+        return _RandomGainFunctions(1.0 + torch.randn(n, generator=generator))
+
+
+def test_scorer_draws_functions_once_per_planning_call() -> None:
+    """Common random numbers: every evaluation of one planning call sees the same
+    posterior draws, so equal action sequences get equal scores across iterations,
+    while separate calls (separate planning steps) draw anew."""
+    model = _RandomGainModel()
+    gen = torch.Generator().manual_seed(0)
+    ev = RolloutEvaluator(model, state_reward, horizon=3, particles=4, generator=gen)
+    score = ev.scorer(torch.zeros(1))
+    actions = torch.rand(6, 3, 1, generator=gen)
+    first, second = score(actions), score(actions)
+    # (equal up to the 1e-6 aleatoric noise, which is drawn anew as it should be)
+    assert model.draws == 1 and torch.allclose(first, second, atol=1e-4)
+    planner = CEMPlanner(-torch.ones(1), torch.ones(1), horizon=3, population=16,
+                         iterations=4, generator=gen)  # fmt: skip
+    planner.plan(ev.scorer(torch.zeros(1)))
+    assert model.draws == 2  # one draw for the whole 4-iteration plan
+    # a new call draws new functions; the plain call draws per evaluation
+    assert (ev.scorer(torch.zeros(1))(actions) - first).abs().max() > 0.01
+    assert (ev(torch.zeros(1), actions) - ev(torch.zeros(1), actions)).abs().max() > 0.01

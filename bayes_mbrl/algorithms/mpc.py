@@ -80,7 +80,8 @@ class MPCAgent:
             if self.last_plan is not None and self.mode != "mpc":
                 self.planner.advance(self._cursor)
             start = time.perf_counter()
-            self.last_plan = self.planner.plan(lambda actions: self.evaluator(o, actions))
+            # one draw of posterior functions per planning call, shared by its iterations
+            self.last_plan = self.planner.plan(self.evaluator.scorer(o))
             self.plan_seconds += time.perf_counter() - start
             self._cursor = 0
         plan = self.last_plan

@@ -19,6 +19,8 @@ its particles at once. Loops run over horizon steps only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -115,23 +117,46 @@ class RolloutEvaluator:
             )
         return start_obs.float()
 
+    def scorer(self, start_obs: Tensor) -> Callable[[Tensor], Tensor]:
+        """The score function of one planning call from ``start_obs``.
+
+        The posterior functions are drawn once and shared by every evaluation of the
+        call (common random numbers across the optimizer's iterations), so the planner
+        optimizes one fixed objective instead of a new Monte Carlo estimate at each
+        iteration. For an ensemble whose particles cover every member this changes
+        nothing; for continuous posteriors (BNN weights, GP paths, physical
+        parameters) it removes the draw-to-draw noise between iterations.
+
+        Args:
+            start_obs: ``(obs_dim,)`` current state.
+
+        Returns:
+            ``actions (population, horizon, action_dim) -> scores (population,)``.
+        """
+        fs = self._functions()
+        return lambda actions: self.objective(self.particle_returns(start_obs, actions, fs))
+
     @torch.inference_mode()
-    def particle_returns(self, start_obs: Tensor, actions: Tensor) -> Tensor:
+    def particle_returns(
+        self, start_obs: Tensor, actions: Tensor, functions: FunctionSample | None = None
+    ) -> Tensor:
         """Imagined return of every particle.
 
         Args:
             start_obs: ``(obs_dim,)`` current state.
             actions: ``(population, horizon, action_dim)`` candidate sequences.
+            functions: posterior draws to use (None: draw new ones), as from
+                :meth:`scorer`.
 
         Returns:
             ``(population, particles)`` discounted sums of imagined rewards.
         """
         start = self._check(start_obs, actions)
         actions = actions.float()
+        fs = functions if functions is not None else self._functions()
         if self.propagation == "expectation":
-            return self._expectation_returns(start, actions)
+            return self._expectation_returns(start, actions, fs)
         pop, horizon, adim = actions.shape
-        fs = self._functions()
         n_f = fs.n
         k = self.particles // n_f
         m = pop * k
@@ -180,9 +205,8 @@ class RolloutEvaluator:
         if self.termination_fn is not None:
             alive &= ~self.termination_fn(obs, action, nxt)
 
-    def _expectation_returns(self, start: Tensor, actions: Tensor) -> Tensor:
+    def _expectation_returns(self, start: Tensor, actions: Tensor, fs: FunctionSample) -> Tensor:
         pop, horizon, _ = actions.shape
-        fs = self._functions()
         n_f = fs.n
         obs = start.expand(pop, -1)
         returns = torch.zeros(pop)
