@@ -51,7 +51,7 @@ def summary_table(
         loo: ``az.loo(idata)`` (None: no LOO rows).
     """
     rows: list[dict[str, object]] = []
-    summary = az.summary(idata, kind="all")
+    summary = az.summary(idata, kind="all", round_to="none")
     for label, stats in summary.iterrows():
         for stat, value in stats.items():
             rows.append(
