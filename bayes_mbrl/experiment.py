@@ -123,6 +123,7 @@ def build_model(config: Config, obs_dim: int, action_dim: int) -> DynamicsModel:
             warmup_steps=m.warmup_steps,
             num_chains=m.num_chains,
             seed=config.experiment.seed,
+            max_tree_depth=m.max_tree_depth,
         )
     if m.kind == "pyro":
         from bayes_mbrl.models.pyro_dynamics import PyroDynamics
