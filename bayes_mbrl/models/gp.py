@@ -35,6 +35,7 @@ outputs, ``n`` functions, ``B`` inputs per function, ``F`` random features,
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 import time
@@ -447,13 +448,14 @@ class _GPDynamicsBase(DynamicsModel):
                 c = torch.as_tensor(constant, dtype=torch.float64).expand(D)
                 self.mean_module.constant.copy_(c.reshape(self.mean_module.constant.shape))
 
+    @abc.abstractmethod
     def _gp(self) -> gpytorch.models.GP:
-        """The fitted GPyTorch model (in eval mode)."""
-        raise NotImplementedError
+        """The fitted GPyTorch model (in eval mode); each flavour provides its own."""
 
+    @abc.abstractmethod
     def _update_points(self) -> Tensor:
-        """``(D, M, d)`` points of the Matheron update in normalized units."""
-        raise NotImplementedError
+        """``(D, M, d)`` points of the Matheron update in normalized units (training
+        inputs for the exact GP, inducing points for the sparse one)."""
 
     def _draw_paths(self, n: int, seed: int) -> Any:
         model = self._gp()
