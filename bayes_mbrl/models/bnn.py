@@ -191,24 +191,6 @@ class BNNFunctionSample(EnsembleFunctionSample):
             log_std = self._head(obs.contiguous(), action.contiguous())[1]
         return {"noise_std": log_std.exp().squeeze(1)}
 
-    def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ModelError(f"BNN planning supports float32 and bfloat16, not {dtype}")
-        w, b = self._fp32
-        return BNNFunctionSample(
-            w,
-            b,
-            self.min_logvar,
-            self.max_logvar,
-            self.log_delta_std.exp(),
-            self.obs_dim,
-            self.activation,
-            self.member_index,
-            dtype,
-            input_mean=self.input_mean,
-            num_chains=self.num_chains,
-        )
-
 
 class BayesianNeuralNet(DynamicsModel):
     """Bayesian MLP over normalized state deltas, mean-field SVI (or NUTS).

@@ -12,6 +12,7 @@ over members (as PETS assigns particles to members).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -146,20 +147,14 @@ class EnsembleFunctionSample(FunctionSample):
         member_index: Tensor,
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.weights = [w.to(compute_dtype) for w in weights[:-1]]
-        self.biases = [b.to(compute_dtype) for b in biases[:-1]]
-        # the narrow output layer runs feature-major, (n, 2D, H) @ (n, H, B): with only
-        # 2 * obs_dim outputs, BLAS is several times faster this way round
-        self.out_weight_t = weights[-1].transpose(1, 2).contiguous().to(compute_dtype)
-        self.out_bias_t = biases[-1].transpose(1, 2).contiguous().to(compute_dtype)
+        self._fp32 = (list(weights), list(biases))
+        self._cast(compute_dtype)
         self.min_logvar, self.max_logvar = min_logvar, max_logvar
         self.log_delta_std = delta_std.log()
         self.obs_dim = obs_dim
         self.activation = activation
         self.member_index = member_index
         self.n = int(member_index.shape[0])
-        self.compute_dtype = compute_dtype
-        self._fp32 = (list(weights), list(biases))
 
     def _head(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Denormalized delta mean and log-std, each ``(n, B, obs_dim)`` float32."""
@@ -194,21 +189,26 @@ class EnsembleFunctionSample(FunctionSample):
         """The member each function is, ``(n,)``."""
         return {"member": self.member_index}
 
+    def _cast(self, dtype: torch.dtype) -> None:
+        """Set the matmul weights from the float32 ones, in ``dtype``."""
+        weights, biases = self._fp32
+        self.weights = [w.to(dtype) for w in weights[:-1]]
+        self.biases = [b.to(dtype) for b in biases[:-1]]
+        # the narrow output layer runs feature-major, (n, 2D, H) @ (n, H, B): with only
+        # 2 * obs_dim outputs, BLAS is several times faster this way round
+        self.out_weight_t = weights[-1].transpose(1, 2).contiguous().to(dtype)
+        self.out_bias_t = biases[-1].transpose(1, 2).contiguous().to(dtype)
+        self.compute_dtype = dtype
+
     def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
+        """A copy (of the same class, subclasses included) computing in ``dtype``."""
         if dtype not in (torch.float32, torch.bfloat16):
-            raise ModelError(f"ensemble planning supports float32 and bfloat16, not {dtype}")
-        w, b = self._fp32
-        return EnsembleFunctionSample(
-            w,
-            b,
-            self.min_logvar,
-            self.max_logvar,
-            self.log_delta_std.exp(),
-            self.obs_dim,
-            self.activation,
-            self.member_index,
-            dtype,
-        )
+            raise ModelError(
+                f"{type(self).__name__} planning supports float32 and bfloat16, not {dtype}"
+            )
+        twin = copy.copy(self)
+        twin._cast(dtype)
+        return twin
 
 
 class ProbabilisticEnsemble(DynamicsModel):
