@@ -390,15 +390,35 @@ class _GPDynamicsBase(DynamicsModel):
         if not self.fitted:
             raise ModelError(f"{type(self).__name__} has not been fitted; call fit(buffer) first")
 
-    def _prepare(self, data: ReplayBuffer) -> tuple[Tensor, Tensor]:
-        """Normalized ``(N, d)`` inputs and ``(N, D)`` deltas, float64; refits the normalizers."""
+    @staticmethod
+    def _raw_xy(data: ReplayBuffer) -> tuple[Tensor, Tensor]:
+        """Raw float64 ``(N, d)`` inputs ``(s, a)`` and ``(N, D)`` deltas ``s' - s``."""
         if len(data) < 2:
             raise DataError(
                 f"need at least 2 transitions to fit a GP, got {len(data)}; collect more"
             )
         batch = data.all()
         inputs = torch.cat([batch.obs, batch.action], dim=-1).double()
-        deltas = batch.next_obs.double() - batch.obs.double()
+        return inputs, batch.next_obs.double() - batch.obs.double()
+
+    def _prepare(self, data: ReplayBuffer) -> tuple[Tensor, Tensor]:
+        """Normalized ``(N, d)`` inputs and ``(N, D)`` deltas, float64; refits the normalizers."""
+        return self._prepare_xy(*self._raw_xy(data))
+
+    def _prepare_xy(self, inputs: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalize raw ``(N, d)`` inputs and ``(N, D)`` targets (refitting the normalizers)."""
+        if inputs.shape[0] < 2:
+            raise DataError(
+                f"need at least 2 transitions to fit a GP, got {inputs.shape[0]}; collect more"
+            )
+        if inputs.shape[1:] != (self.in_dim,) or deltas.shape != (inputs.shape[0], self.obs_dim):
+            raise DataError(
+                f"GP regression data must be inputs (N, {self.in_dim}) and targets "
+                f"(N, {self.obs_dim}), got {tuple(inputs.shape)} and {tuple(deltas.shape)}"
+            )
+        if not (torch.isfinite(inputs).all() and torch.isfinite(deltas).all()):
+            raise DataError("GP regression data contain NaN or inf; drop those rows first")
+        inputs, deltas = inputs.double(), deltas.double()
         self.input_normalizer.fit(inputs)
         self.delta_normalizer.fit(deltas)
         return self.input_normalizer.normalize(inputs), self.delta_normalizer.normalize(deltas)
@@ -730,16 +750,34 @@ class ExactGPDynamics(_GPDynamicsBase):
             ModelError: more than :data:`EXACT_GP_MAX_POINTS` transitions without
                 ``max_train_points``, a non-finite loss, or a failed Cholesky.
         """
+        return self.fit_regression(*self._raw_xy(data), generator, progress)
+
+    def fit_regression(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, float, float], None] | None = None,
+    ) -> FitReport:
+        """Fit the GPs to any regression data: ``(N, obs_dim + action_dim)`` inputs and
+        ``(N, obs_dim)`` targets in raw units (what :meth:`fit` does with
+        ``(s, a) -> s' - s``; PILCO uses it with angle features as inputs and state
+        deltas as targets).
+
+        Raises:
+            DataError: wrong shapes, non-finite values or fewer than 2 rows.
+            ModelError: as :meth:`fit`.
+        """
         start = time.perf_counter()
         g = self._generator(generator)
-        n_all = len(data)
+        n_all = int(inputs.shape[0])
         if n_all > EXACT_GP_MAX_POINTS and self.max_train_points is None:
             raise ModelError(
                 f"the exact GP would condition on {n_all} transitions (limit "
                 f"{EXACT_GP_MAX_POINTS}; cost grows as N^3). Use SparseGPDynamics "
                 "(model.kind = 'sparse_gp') or set max_train_points"
             )
-        x, y = self._prepare(data)
+        x, y = self._prepare_xy(inputs, targets)
         if self.max_train_points is not None and n_all > self.max_train_points:
             keep = torch.randperm(n_all, generator=g)[: self.max_train_points]
             x, y = x[keep], y[keep]

@@ -1,0 +1,492 @@
+r"""Analytic moment matching: Gaussian beliefs through SE-ARD GPs, sines and policies.
+
+PILCO (Deisenroth & Rasmussen, ICML 2011; Deisenroth's thesis, 2010) propagates a
+Gaussian belief over the state through a Gaussian-process model by matching the
+first two moments of the predictive distribution exactly. Everything here is plain
+torch in float64 and differentiable end to end (the policy search backpropagates
+through a whole propagated trajectory).
+
+The one building block is :func:`augment`: a belief ``z ~ N(m, S)`` over a joint
+vector is extended by ``g(z_I)`` for some sub-vector ``z_I`` with the moments
+``E[g]``, ``Cov[g]`` and ``V = E[dg/dz_I]``. By Stein's lemma
+``Cov[z, g(z_I)] = S[:, I] V`` for *every* component of a Gaussian ``z``, so the
+cross-covariances of the new entries with everything already in the belief (the
+state, the features, the action) come out exactly. Transforms supplying
+``(mean, cov, V)``:
+
+- :func:`se_gp_moments`: an SE-ARD GP (or an RBF network, i.e. a GP mean without
+  model variance) at a Gaussian input; exact mean, full output covariance with
+  the cross terms between output dimensions, and ``V``.
+- :func:`sin_moments`: ``c + a * sin(z_I + phase)`` jointly (exact); with phases 0
+  and ``pi/2`` it gives the sine and cosine of angles, with a scale it is PILCO's
+  sine squashing of actions.
+- :func:`linear_moments`: ``W z_I + b`` (exact).
+
+Costs (:func:`saturating_cost_moments`, :func:`quadratic_cost_moments`) give the
+exact expectation and variance of a cost under a Gaussian.
+
+Shapes: every function accepts leading batch dimensions ``...`` on the belief;
+``d`` inputs, ``E`` outputs, ``N`` support points (training inputs or RBF centres).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
+from bayes_mbrl.models.gp import ExactGPDynamics
+
+__all__ = [
+    "SEGP",
+    "Moments",
+    "augment",
+    "check_finite_belief",
+    "linear_moments",
+    "quadratic_cost_moments",
+    "saturating_cost_moments",
+    "se_gp_moments",
+    "segp_from_exact",
+    "sin_moments",
+]
+
+Moments = tuple[Tensor, Tensor, Tensor]
+"""``(mean (..., k), cov (..., k, k), V (..., j, k))`` of ``g(z_I)`` with ``V = E[dg/dz_I]``."""
+
+
+@dataclass
+class SEGP:
+    """An SE-ARD GP (or an RBF network) as plain tensors, in the units it sees.
+
+    The function of output ``a`` is
+    ``f_a(x) = c_a + sum_i beta_ai * s_a * exp(-1/2 sum_k (x_k - X_ik)^2 / l_ak^2)``
+    (the posterior mean), with posterior variance
+    ``s_a - k_a(x)^T iK_a k_a(x)`` when ``inv_gram`` is given (a GP) and none
+    otherwise (an RBF network: a deterministic function).
+
+    Attributes:
+        inputs: ``(N, d)`` support points (training inputs, inducing points, centres).
+        beta: ``(E, N)`` weights (``(K + sigma^2 I)^{-1} (y - c)`` for a GP).
+        lengthscale: ``(E, d)``.
+        signal_var: ``(E,)`` kernel amplitude ``s_a``.
+        constant: ``(E,)`` prior mean.
+        inv_gram: ``(E, N, N)`` ``(K_a + sigma_a^2 I)^{-1}``, or None (no model variance).
+        noise_var: ``(E,)`` observation noise added to the output covariance, or None.
+        input_shift, input_scale: ``(d,)``: the function sees ``(x - shift) / scale``.
+        output_shift, output_scale: ``(E,)``: the output is ``shift + scale * f``.
+    """
+
+    inputs: Tensor
+    beta: Tensor
+    lengthscale: Tensor
+    signal_var: Tensor
+    constant: Tensor
+    inv_gram: Tensor | None = None
+    noise_var: Tensor | None = None
+    input_shift: Tensor | None = None
+    input_scale: Tensor | None = None
+    output_shift: Tensor | None = None
+    output_scale: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n, d = self.inputs.shape
+        e = self.beta.shape[0]
+        expected = {
+            "beta": (self.beta, (e, n)),
+            "lengthscale": (self.lengthscale, (e, d)),
+            "signal_var": (self.signal_var, (e,)),
+            "constant": (self.constant, (e,)),
+            "inv_gram": (self.inv_gram, (e, n, n)),
+            "noise_var": (self.noise_var, (e,)),
+            "input_shift": (self.input_shift, (d,)),
+            "input_scale": (self.input_scale, (d,)),
+            "output_shift": (self.output_shift, (e,)),
+            "output_scale": (self.output_scale, (e,)),
+        }
+        for name, (value, shape) in expected.items():
+            if value is not None and tuple(value.shape) != shape:
+                raise DataError(
+                    f"SEGP.{name} must have shape {shape} for N={n} inputs of size d={d} "
+                    f"and E={e} outputs, got {tuple(value.shape)}"
+                )
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.inputs.shape[1])
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.beta.shape[0])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The mean function at points ``(..., d)`` -> ``(..., E)`` (for checks and Monte Carlo)."""
+        z = _shift_scale(x, self.input_shift, self.input_scale)
+        r = (z.unsqueeze(-2).unsqueeze(-2) - self.inputs) / self.lengthscale.unsqueeze(-2)
+        k = self.signal_var.unsqueeze(-1) * torch.exp(-0.5 * r.square().sum(-1))  # (..., E, N)
+        f = (k * self.beta).sum(-1) + self.constant
+        return _unscale(f, self.output_shift, self.output_scale)
+
+    def variance(self, x: Tensor) -> Tensor:
+        """Posterior variance of ``f`` (without noise) at ``(..., d)`` -> ``(..., E)``."""
+        if self.inv_gram is None:
+            return torch.zeros(*x.shape[:-1], self.out_dim, dtype=x.dtype)
+        z = _shift_scale(x, self.input_shift, self.input_scale)
+        r = (z.unsqueeze(-2).unsqueeze(-2) - self.inputs) / self.lengthscale.unsqueeze(-2)
+        k = self.signal_var.unsqueeze(-1) * torch.exp(-0.5 * r.square().sum(-1))
+        var = self.signal_var - torch.einsum("...ei,eij,...ej->...e", k, self.inv_gram, k)
+        scale = 1.0 if self.output_scale is None else self.output_scale.square()
+        return var.clamp_min(0.0) * scale
+
+
+def segp_from_exact(model: ExactGPDynamics) -> SEGP:
+    """The fitted SE-ARD exact GP as an :class:`SEGP` (inputs and outputs in model units).
+
+    The GP's normalizers become the affine maps, so beliefs stay in the model's raw
+    input units and predictions in raw target units (deltas). ``(K + sigma^2 I)^{-1}``
+    is formed by a Cholesky in float64, with the model's jitter escalation.
+
+    Raises:
+        ConfigError: the kernel is not ``"se"`` (moment matching is exact only for it).
+        ModelError: the model has not been fitted.
+    """
+    if model.kernel != "se":
+        raise ConfigError(
+            f"moment matching needs the squared-exponential kernel, the GP uses "
+            f"{model.kernel!r}; build it with kernel='se'"
+        )
+    if not model.fitted or model.train_x is None or model.train_y is None:
+        raise ModelError("ExactGPDynamics has not been fitted; call fit first")
+    hp = model.hyperparameters()
+    x, y = model.train_x, model.train_y  # normalized (N, d), (N, E)
+    n = x.shape[0]
+    ls = hp["lengthscale"]
+    r = (x.unsqueeze(0).unsqueeze(-2) - x.unsqueeze(0).unsqueeze(-3)) / ls[:, None, None, :]
+    gram = hp["outputscale"][:, None, None] * torch.exp(-0.5 * r.square().sum(-1))
+    gram = gram + torch.diag_embed(hp["noise"].unsqueeze(-1).expand(-1, n))
+
+    eye = torch.eye(n, dtype=gram.dtype)
+    jitter = 0.0
+    while True:
+        chol, info = torch.linalg.cholesky_ex(gram + jitter * eye)
+        if not bool(info.any()):
+            break
+        jitter = 1e-8 if jitter == 0.0 else 10.0 * jitter
+        if jitter > model.max_jitter * (1 + 1e-9):
+            raise ModelError(
+                "segp_from_exact: the GP's kernel matrix is not positive definite even with "
+                f"a jitter of {model.max_jitter:.0e}; raise the GP's min_noise or refit"
+            )
+    inv_gram = torch.cholesky_inverse(chol)
+    beta = (inv_gram @ (y.T - hp["constant"][:, None]).unsqueeze(-1)).squeeze(-1)
+    return SEGP(
+        inputs=x.clone(),
+        beta=beta,
+        lengthscale=ls,
+        signal_var=hp["outputscale"],
+        constant=hp["constant"],
+        inv_gram=inv_gram,
+        noise_var=hp["noise"],
+        input_shift=model.input_normalizer.mean.clone(),
+        input_scale=model.input_normalizer.std.clone(),
+        output_shift=model.delta_normalizer.mean.clone(),
+        output_scale=model.delta_normalizer.std.clone(),
+    )
+
+
+def _shift_scale(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
+    if shift is not None:
+        x = x - shift
+    if scale is not None:
+        x = x / scale
+    return x
+
+
+def _unscale(f: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
+    if scale is not None:
+        f = f * scale
+    if shift is not None:
+        f = f + shift
+    return f
+
+
+def _check_belief(mean: Tensor, cov: Tensor, name: str) -> None:
+    if mean.dim() < 1 or cov.shape != (*mean.shape, mean.shape[-1]):
+        raise DataError(
+            f"{name}: a belief needs mean (..., k) and cov (..., k, k), got "
+            f"{tuple(mean.shape)} and {tuple(cov.shape)}"
+        )
+
+
+def _sym(a: Tensor) -> Tensor:
+    return 0.5 * (a + a.transpose(-1, -2))
+
+
+# ------------------------------------------------------------------ SE-ARD GP
+def se_gp_moments(gp: SEGP, mean: Tensor, cov: Tensor, include_noise: bool = True) -> Moments:
+    """Exact moments of ``f(x)`` for ``x ~ N(mean, cov)`` (PILCO's ``gp0`` / ``gp2``).
+
+    With ``nu_i = x_i - m`` (in the GP's input units), ``B_a = S + Lambda_a``:
+
+    - ``E[f_a] = c_a + sum_i beta_ai q_ai``, ``q_ai = s_a |S Lambda_a^-1 + I|^{-1/2}
+      exp(-1/2 nu_i^T B_a^-1 nu_i)``;
+    - ``V_a = E[df_a/dx] = B_a^-1 sum_i beta_ai q_ai nu_i``;
+    - ``E[f_a f_b] = beta_a^T Q_ab beta_b (+ s_a - tr(iK_a Q_aa) if a = b, GP only)``,
+      ``Q_ab,ij = k_a(x_i, m) k_b(x_j, m) |R_ab|^{-1/2}
+      exp(1/2 z_ij^T R_ab^-1 S z_ij)``, ``R_ab = S (Lambda_a^-1 + Lambda_b^-1) + I``,
+      ``z_ij = Lambda_a^-1 nu_i + Lambda_b^-1 nu_j``.
+
+    Args:
+        gp: the GP (or RBF network).
+        mean: ``(..., d)`` input mean.
+        cov: ``(..., d, d)`` input covariance (positive semi-definite).
+        include_noise: add ``gp.noise_var`` to the output covariance (the prediction
+            of a noisy target rather than of ``f``).
+
+    Returns:
+        ``(E[f] (..., E), Cov[f] (..., E, E), V (..., d, E))`` in the GP's outer units.
+    """
+    _check_belief(mean, cov, "se_gp_moments")
+    if mean.shape[-1] != gp.in_dim:
+        raise DataError(
+            f"se_gp_moments: the GP takes {gp.in_dim} inputs, the belief has {mean.shape[-1]}"
+        )
+    m = _shift_scale(mean, gp.input_shift, gp.input_scale)
+    s = cov
+    if gp.input_scale is not None:
+        s = cov / (gp.input_scale.unsqueeze(-1) * gp.input_scale)
+    d, e = gp.in_dim, gp.out_dim
+    eye = torch.eye(d, dtype=s.dtype)
+    ls2 = gp.lengthscale.square()  # (E, d)
+    inv_ls2 = ls2.reciprocal()
+    nu = gp.inputs - m.unsqueeze(-2)  # (..., N, d)
+    s_e = s.unsqueeze(-3)  # (..., 1, d, d)
+
+    # ---- mean and input-output term
+    b = s_e + torch.diag_embed(ls2)  # (..., E, d, d)
+    chol_b = torch.linalg.cholesky(b)
+    nu_e = nu.unsqueeze(-3).expand(*nu.shape[:-2], e, *nu.shape[-2:])  # (..., E, N, d)
+    t = torch.cholesky_solve(nu_e.transpose(-1, -2), chol_b).transpose(-1, -2)  # B^-1 nu
+    logdet_b = 2.0 * torch.log(torch.diagonal(chol_b, dim1=-2, dim2=-1)).sum(-1)  # (..., E)
+    logdet_scale = logdet_b - torch.log(ls2).sum(-1)  # log |S Lambda^-1 + I|
+    log_q = (torch.log(gp.signal_var) - 0.5 * logdet_scale).unsqueeze(-1) - 0.5 * (nu_e * t).sum(
+        -1
+    )  # (..., E, N)
+    q = torch.exp(log_q)
+    bq = gp.beta * q  # (..., E, N)
+    f_mean = bq.sum(-1)  # (..., E), without the constant
+    v = (bq.unsqueeze(-1) * t).sum(-2).transpose(-1, -2)  # (..., d, E)
+
+    # ---- second moments
+    zeta = nu_e * inv_ls2.unsqueeze(-2)  # (..., E, N, d)
+    log_k = torch.log(gp.signal_var).unsqueeze(-1) - 0.5 * (nu_e * zeta).sum(-1)  # (..., E, N)
+    lam_sum = inv_ls2.unsqueeze(-2) + inv_ls2.unsqueeze(-3)  # (E, E, d)
+    r = s.unsqueeze(-3).unsqueeze(-3) * lam_sum.unsqueeze(-2) + eye  # (..., E, E, d, d)
+    rt = torch.linalg.solve(r, s.unsqueeze(-3).unsqueeze(-3).expand_as(r))  # R^-1 S
+    rt = _sym(rt)
+    logdet_r = torch.linalg.slogdet(r)[1]  # (..., E, E)
+    za = zeta.unsqueeze(-3)  # (..., E, 1, N, d) : a index
+    zb = zeta.unsqueeze(-4)  # (..., 1, E, N, d) : b index
+    za_t = za @ rt  # (..., E, E, N, d)
+    quad_a = 0.5 * (za_t * za).sum(-1)  # (..., E, E, N)
+    quad_b = 0.5 * ((zb @ rt) * zb).sum(-1)  # (..., E, E, N)
+    cross = za_t @ zb.transpose(-1, -2)  # (..., E, E, N, N)
+    log_qab = (
+        cross
+        + (log_k.unsqueeze(-2) + quad_a).unsqueeze(-1)
+        + (log_k.unsqueeze(-3) + quad_b).unsqueeze(-2)
+        - 0.5 * logdet_r.unsqueeze(-1).unsqueeze(-1)
+    )
+    qab = torch.exp(log_qab)  # (..., E, E, N, N)
+    beta_a = gp.beta.unsqueeze(-2).unsqueeze(-2)  # (E, 1, 1, N)
+    beta_b = gp.beta.unsqueeze(-3).unsqueeze(-1)  # (1, E, N, 1)
+    second = (beta_a @ qab @ beta_b).squeeze(-1).squeeze(-1)  # (..., E, E)
+    f_cov = second - f_mean.unsqueeze(-1) * f_mean.unsqueeze(-2)
+    if gp.inv_gram is not None:
+        q_diag = torch.diagonal(qab, dim1=-4, dim2=-3).movedim(-1, -3)  # (..., E, N, N)
+        model_var = gp.signal_var - (gp.inv_gram * q_diag).sum((-1, -2))
+        f_cov = f_cov + torch.diag_embed(model_var)
+    f_cov = _sym(f_cov)
+    if include_noise and gp.noise_var is not None:
+        f_cov = f_cov + torch.diag_embed(gp.noise_var.expand(f_mean.shape))
+    f_mean = f_mean + gp.constant
+
+    # ---- back to outer units
+    if gp.input_scale is not None:
+        v = v / gp.input_scale.unsqueeze(-1)
+    if gp.output_scale is not None:
+        f_cov = f_cov * (gp.output_scale.unsqueeze(-1) * gp.output_scale)
+        v = v * gp.output_scale
+    f_mean = _unscale(f_mean, gp.output_shift, gp.output_scale)
+    return f_mean, f_cov, v
+
+
+# ------------------------------------------------------------ sines, linear maps
+def sin_moments(
+    mean: Tensor,
+    cov: Tensor,
+    phase: Tensor,
+    scale: Tensor | None = None,
+    shift: Tensor | None = None,
+) -> Moments:
+    r"""Exact moments of ``g_k = shift_k + scale_k * sin(x_k + phase_k)``, ``x ~ N(mean, cov)``.
+
+    With ``e_k = exp(-cov_kk / 2)``: ``E[sin(x_k + p_k)] = e_k sin(m_k + p_k)``;
+    ``E[sin u sin w] = (E cos(u - w) - E cos(u + w)) / 2`` with
+    ``E cos(u -+ w) = exp(-Var(u -+ w)/2) cos(E[u] -+ E[w])``; ``V = diag(scale_k e_k
+    cos(m_k + p_k))``. Phase ``pi/2`` gives a cosine, so the sine and cosine of an
+    angle are two entries of one call (pass the angle's mean twice).
+
+    Args:
+        mean: ``(..., k)``.
+        cov: ``(..., k, k)``.
+        phase: ``(k,)``.
+        scale, shift: ``(k,)`` (default 1 and 0).
+
+    Returns:
+        ``(mean (..., k), cov (..., k, k), V (..., k, k))``.
+    """
+    _check_belief(mean, cov, "sin_moments")
+    mu = mean + phase
+    var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    e = torch.exp(-0.5 * var)
+    g_mean = e * torch.sin(mu)
+    var_i, var_j = var.unsqueeze(-1), var.unsqueeze(-2)
+    mu_i, mu_j = mu.unsqueeze(-1), mu.unsqueeze(-2)
+    cos_minus = torch.exp(-0.5 * (var_i + var_j - 2.0 * cov)) * torch.cos(mu_i - mu_j)
+    cos_plus = torch.exp(-0.5 * (var_i + var_j + 2.0 * cov)) * torch.cos(mu_i + mu_j)
+    g_cov = 0.5 * (cos_minus - cos_plus) - g_mean.unsqueeze(-1) * g_mean.unsqueeze(-2)
+    g_cov = _sym(g_cov)
+    v_diag = e * torch.cos(mu)
+    if scale is not None:
+        g_mean = g_mean * scale
+        g_cov = g_cov * (scale.unsqueeze(-1) * scale)
+        v_diag = v_diag * scale
+    if shift is not None:
+        g_mean = g_mean + shift
+    return g_mean, g_cov, torch.diag_embed(v_diag)
+
+
+def linear_moments(mean: Tensor, cov: Tensor, weight: Tensor, bias: Tensor) -> Moments:
+    """Exact moments of ``W x + b`` for ``x ~ N(mean, cov)``.
+
+    Args:
+        mean: ``(..., j)``.
+        cov: ``(..., j, j)``.
+        weight: ``(k, j)``.
+        bias: ``(k,)``.
+
+    Returns:
+        ``(W m + b, W S W^T, W^T)``.
+    """
+    _check_belief(mean, cov, "linear_moments")
+    out_mean = mean @ weight.T + bias
+    out_cov = _sym(weight @ cov @ weight.T)
+    return out_mean, out_cov, weight.T.expand(*mean.shape[:-1], *weight.T.shape)
+
+
+# ---------------------------------------------------------------- augmentation
+def augment(
+    mean: Tensor,
+    cov: Tensor,
+    index: Sequence[int] | Tensor,
+    transform: Callable[[Tensor, Tensor], Moments],
+) -> tuple[Tensor, Tensor]:
+    """Append ``g(z_I)`` to a Gaussian belief over ``z``, keeping all cross-covariances.
+
+    ``Cov[z, g] = S[:, I] V`` (Stein's lemma: exact for a Gaussian ``z`` whatever
+    ``g`` is, given ``V = E[dg/dz_I]``).
+
+    Args:
+        mean: ``(..., n)``.
+        cov: ``(..., n, n)``.
+        index: the ``j`` entries of ``z`` that ``g`` reads.
+        transform: ``(mean_I, cov_I) -> (mean_g, cov_g, V)`` (one of this module's
+            moment functions, partially applied).
+
+    Returns:
+        ``(mean (..., n + k), cov (..., n + k, n + k))``.
+    """
+    _check_belief(mean, cov, "augment")
+    idx = torch.as_tensor(index, dtype=torch.long)
+    m_i = mean[..., idx]
+    s_i = cov[..., idx, :][..., idx]
+    g_mean, g_cov, v = transform(m_i, s_i)
+    cross = cov[..., :, idx] @ v  # (..., n, k)
+    top = torch.cat([cov, cross], dim=-1)
+    bottom = torch.cat([cross.transpose(-1, -2), g_cov], dim=-1)
+    return torch.cat([mean, g_mean], dim=-1), torch.cat([top, bottom], dim=-2)
+
+
+# ---------------------------------------------------------------------- costs
+def saturating_cost_moments(
+    mean: Tensor, cov: Tensor, target: Tensor, weight: Tensor, width: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    r"""Mean and variance of ``c(x) = 1 - exp(-1/2 (x - t)^T W (x - t) / width^2)``.
+
+    With ``W~ = W / width^2`` and ``x ~ N(m, S)``:
+    ``E[1 - c] = |I + S W~|^{-1/2} exp(-1/2 (m - t)^T W~ (I + S W~)^{-1} (m - t))``
+    and ``E[(1 - c)^2]`` is the same with ``2 W~``.
+
+    Args:
+        mean: ``(..., k)``.
+        cov: ``(..., k, k)``.
+        target: ``(k,)``.
+        weight: ``(k, k)`` symmetric positive semi-definite.
+        width: cost width ``sigma_c``.
+
+    Returns:
+        ``(E[c] (...,), Var[c] (...,))``.
+    """
+    _check_belief(mean, cov, "saturating_cost_moments")
+    if width <= 0:
+        raise DataError(f"saturating cost width must be > 0, got {width}")
+    w = weight / width**2
+    eye = torch.eye(mean.shape[-1], dtype=mean.dtype)
+    diff = (mean - target).unsqueeze(-1)
+
+    def expected_exp(wk: Tensor) -> Tensor:
+        a = eye + cov @ wk  # I + S W
+        # W (I + S W)^{-1} = (I + W S)^{-1} W, symmetric
+        sol = torch.linalg.solve(a.transpose(-1, -2), wk.expand_as(a))  # (I + W S)^-1 W
+        quad = (diff.transpose(-1, -2) @ _sym(sol) @ diff).squeeze(-1).squeeze(-1)
+        return torch.exp(-0.5 * quad) / torch.sqrt(torch.linalg.det(a))
+
+    e1 = expected_exp(w)
+    e2 = expected_exp(2.0 * w)
+    return 1.0 - e1, (e2 - e1.square()).clamp_min(0.0)
+
+
+def quadratic_cost_moments(
+    mean: Tensor, cov: Tensor, target: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``c(x) = (x - t)^T W (x - t)`` for ``x ~ N(m, S)``.
+
+    ``E[c] = tr(W S) + d^T W d`` and ``Var[c] = 2 tr((W S)^2) + 4 d^T W S W d`` with
+    ``d = m - t``.
+
+    Returns:
+        ``(E[c] (...,), Var[c] (...,))``.
+    """
+    _check_belief(mean, cov, "quadratic_cost_moments")
+    diff = (mean - target).unsqueeze(-1)
+    ws = weight @ cov
+    quad = (diff.transpose(-1, -2) @ weight @ diff).squeeze(-1).squeeze(-1)
+    expected = torch.diagonal(ws, dim1=-2, dim2=-1).sum(-1) + quad
+    wsw = ws @ weight
+    variance = 2.0 * (ws * ws.transpose(-1, -2)).sum((-1, -2)) + 4.0 * (
+        diff.transpose(-1, -2) @ wsw @ diff
+    ).squeeze(-1).squeeze(-1)
+    return expected, variance
+
+
+def check_finite_belief(mean: Tensor, cov: Tensor, where: str) -> None:
+    """Raise a :class:`~bayes_mbrl.errors.ModelError` naming ``where`` if a belief is not finite."""
+    if not (torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        raise ModelError(
+            f"moment matching produced a non-finite belief at {where}; the GP's "
+            "lengthscales or the input covariance are degenerate (refit the GP or raise "
+            "its noise floor)"
+        )
