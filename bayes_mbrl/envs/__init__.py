@@ -3,8 +3,9 @@
 Model-based planners imagine transitions in batches and score them with the
 task's :class:`TaskSpec` reward and termination functions, which reproduce the
 environment's own. Supported tasks: ``Pendulum-v1``, ``MountainCarContinuous-v0``
-and ``bayes_mbrl/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up, registered
-with gymnasium on import of this package).
+``bayes_mbrl/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up) and
+``bayes_mbrl/PendulumSwingUp-v0`` (``Pendulum-v1`` started hanging down), the
+last two registered with gymnasium on import of this package.
 
 Example:
     >>> import torch
@@ -21,6 +22,7 @@ from bayes_mbrl.envs.cartpole_swingup import (
     CartPoleSwingUpEnv,
     register_cartpole_swingup,
 )
+from bayes_mbrl.envs.pendulum_swingup import PendulumSwingUpEnv, register_pendulum_swingup
 from bayes_mbrl.envs.rewards import RewardFn, TerminationFn
 from bayes_mbrl.envs.tasks import (
     TaskSpec,
@@ -31,9 +33,11 @@ from bayes_mbrl.envs.tasks import (
 )
 
 register_cartpole_swingup()
+register_pendulum_swingup()
 
 __all__ = [
     "CartPoleSwingUpEnv",
+    "PendulumSwingUpEnv",
     "RewardFn",
     "TaskSpec",
     "TerminationFn",

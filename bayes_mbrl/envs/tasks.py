@@ -21,6 +21,8 @@ from torch import Tensor
 
 from bayes_mbrl.envs.cartpole_swingup import ENV_ID as CARTPOLE_SWINGUP_ID
 from bayes_mbrl.envs.cartpole_swingup import register_cartpole_swingup
+from bayes_mbrl.envs.pendulum_swingup import ENV_ID as PENDULUM_SWINGUP_ID
+from bayes_mbrl.envs.pendulum_swingup import register_pendulum_swingup
 from bayes_mbrl.envs.rewards import (
     PENDULUM_MAX_TORQUE,
     RewardFn,
@@ -119,19 +121,25 @@ def _bounds(low: float, high: float, dim: int) -> tuple[Tensor, Tensor]:
     )
 
 
-def _pendulum() -> TaskSpec:
-    """Spec of gymnasium's ``Pendulum-v1``."""
+def _pendulum(env_id: str = "Pendulum-v1") -> TaskSpec:
+    """Spec of gymnasium's ``Pendulum-v1`` (or of its swing-up variant ``env_id``)."""
     low, high = _bounds(-PENDULUM_MAX_TORQUE, PENDULUM_MAX_TORQUE, 1)
     return TaskSpec(
-        env_id="Pendulum-v1",
+        env_id=env_id,
         obs_dim=3,
         action_dim=1,
         action_low=low,
         action_high=high,
         reward_fn=pendulum_reward,
         termination_fn=None,
-        max_episode_steps=_time_limit("Pendulum-v1"),
+        max_episode_steps=_time_limit(env_id),
     )
+
+
+def _pendulum_swingup() -> TaskSpec:
+    """Spec of ``bayes_mbrl/PendulumSwingUp-v0`` (``Pendulum-v1`` started hanging down)."""
+    register_pendulum_swingup()
+    return _pendulum(PENDULUM_SWINGUP_ID)
 
 
 def _mountain_car() -> TaskSpec:
@@ -169,6 +177,7 @@ _TASKS: dict[str, Callable[[], TaskSpec]] = {
     "Pendulum-v1": _pendulum,
     "MountainCarContinuous-v0": _mountain_car,
     CARTPOLE_SWINGUP_ID: _cartpole_swingup,
+    PENDULUM_SWINGUP_ID: _pendulum_swingup,
 }
 
 

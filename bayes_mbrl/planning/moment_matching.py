@@ -32,7 +32,7 @@ Shapes: every function accepts leading batch dimensions ``...`` on the belief;
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -90,6 +90,7 @@ class SEGP:
     input_scale: Tensor | None = None
     output_shift: Tensor | None = None
     output_scale: Tensor | None = None
+    _pair_weights: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n, d = self.inputs.shape
@@ -112,6 +113,18 @@ class SEGP:
                     f"SEGP.{name} must have shape {shape} for N={n} inputs of size d={d} "
                     f"and E={e} outputs, got {tuple(value.shape)}"
                 )
+
+    def pair_weights(self) -> Tensor:
+        """``(P, N, N)`` weights ``W_ab = beta_a beta_b^T - [a = b] iK_a`` of the output pairs
+        ``a <= b`` (row-major upper triangle); computed once per GP and cached."""
+        if self._pair_weights is not None:
+            return self._pair_weights
+        ia, ib = torch.triu_indices(self.out_dim, self.out_dim)
+        w = self.beta[ia].unsqueeze(-1) * self.beta[ib].unsqueeze(-2)
+        if self.inv_gram is not None:
+            w = w - (ia == ib).to(w.dtype)[:, None, None] * self.inv_gram[ia]
+        self._pair_weights = w
+        return w
 
     @property
     def in_dim(self) -> int:
@@ -279,35 +292,36 @@ def se_gp_moments(gp: SEGP, mean: Tensor, cov: Tensor, include_noise: bool = Tru
     f_mean = bq.sum(-1)  # (..., E), without the constant
     v = (bq.unsqueeze(-1) * t).sum(-2).transpose(-1, -2)  # (..., d, E)
 
-    # ---- second moments
+    # ---- second moments, over the E (E + 1) / 2 pairs a <= b only
+    ia, ib = torch.triu_indices(e, e)
     zeta = nu_e * inv_ls2.unsqueeze(-2)  # (..., E, N, d)
     log_k = torch.log(gp.signal_var).unsqueeze(-1) - 0.5 * (nu_e * zeta).sum(-1)  # (..., E, N)
-    lam_sum = inv_ls2.unsqueeze(-2) + inv_ls2.unsqueeze(-3)  # (E, E, d)
-    r = s.unsqueeze(-3).unsqueeze(-3) * lam_sum.unsqueeze(-2) + eye  # (..., E, E, d, d)
-    rt = torch.linalg.solve(r, s.unsqueeze(-3).unsqueeze(-3).expand_as(r))  # R^-1 S
-    rt = _sym(rt)
-    logdet_r = torch.linalg.slogdet(r)[1]  # (..., E, E)
-    za = zeta.unsqueeze(-3)  # (..., E, 1, N, d) : a index
-    zb = zeta.unsqueeze(-4)  # (..., 1, E, N, d) : b index
-    za_t = za @ rt  # (..., E, E, N, d)
-    quad_a = 0.5 * (za_t * za).sum(-1)  # (..., E, E, N)
-    quad_b = 0.5 * ((zb @ rt) * zb).sum(-1)  # (..., E, E, N)
-    cross = za_t @ zb.transpose(-1, -2)  # (..., E, E, N, N)
-    log_qab = (
-        cross
-        + (log_k.unsqueeze(-2) + quad_a).unsqueeze(-1)
-        + (log_k.unsqueeze(-3) + quad_b).unsqueeze(-2)
-        - 0.5 * logdet_r.unsqueeze(-1).unsqueeze(-1)
-    )
-    qab = torch.exp(log_qab)  # (..., E, E, N, N)
-    beta_a = gp.beta.unsqueeze(-2).unsqueeze(-2)  # (E, 1, 1, N)
-    beta_b = gp.beta.unsqueeze(-3).unsqueeze(-1)  # (1, E, N, 1)
-    second = (beta_a @ qab @ beta_b).squeeze(-1).squeeze(-1)  # (..., E, E)
-    f_cov = second - f_mean.unsqueeze(-1) * f_mean.unsqueeze(-2)
+    lam_sum = inv_ls2[ia] + inv_ls2[ib]  # (P, d)
+    s_p = s.unsqueeze(-3)  # (..., 1, d, d)
+    r = s_p * lam_sum.unsqueeze(-2) + eye  # (..., P, d, d)
+    rt = _sym(torch.linalg.solve(r, s_p.expand_as(r)))  # R^-1 S (symmetric)
+    logdet_r = torch.linalg.slogdet(r)[1]  # (..., P)
+    za, zb = zeta[..., ia, :, :], zeta[..., ib, :, :]  # (..., P, N, d)
+    za_t, zb_t = za @ rt, zb @ rt
+    # log Q_ij = [za_t_i, col_i, 1] . [zb_j, 1, row_j]: one batched matmul per pair
+    col = log_k[..., ia, :] + 0.5 * (za_t * za).sum(-1) - 0.5 * logdet_r.unsqueeze(-1)
+    row = log_k[..., ib, :] + 0.5 * (zb_t * zb).sum(-1)
+    ones = torch.ones_like(col).unsqueeze(-1)
+    left = torch.cat([za_t, col.unsqueeze(-1), ones], dim=-1)  # (..., P, N, d + 2)
+    right = torch.cat([zb, ones, row.unsqueeze(-1)], dim=-1)
+    log_q = left @ right.transpose(-1, -2)  # (..., P, N, N)
+    q = log_q.exp_()
+    # E[f_a f_b] - delta_ab E[var f_a] + delta_ab s_a = sum_ij Q_ab,ij W_ab,ij + delta_ab s_a
+    w = gp.pair_weights()  # (P, N, N)
+    second_p = torch.einsum("...pij,pij->...p", q, w)
     if gp.inv_gram is not None:
-        q_diag = torch.diagonal(qab, dim1=-4, dim2=-3).movedim(-1, -3)  # (..., E, N, N)
-        model_var = gp.signal_var - (gp.inv_gram * q_diag).sum((-1, -2))
-        f_cov = f_cov + torch.diag_embed(model_var)
+        second_p = second_p + (ia == ib).to(s.dtype) * gp.signal_var[ia]
+    # scatter the pairs into a symmetric (E, E) matrix
+    place = torch.zeros(ia.shape[0], e, e, dtype=s.dtype)
+    place[torch.arange(ia.shape[0]), ia, ib] = 1.0
+    place[torch.arange(ia.shape[0]), ib, ia] = 1.0
+    second = (second_p.unsqueeze(-1).unsqueeze(-1) * place).sum(-3)  # (..., E, E)
+    f_cov = second - f_mean.unsqueeze(-1) * f_mean.unsqueeze(-2)
     f_cov = _sym(f_cov)
     if include_noise and gp.noise_var is not None:
         f_cov = f_cov + torch.diag_embed(gp.noise_var.expand(f_mean.shape))
