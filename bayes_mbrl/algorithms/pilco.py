@@ -463,7 +463,7 @@ class PILCO:
             except (ModelError, torch.linalg.LinAlgError):
                 return torch.tensor(math.inf, dtype=DT)
             loss.backward()
-            value = float(loss)
+            value = float(loss.detach())
             report.evaluations += 1
             report.history.append(value)
             if value < best_value:
