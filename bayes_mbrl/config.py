@@ -4,8 +4,8 @@ This is the only module that knows about TOML. Everything else in the toolkit
 takes plain typed arguments; the experiment runner unpacks a :class:`Config`
 into them.
 
-A configuration has four sections, ``experiment``, ``env``, ``model`` and
-``planner``; every field has a default, and the defaults together are the
+A configuration has five sections, ``experiment``, ``env``, ``model``,
+``planner`` and ``pilco``; every field has a default, and the defaults together are the
 embedded default experiment (:data:`DEFAULT_PRESET`): Bayesian MPC with a
 probabilistic ensemble on ``Pendulum-v1``.
 
@@ -51,6 +51,7 @@ __all__ = [
     "MODES",
     "NOISE_KINDS",
     "OBJECTIVES",
+    "PILCO_POLICIES",
     "PLANNER_KINDS",
     "PRECISIONS",
     "PROPAGATIONS",
@@ -58,6 +59,7 @@ __all__ = [
     "EnvConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "PilcoConfig",
     "PlannerConfig",
     "config_from_dict",
     "config_to_dict",
@@ -71,10 +73,15 @@ DEFAULT_PRESET = "pendulum-ensemble-mpc"
 """Name of the embedded preset used when no configuration is given."""
 
 # The choices are owned by the modules that implement them; config only validates.
-MODES: tuple[str, ...] = _MODES
+MODES: tuple[str, ...] = (*_MODES, "pilco")
 """Experiment modes: fit once and run plans open loop (``v0.5``), refit after each
 episode and run plans open loop (``v1.0``), refit each episode and replan every
-step (``mpc``)."""
+step (``mpc``), or PILCO policy search through a moment-matched GP (``pilco``:
+uses the ``model`` section's GP settings and the ``pilco`` section; the planner
+section is not used)."""
+
+PILCO_POLICIES: tuple[str, ...] = ("rbf", "linear")
+"""Policy families of PILCO."""
 
 MODEL_KINDS: tuple[str, ...] = ("ensemble", "bnn", "pyro", "gp", "sparse_gp")
 """Dynamics model kinds the experiment runner can build: a bootstrap ensemble of
@@ -250,6 +257,26 @@ class PlannerConfig:
 
 
 @dataclass
+class PilcoConfig:
+    """PILCO's policy search (``experiment.mode = "pilco"``).
+
+    The GP is the ``model`` section's exact GP (``model.kind = "gp"``,
+    ``model.kernel = "se"``): ``model.num_steps`` and ``model.learning_rate`` fit
+    its hyperparameters, ``model.max_train_points`` caps the transitions it
+    conditions on (the most recent are kept; 0 = all).
+
+    Attributes:
+        policy: One of :data:`PILCO_POLICIES`.
+        num_basis: Gaussian basis functions of the RBF policy (>= 1).
+        opt_iterations: L-BFGS iterations per policy optimization (>= 1).
+    """
+
+    policy: str = "rbf"
+    num_basis: int = 50
+    opt_iterations: int = 75
+
+
+@dataclass
 class Config:
     """A complete experiment configuration.
 
@@ -258,12 +285,14 @@ class Config:
         env: Which environment to run.
         model: The dynamics model.
         planner: The planner.
+        pilco: PILCO's policy search (mode ``pilco`` only).
     """
 
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    pilco: PilcoConfig = field(default_factory=PilcoConfig)
 
 
 # --------------------------------------------------------------------------- schema
@@ -273,6 +302,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "env": EnvConfig,
     "model": ModelConfig,
     "planner": PlannerConfig,
+    "pilco": PilcoConfig,
 }
 
 
@@ -404,6 +434,9 @@ _CHECKS: dict[str, _Check] = {
     "planner.precision": _one_of(PRECISIONS),
     "planner.mppi_temperature": _greater_than(0, "a number"),
     "planner.mppi_noise_std": _greater_than(0, "a number"),
+    "pilco.policy": _one_of(PILCO_POLICIES),
+    "pilco.num_basis": _INT1,
+    "pilco.opt_iterations": _INT1,
 }
 
 
@@ -550,6 +583,17 @@ def _build(d: Mapping[str, Any], origin: Origin) -> Config:
             "model.pyro_model",
             config.model.pyro_model,
             "the user's Pyro model as 'path/to/file.py:function' when model.kind = 'pyro'",
+            origin,
+        )
+    if config.experiment.mode == "pilco" and (
+        config.model.kind != "gp" or config.model.kernel != "se"
+    ):
+        key = "model.kind" if config.model.kind != "gp" else "model.kernel"
+        raise _fail(
+            key,
+            config.model.kind if key == "model.kind" else config.model.kernel,
+            "'gp' with model.kernel = 'se' when experiment.mode = 'pilco' (moment matching "
+            "needs the exact squared-exponential GP)",
             origin,
         )
     exp = config.experiment

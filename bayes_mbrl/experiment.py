@@ -22,6 +22,7 @@ collected is lost.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -41,6 +42,7 @@ import torch
 
 from bayes_mbrl import __version__
 from bayes_mbrl.algorithms import MPCAgent, RandomAgent
+from bayes_mbrl.algorithms.pilco import PILCO, PILCO_TASKS, PILCOAgent
 from bayes_mbrl.config import Config, dump_config, load_config
 from bayes_mbrl.data import ReplayBuffer, TransitionBatch, validate_transitions
 from bayes_mbrl.envs import TaskSpec, get_task, make_env
@@ -62,6 +64,7 @@ __all__ = [
     "RunResult",
     "TransitionLog",
     "build_model",
+    "build_pilco",
     "build_planner",
     "load_run",
     "load_user_function",
@@ -278,6 +281,47 @@ def build_evaluator(
     )
 
 
+def build_pilco(config: Config, task: TaskSpec, generator: torch.Generator) -> PILCOAgent:
+    """PILCO for ``config.env.id`` (``experiment.mode = "pilco"``).
+
+    The prediction horizon is ``env.episode_length``; the GP settings come from the
+    ``model`` section, the policy search's from the ``pilco`` section.
+
+    Raises:
+        ConfigError: PILCO has no task description for the environment.
+    """
+    if config.env.id not in PILCO_TASKS:
+        raise ConfigError(
+            f"experiment.mode = 'pilco' needs a PILCO task description (angles, start "
+            f"distribution, saturating cost) for env.id = {config.env.id!r}; known: "
+            f"{sorted(PILCO_TASKS)} (add one to bayes_mbrl.algorithms.pilco.PILCO_TASKS)"
+        )
+    m, p = config.model, config.pilco
+    ptask = dataclasses.replace(PILCO_TASKS[config.env.id], horizon=config.env.episode_length)
+    pilco = PILCO(
+        ptask,
+        task.action_low,
+        task.action_high,
+        policy=p.policy,
+        num_basis=p.num_basis,
+        gp_steps=m.num_steps,
+        gp_learning_rate=m.learning_rate,
+        max_points=m.max_train_points or None,
+        opt_iterations=p.opt_iterations,
+        generator=generator,
+    )
+    return PILCOAgent(pilco)
+
+
+class _Learner(Protocol):
+    """What the runner fits after each episode and checkpoints: a dynamics model
+    (MPC modes) or a policy learner with its own model (PILCO)."""
+
+    def fit(self, data: ReplayBuffer, generator: torch.Generator | None = None) -> FitReport: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 # ------------------------------------------------------------------------ persistence
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -415,10 +459,17 @@ class Experiment:
         self.callbacks = list(callbacks)
         self.task = get_task(config.env.id)
         self.generator = torch.Generator().manual_seed(config.experiment.seed)
-        self.model = build_model(config, self.task.obs_dim, self.task.action_dim)
-        self.planner = build_planner(config, self.task, self.generator)
-        self.evaluator = build_evaluator(config, self.model, self.task, self.generator)
-        self.mpc = MPCAgent(self.planner, self.evaluator, config.experiment.mode)
+        self.model: DynamicsModel | None = None
+        self.agent: MPCAgent | PILCOAgent
+        self.learner: _Learner
+        if config.experiment.mode == "pilco":
+            self.agent = self.learner = build_pilco(config, self.task, self.generator)
+        else:
+            self.model = build_model(config, self.task.obs_dim, self.task.action_dim)
+            self.planner = build_planner(config, self.task, self.generator)
+            self.evaluator = build_evaluator(config, self.model, self.task, self.generator)
+            self.agent = MPCAgent(self.planner, self.evaluator, config.experiment.mode)
+            self.learner = self.model
         self.random_agent = RandomAgent(self.task.action_low, self.task.action_high, self.generator)
         capacity = config.experiment.episodes * config.env.episode_length
         self.buffer = ReplayBuffer(
@@ -482,7 +533,10 @@ class Experiment:
         total = {"ensemble": m.max_epochs, "bnn": m.max_epochs, "gp": m.num_steps}.get(m.kind)
         if m.kind == "pyro" and m.inference == "svi":
             total = m.num_steps
-        bar = self._bar(total=total or 0, desc="fit", leave=False)
+        desc = "fit"
+        if self.config.experiment.mode == "pilco":
+            total, desc = self.config.pilco.opt_iterations, "policy search (expected cost)"
+        bar = self._bar(total=total or 0, desc=desc, leave=False)
 
         def progress(epoch: int, train: float, val: float) -> None:
             if bar is not None:
@@ -490,10 +544,10 @@ class Experiment:
                 bar.set_postfix_str(f"train {train:.3f} val {val:.3f}", refresh=False)
 
         try:
-            if "progress" in inspect.signature(self.model.fit).parameters:
-                fit: Callable[..., FitReport] = self.model.fit
+            if "progress" in inspect.signature(self.learner.fit).parameters:
+                fit: Callable[..., FitReport] = self.learner.fit
                 return fit(self.buffer, self.generator, progress=progress)
-            return self.model.fit(self.buffer, self.generator)
+            return self.learner.fit(self.buffer, self.generator)
         finally:
             if bar is not None:
                 bar.close()
@@ -512,10 +566,12 @@ class Experiment:
         random_episode = episode < exp.seed_episodes
         policy = "random" if random_episode else exp.mode
         fit_report: FitReport | None = None
-        if not random_episode and (self.mpc.refits_each_episode or self.last_fit is None):
+        if not random_episode and (self.agent.refits_each_episode or self.last_fit is None):
             fit_report = self._fit()
             self.last_fit = fit_report
-        agent: MPCAgent | RandomAgent = self.random_agent if random_episode else self.mpc
+        agent: MPCAgent | PILCOAgent | RandomAgent = (
+            self.random_agent if random_episode else self.agent
+        )
         agent.reset()
         env = make_env(self.config.env.id, max_episode_steps=self.config.env.episode_length)
         expected = self._replay
@@ -618,7 +674,7 @@ class Experiment:
             "torch_version": str(torch.__version__),
             "episodes_done": self.episodes_done,
             "num_transitions": len(self.buffer),
-            "model": self.model.state_dict() if self.last_fit is not None else {},
+            "model": self.learner.state_dict() if self.last_fit is not None else {},
             "model_fitted_once": self.last_fit is not None,
             "rng_torch": self.generator.get_state(),
             "metrics": [dict(r) for r in self.metrics],
@@ -655,9 +711,12 @@ class Experiment:
         ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel("episode")
         ax.set_ylabel("return")
+        method = f"{self.config.model.kind} + {self.config.planner.kind}"
+        if self.config.experiment.mode == "pilco":
+            method = f"GP + {self.config.pilco.policy} policy"
         ax.set_title(
-            f"{self.config.env.id}, {self.config.model.kind} + {self.config.planner.kind} "
-            f"({self.config.experiment.mode}), seed {self.config.experiment.seed}"
+            f"{self.config.env.id}, {method} ({self.config.experiment.mode}), "
+            f"seed {self.config.experiment.seed}"
         )
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -707,7 +766,7 @@ class Experiment:
         self._add_rows(rows[:n])
         self._replay = rows[n:]
         if state["model_fitted_once"]:
-            self.model.load_state_dict(state["model"])
+            self.learner.load_state_dict(state["model"])
             self.last_fit = FitReport()
         self.generator.set_state(state["rng_torch"])
         self.metrics = [dict(r) for r in state["metrics"]]
@@ -751,7 +810,14 @@ def load_run(run_dir: Path | str) -> LoadedRun:
         raise CheckpointError(f"{run_dir} has no config.toml; it is not a bayes_mbrl run directory")
     config = load_config(config_path)
     config.experiment.progress = False
+    if config.experiment.mode == "pilco":
+        raise CheckpointError(
+            f"{run_dir} is a PILCO run: its GP models state deltas in PILCO's angle "
+            "coordinates, not the observation-to-observation dynamics that analyze "
+            "reports on; analyze runs of the MPC modes"
+        )
     experiment = Experiment(config, run_dir)
+    assert experiment.model is not None
     state = experiment.read_checkpoint()
     if state is None:
         raise CheckpointError(
@@ -762,7 +828,8 @@ def load_run(run_dir: Path | str) -> LoadedRun:
             f"{run_dir}: no model has been fitted yet (only random episodes so far); "
             "analyze the run after its first planned episode"
         )
-    experiment.model.load_state_dict(state["model"])
+    model = experiment.model
+    model.load_state_dict(state["model"])
     rows = experiment.log.read()[: int(state["num_transitions"])]
     o, a, r, no, te, tr, ep = experiment.log.split_row(rows)
     last = ep == ep.max()
@@ -777,7 +844,7 @@ def load_run(run_dir: Path | str) -> LoadedRun:
             torch.from_numpy(tr[mask].copy()),
         )
 
-    return LoadedRun(config, experiment.model, batch(~last), batch(last), state["episodes_done"])
+    return LoadedRun(config, model, batch(~last), batch(last), state["episodes_done"])
 
 
 def _fmt(value: Any) -> Any:

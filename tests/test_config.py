@@ -421,7 +421,7 @@ def test_config_to_dict_round_trips_through_from_dict() -> None:
     cfg = _non_default_config()
     d = config_to_dict(cfg)
     assert d["planner"]["kind"] == "mppi"
-    assert set(d) == {"experiment", "env", "model", "planner"}
+    assert set(d) == {"experiment", "env", "model", "planner", "pilco"}
     assert config_from_dict(d) == cfg
     # The dict is TOML-serialisable as is.
     assert "hidden_sizes" in tomli_w.dumps(d)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +12,10 @@ import torch
 
 from bayes_mbrl.algorithms.pilco import PILCO, PILCO_TASKS, PILCOTask, StateMap, propagate
 from bayes_mbrl.algorithms.policies import LinearPolicy, RBFPolicy
+from bayes_mbrl.config import load_config
 from bayes_mbrl.envs import make_env
-from bayes_mbrl.errors import ConfigError, DataError
+from bayes_mbrl.errors import CheckpointError, ConfigError, DataError
+from bayes_mbrl.experiment import Experiment, load_run, resume_experiment, run_experiment
 from bayes_mbrl.planning.moment_matching import SEGP
 
 DT = torch.float64
@@ -244,3 +248,50 @@ def test_pendulum_swingup_env_starts_hanging_down() -> None:
     assert obs[0] == pytest.approx(-1.0, abs=1e-6) and reward == pytest.approx(
         -(np.pi**2), rel=1e-3
     )
+
+
+def test_pilco_through_the_runner_and_resume(tmp_path: Path) -> None:
+    """``bayes-mbrl run cartpole-swingup-pilco``: a random episode, a PILCO episode
+    (GP fit + L-BFGS policy search), checkpointed; resuming after the first episode
+    gives the same metrics and policy as the uninterrupted run."""
+    overrides = [
+        "env.episode_length=12",
+        "experiment.episodes=3",
+        "experiment.progress=false",
+        "pilco.num_basis=6",
+        "pilco.opt_iterations=4",
+        "model.num_steps=20",
+    ]
+    config = load_config("cartpole-swingup-pilco", overrides, seed=3)
+    full = run_experiment(config, tmp_path / "full")
+    rows = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
+    assert [r["policy"] for r in rows] == ["random", "pilco", "pilco"]
+    assert int(rows[1]["fit_epochs"]) >= 1 and float(rows[1]["train_loss"]) < 12.0
+    state = torch.load(tmp_path / "full" / "checkpoints" / "ckpt_0003.pt", weights_only=True)
+    assert set(state["model"]) == {"gp", "policy"}
+
+    # interrupted after episode 2: resume and finish
+    config2 = load_config("cartpole-swingup-pilco", [*overrides, "experiment.episodes=2"], seed=3)
+    run_experiment(config2, tmp_path / "part")
+    text = (tmp_path / "part" / "config.toml").read_text()
+    (tmp_path / "part" / "config.toml").write_text(text.replace("episodes = 2", "episodes = 3"))
+    resumed = resume_experiment(tmp_path / "part")
+    assert resumed.returns == full.returns
+    policy_full = torch.load(tmp_path / "full" / "checkpoints" / "ckpt_0003.pt", weights_only=True)
+    policy_part = torch.load(tmp_path / "part" / "checkpoints" / "ckpt_0003.pt", weights_only=True)
+    for k, v in policy_full["model"]["policy"].items():
+        assert torch.equal(v, policy_part["model"]["policy"][k])
+    with pytest.raises(CheckpointError, match="PILCO run"):
+        load_run(tmp_path / "full")
+
+
+def test_pilco_config_errors_name_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"model\.kernel"):
+        load_config("cartpole-swingup-pilco", ["model.kernel=matern52"])
+    with pytest.raises(ConfigError, match=r"model\.kind"):
+        load_config("cartpole-swingup-pilco", ["model.kind=ensemble"])
+    with pytest.raises(ConfigError, match=r"pilco\.policy"):
+        load_config("cartpole-swingup-pilco", ["pilco.policy=tree"])
+    config = load_config("cartpole-swingup-pilco", ["env.id=Pendulum-v1"])
+    with pytest.raises(ConfigError, match="PILCO task description"):
+        Experiment(config, Path("unused"))

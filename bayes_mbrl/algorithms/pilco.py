@@ -30,13 +30,16 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from bayes_mbrl.algorithms.policies import MomentPolicy, RBFPolicy
+from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
+from bayes_mbrl.models.base import FitReport
 from bayes_mbrl.models.gp import ExactGPDynamics
 from bayes_mbrl.planning.moment_matching import (
     SEGP,
@@ -51,6 +54,7 @@ from bayes_mbrl.planning.moment_matching import (
 __all__ = [
     "PILCO",
     "PILCO_TASKS",
+    "PILCOAgent",
     "PILCOTask",
     "PolicyReport",
     "StateMap",
@@ -317,9 +321,10 @@ class PILCO:
         gp_steps: Adam steps on the GP marginal likelihood per refit.
         gp_learning_rate: their step size.
         max_points: the GP conditions on at most this many transitions (the most
-            recent are kept).
+            recent are kept; None: all, up to the exact GP's limit).
         opt_iterations: L-BFGS iterations per policy optimization.
-        seed: seed of the policy's initialization and the GP's subsets.
+        seed: seed of the policy's initialization (when no generator is given).
+        generator: source of randomness (the policy's initialization).
     """
 
     def __init__(
@@ -331,9 +336,10 @@ class PILCO:
         num_basis: int = 50,
         gp_steps: int = 150,
         gp_learning_rate: float = 0.05,
-        max_points: int = 800,
+        max_points: int | None = 800,
         opt_iterations: int = 100,
         seed: int = 0,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.task = task
         obs_dim = len(task.cost_target)
@@ -345,7 +351,7 @@ class PILCO:
                 f"has {d} dimensions), got {len(task.init_mean)} and {len(task.init_std)}"
             )
         self.obs_dim, self.state_dim = obs_dim, d
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.mean0 = torch.tensor(task.init_mean, dtype=DT)
         self.cov0 = torch.diag(torch.tensor(task.init_std, dtype=DT).square())
         self.cost_target = torch.tensor(task.cost_target, dtype=DT)
@@ -372,7 +378,7 @@ class PILCO:
             kernel="se",
             training_steps=gp_steps,
             learning_rate=gp_learning_rate,
-            hyper_max_points=max_points,
+            hyper_max_points=max_points or 8192,
             min_noise=1e-6,
             seed=seed,
         )
@@ -396,6 +402,21 @@ class PILCO:
         return obs
 
     # -------------------------------------------------------------- data
+    def set_transitions(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
+        """Replace the data by ``(N, obs_dim)`` / ``(N, action_dim)`` / ``(N, obs_dim)``
+        transitions (e.g. a replay buffer's contents)."""
+        self.inputs = torch.zeros(0, self.inputs.shape[1], dtype=DT)
+        self.targets = torch.zeros(0, self.state_dim, dtype=DT)
+        self._append(obs.to(DT), action.to(DT), next_obs.to(DT))
+
+    def _append(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> None:
+        if not (torch.isfinite(obs).all() and torch.isfinite(action).all()) or not bool(
+            torch.isfinite(next_obs).all()
+        ):
+            raise DataError("the transitions contain NaN or inf; they were not added")
+        self.inputs = torch.cat([self.inputs, torch.cat([obs, action], -1)])
+        self.targets = torch.cat([self.targets, self.smap.deltas(obs, next_obs)])
+
     def add_rollout(self, obs: Tensor | np.ndarray, actions: Tensor | np.ndarray) -> None:
         """Add one rollout: ``(T + 1, obs_dim)`` observations and ``(T, action_dim)`` actions.
 
@@ -413,16 +434,16 @@ class PILCO:
                 f"a rollout is obs (T + 1, {self.obs_dim}) and actions (T, "
                 f"{self.policy.action_dim}), got {tuple(o.shape)} and {tuple(u.shape)}"
             )
-        if not (torch.isfinite(o).all() and torch.isfinite(u).all()):
-            raise DataError("the rollout contains NaN or inf; it was not added")
-        self.inputs = torch.cat([self.inputs, torch.cat([o[:-1], u], -1)])
-        self.targets = torch.cat([self.targets, self.smap.deltas(o[:-1], o[1:])])
+        self._append(o[:-1], u, o[1:])
 
     # -------------------------------------------------------------- learning
     def fit_model(self) -> float:
         """Fit the GP to the (most recent ``max_points``) transitions; returns seconds."""
         start = time.perf_counter()
-        x, y = self.inputs[-self.max_points :], self.targets[-self.max_points :]
+        if self.inputs.shape[0] < 2:
+            raise DataError("PILCO needs at least 2 transitions to fit its GP; collect a rollout")
+        keep = self.max_points or self.inputs.shape[0]
+        x, y = self.inputs[-keep:], self.targets[-keep:]
         self.gp_model.fit_regression(x, y, self.generator)
         self.gp = segp_from_exact(self.gp_model)
         return time.perf_counter() - start
@@ -490,3 +511,79 @@ class PILCO:
         with torch.no_grad():
             u = self.policy(torch.as_tensor(np.asarray(obs), dtype=DT))
         return u.numpy().astype(np.float32)
+
+
+# ------------------------------------------------------------ runner interface
+class PILCOAgent:
+    """PILCO as the experiment runner's learner and actor.
+
+    ``fit(buffer)`` refits the GP on every transition in the buffer and optimizes
+    the policy (one progress call per cost evaluation of L-BFGS); ``act(obs)``
+    applies the policy. The runner checkpoints :meth:`state_dict`.
+
+    Args:
+        pilco: the :class:`PILCO` learner.
+    """
+
+    refits_each_episode = True
+
+    def __init__(self, pilco: PILCO) -> None:
+        self.pilco = pilco
+        self.plan_seconds = 0.0
+        self.last_report: PolicyReport | None = None
+
+    def fit(
+        self,
+        data: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, float, float], None] | None = None,
+    ) -> FitReport:
+        """Refit the GP to ``data`` and optimize the policy.
+
+        Returns:
+            A :class:`FitReport` whose ``train_losses`` are the expected cumulative
+            costs of the L-BFGS evaluations followed by that of the kept (best)
+            parameters, and ``epochs`` the L-BFGS iterations.
+        """
+        start = time.perf_counter()
+        batch = data.all()
+        self.pilco.set_transitions(batch.obs, batch.action, batch.next_obs)
+        self.pilco.fit_model()
+        report = self.pilco.optimize_policy(
+            None if progress is None else (lambda i, cost: progress(i, cost, math.nan))
+        )
+        self.last_report = report
+        return FitReport(
+            train_losses=[*report.history, report.final_cost],
+            epochs=report.iterations,
+            wall_seconds=time.perf_counter() - start,
+        )
+
+    def reset(self) -> None:
+        self.plan_seconds = 0.0
+
+    def act(self, obs: np.ndarray | Tensor) -> Tensor:
+        """The policy's action, a float32 ``(action_dim,)`` tensor."""
+        start = time.perf_counter()
+        action = torch.from_numpy(self.pilco.act(obs))
+        self.plan_seconds += time.perf_counter() - start
+        return action
+
+    def state_dict(self) -> dict[str, Any]:
+        """The GP (hyperparameters and conditioning data) and the policy parameters."""
+        return {
+            "gp": self.pilco.gp_model.state_dict(),
+            "policy": {k: v.clone() for k, v in self.pilco.policy.state_dict().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the GP is reconditioned, the policy reloaded)."""
+        try:
+            self.pilco.policy.load_state_dict(state["policy"])
+        except (KeyError, RuntimeError) as exc:
+            raise ModelError(
+                f"saved PILCO policy does not match this configuration ({exc}); resume it "
+                "with the config it was saved with"
+            ) from exc
+        self.pilco.gp_model.load_state_dict(state["gp"])
+        self.pilco.gp = segp_from_exact(self.pilco.gp_model) if self.pilco.gp_model.fitted else None
