@@ -78,13 +78,14 @@ METRIC_FIELDS = (
     "policy",
     "env_steps",
     "return",
-    "plan_seconds",
-    "fit_seconds",
     "fit_epochs",
     "train_loss",
     "val_loss",
-    "episode_seconds",
 )
+"""Columns of ``metrics.csv``: deterministic given config and seed (byte-identical
+across runs and resumes on CPU)."""
+TIMING_FIELDS = ("episode", "plan_seconds", "fit_seconds", "episode_seconds")
+"""Columns of ``timings.csv``: wall-clock seconds, which vary from run to run."""
 
 
 # ----------------------------------------------------------------------------- builders
@@ -660,12 +661,13 @@ class Experiment:
         self._plot()
 
     def _write_metrics(self) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in self.metrics:
-            writer.writerow({k: _fmt(row[k]) for k in METRIC_FIELDS})
-        _atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
+        for name, fields in (("metrics.csv", METRIC_FIELDS), ("timings.csv", TIMING_FIELDS)):
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            for row in self.metrics:
+                writer.writerow({k: _fmt(row[k]) for k in fields})
+            _atomic_write_bytes(self.run_dir / name, buf.getvalue().encode())
 
     def _write_checkpoint(self) -> None:
         state = {

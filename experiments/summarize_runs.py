@@ -21,9 +21,15 @@ import matplotlib.pyplot as plt
 
 
 def read(run_dir: Path) -> list[dict[str, str]]:
-    """Rows of ``run_dir/metrics.csv``."""
+    """Rows of ``run_dir/metrics.csv``, joined with ``timings.csv`` (runs written
+    before the split carry the timing columns in ``metrics.csv`` itself)."""
     with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    if (run_dir / "timings.csv").exists():
+        with open(run_dir / "timings.csv") as f:
+            for row, timing in zip(rows, csv.DictReader(f), strict=True):
+                row.update(timing)
+    return rows
 
 
 def main() -> None:
