@@ -10,6 +10,11 @@ score ``(n_particles, horizon, n_candidates)`` imagined transitions in one call.
 Each reward reproduces the reward that the gymnasium environment itself returns
 for the same transition (within float32 round-off); ``tests/test_envs.py`` checks
 this against real rollouts.
+
+An :data:`ExpectedRewardFn` gives the exact expectation of a task's reward under a
+Gaussian belief over ``next_obs`` (for planners that propagate beliefs analytically,
+PILCO-style moment matching); :func:`cartpole_swingup_expected_reward` is the one of
+``bayes_mbrl/CartPoleSwingUp-v0``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ __all__ = [
     "MOUNTAIN_CAR_GOAL_POSITION",
     "MOUNTAIN_CAR_GOAL_VELOCITY",
     "PENDULUM_MAX_TORQUE",
+    "ExpectedRewardFn",
     "RewardFn",
     "TerminationFn",
+    "cartpole_swingup_expected_reward",
     "cartpole_swingup_reward",
+    "make_cartpole_swingup_expected_reward",
     "make_cartpole_swingup_reward",
     "mountain_car_reward",
     "mountain_car_termination",
@@ -43,6 +51,12 @@ RewardFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``(obs, action, next_obs)`` as for :data:`RewardFn` -> bool tensor of shape ``(...)``."""
+
+ExpectedRewardFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(next_obs_mean, next_obs_cov, action)`` of shapes ``(..., obs_dim)``,
+``(..., obs_dim, obs_dim)``, ``(..., action_dim)`` -> ``E[reward]`` of shape ``(...)``
+for ``next_obs ~ N(next_obs_mean, next_obs_cov)`` (rewards of ``next_obs`` and the
+action only)."""
 
 PENDULUM_MAX_TORQUE = 2.0
 """Gymnasium's ``Pendulum-v1`` clips the torque to ``[-2, 2]`` before the cost."""
@@ -205,6 +219,85 @@ def make_cartpole_swingup_reward(
 
 cartpole_swingup_reward: RewardFn = make_cartpole_swingup_reward()
 """Reward of ``bayes_mbrl/CartPoleSwingUp-v0`` with its default constants."""
+
+
+def make_cartpole_swingup_expected_reward(
+    pole_length: float = CARTPOLE_POLE_LENGTH, width: float = CARTPOLE_REWARD_WIDTH
+) -> ExpectedRewardFn:
+    r"""Exact expectation of the cart-pole swing-up reward under a Gaussian ``next_obs``.
+
+    The reward of :func:`make_cartpole_swingup_reward` is
+    ``exp(-1/2 (o - t)^T W~ (o - t))`` on ``o = [x, x_dot, cos th, sin th, th_dot]``
+    with ``t = [0, 0, -1, 0, 0]``, ``W~ = W / width**2`` and ``W`` zero except
+    ``W[0,0] = 1``, ``W[0,3] = W[3,0] = l``, ``W[3,3] = W[2,2] = l**2`` (the squared
+    tip distance ``(x + l sin th)**2 + l**2 (cos th + 1)**2`` as a quadratic form).
+    For ``o ~ N(m, S)`` (PILCO's saturating cost, Deisenroth 2010, eq. 3.44):
+
+    ``E[r] = |I + S W~|^{-1/2} exp(-1/2 (m - t)^T W~ (I + S W~)^{-1} (m - t))``.
+
+    Computed in the dtype of the inputs (use float64 for beliefs).
+
+    Args:
+        pole_length: Pole length ``l`` in metres; must be positive.
+        width: Reward width in metres; must be positive.
+
+    Returns:
+        An :data:`ExpectedRewardFn` on means ``(..., 5)``, covariances ``(..., 5, 5)``
+        (symmetric positive semi-definite) and actions ``(..., 1)``.
+
+    Raises:
+        DataError: If ``pole_length`` or ``width`` is not a positive finite number.
+    """
+    for label, value in (("pole_length", pole_length), ("width", width)):
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"{label} must be a positive finite number; got {value!r}")
+    ell = float(pole_length)
+    weight = torch.zeros(5, 5, dtype=torch.float64)
+    weight[0, 0] = 1.0
+    weight[0, 3] = weight[3, 0] = ell
+    weight[3, 3] = weight[2, 2] = ell**2
+    weight = weight / float(width) ** 2
+    target = torch.tensor([0.0, 0.0, -1.0, 0.0, 0.0], dtype=torch.float64)
+
+    def cartpole_swingup_expected_reward(mean: Tensor, cov: Tensor, action: Tensor) -> Tensor:
+        """``E[reward]`` for ``next_obs ~ N(mean, cov)``.
+
+        Args:
+            mean: ``(..., 5)`` mean of ``[x, x_dot, cos th, sin th, th_dot]``.
+            cov: ``(..., 5, 5)`` covariance.
+            action: ``(..., 1)``; unused.
+
+        Returns:
+            Expected reward in ``[0, 1]``, shape: the broadcast leading shape.
+        """
+        if mean.ndim == 0 or mean.shape[-1] != 5 or cov.shape[-2:] != (5, 5):
+            raise DataError(
+                "bayes_mbrl/CartPoleSwingUp-v0 expected reward: mean must have shape (..., 5) "
+                f"and cov (..., 5, 5); got {tuple(mean.shape)} and {tuple(cov.shape)}"
+            )
+        if action.ndim == 0 or action.shape[-1] != 1:
+            raise DataError(
+                "bayes_mbrl/CartPoleSwingUp-v0 expected reward: action must have shape "
+                f"(..., 1); got {tuple(action.shape)}"
+            )
+        w = weight.to(mean.dtype)
+        eye = torch.eye(5, dtype=mean.dtype)
+        diff = (mean - target.to(mean.dtype)).unsqueeze(-1)  # (..., 5, 1)
+        a = eye + cov @ w  # I + S W~
+        # W~ (I + S W~)^{-1} = (I + W~ S)^{-1} W~ (symmetric for symmetric S, W~)
+        sol = torch.linalg.solve(a.transpose(-1, -2), w.expand_as(a))
+        sol = 0.5 * (sol + sol.transpose(-1, -2))
+        quad = (diff.transpose(-1, -2) @ sol @ diff)[..., 0, 0]
+        expected = torch.exp(-0.5 * quad) / torch.sqrt(torch.linalg.det(a))
+        lead = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2], action.shape[:-1])
+        return torch.broadcast_to(expected, lead)
+
+    return cartpole_swingup_expected_reward
+
+
+cartpole_swingup_expected_reward: ExpectedRewardFn = make_cartpole_swingup_expected_reward()
+"""Expected reward of ``bayes_mbrl/CartPoleSwingUp-v0`` (default constants) under a
+Gaussian ``next_obs``."""
 
 
 def _batch_shape(obs: Tensor, action: Tensor, next_obs: Tensor) -> torch.Size:

@@ -25,8 +25,10 @@ from bayes_mbrl.envs.pendulum_swingup import ENV_ID as PENDULUM_SWINGUP_ID
 from bayes_mbrl.envs.pendulum_swingup import register_pendulum_swingup
 from bayes_mbrl.envs.rewards import (
     PENDULUM_MAX_TORQUE,
+    ExpectedRewardFn,
     RewardFn,
     TerminationFn,
+    cartpole_swingup_expected_reward,
     cartpole_swingup_reward,
     mountain_car_reward,
     mountain_car_termination,
@@ -59,6 +61,10 @@ class TaskSpec:
         termination_fn: Batched termination ``(obs, action, next_obs) -> bool (...)``,
             or ``None`` when the task never terminates (it only truncates).
         max_episode_steps: Gymnasium's time limit, or ``None`` for none.
+        expected_reward_fn: Exact ``E[reward]`` under a Gaussian belief,
+            ``(next_obs_mean (..., D), next_obs_cov (..., D, D), action (..., A)) -> (...)``,
+            for planners that propagate beliefs analytically (moment matching), or
+            ``None`` (they then approximate the expectation of ``reward_fn``).
     """
 
     env_id: str
@@ -69,6 +75,7 @@ class TaskSpec:
     reward_fn: RewardFn
     termination_fn: TerminationFn | None
     max_episode_steps: int | None
+    expected_reward_fn: ExpectedRewardFn | None = None
 
     def __post_init__(self) -> None:
         """Check the sizes and the action bounds.
@@ -170,6 +177,7 @@ def _cartpole_swingup() -> TaskSpec:
         reward_fn=cartpole_swingup_reward,
         termination_fn=None,
         max_episode_steps=_time_limit(CARTPOLE_SWINGUP_ID),
+        expected_reward_fn=cartpole_swingup_expected_reward,
     )
 
 
