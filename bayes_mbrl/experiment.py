@@ -279,6 +279,7 @@ def build_evaluator(
         termination_fn=task.termination_fn,
         precision=p.precision,
         generator=generator,
+        expected_reward_fn=task.expected_reward_fn,
     )
 
 

@@ -240,14 +240,19 @@ def test_pendulum_swingup_env_starts_hanging_down() -> None:
         obs, _ = env.reset(seed=k)
         thetas.append(math.atan2(obs[1], obs[0]))
     down = np.abs(np.remainder(np.asarray(thetas), 2 * np.pi) - np.pi)
-    assert down.max() < 0.5 and env.spec is not None and env.spec.max_episode_steps == 100
-    # the dynamics are Pendulum-v1's: zero torque from rest at the bottom stays there
+    assert down.max() < 0.5 and env.spec is not None and env.spec.max_episode_steps == 50
+    # the dynamics are Pendulum-v1's, two of its steps per action
+    reference = make_env("Pendulum-v1")
+    reference.reset(seed=0)
     env.reset(seed=0)
-    env.unwrapped.state = np.array([np.pi, 0.0])
-    obs, reward, *_ = env.step(np.zeros(1, dtype=np.float32))
-    assert obs[0] == pytest.approx(-1.0, abs=1e-6) and reward == pytest.approx(
-        -(np.pi**2), rel=1e-3
-    )
+    for state in ([np.pi, 0.0], [2.0, -1.5]):
+        env.unwrapped.state = np.array(state)
+        reference.unwrapped.state = np.array(state)
+        u = np.array([1.3], dtype=np.float32)
+        obs, reward, *_ = env.step(u)
+        _, r1, *_ = reference.step(u)
+        ref_obs, r2, *_ = reference.step(u)
+        assert np.allclose(obs, ref_obs) and reward == pytest.approx(r1 + r2)
 
 
 def test_pilco_through_the_runner_and_resume(tmp_path: Path) -> None:

@@ -174,8 +174,8 @@ def _cartpole_success(obs: np.ndarray) -> bool:
 
 
 def _pendulum_success(obs: np.ndarray) -> bool:
-    """Last second (20 steps at 0.05 s): within 10 deg of upright."""
-    last = obs[-20:]
+    """Last second (10 steps at 0.1 s): within 10 deg of upright."""
+    last = obs[-10:]
     theta = np.arctan2(last[:, 1], last[:, 0])  # 0 upright
     return bool(np.all(np.abs(_wrap(theta)) < np.deg2rad(10.0)))
 
@@ -211,8 +211,8 @@ PILCO_TASKS: dict[str, PILCOTask] = {
         cost_target=[1.0, 0.0, 0.0],
         cost_weight=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]],
         cost_width=0.5,
-        horizon=100,
-        dt=0.05,
+        horizon=50,
+        dt=0.1,
         success=_pendulum_success,
         success_text="within 10 deg of upright for the last 1 s of 5 s",
     ),

@@ -92,6 +92,8 @@ __all__ = [
 KERNELS: dict[str, float | None] = {"se": None, "matern32": 1.5, "matern52": 2.5}
 #: the exact GP refuses more training points than this unless ``max_train_points`` is set
 EXACT_GP_MAX_POINTS = 8192
+#: inputs per block in predict (the joint posterior covariance of a block is formed)
+PREDICT_BLOCK = 1024
 #: path evaluation dtypes
 PATH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: largest Cholesky size solved exactly (GPyTorch otherwise switches to CG above 800)
@@ -554,21 +556,31 @@ class _GPDynamicsBase(DynamicsModel):
             )
 
     def _latent_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and variance of ``f`` at ``(B, d)`` normalized inputs, each ``(D, B)``."""
+        """Posterior mean and variance of ``f`` at ``(B, d)`` normalized inputs, each ``(D, B)``.
+
+        Evaluated in blocks of :data:`PREDICT_BLOCK` inputs: GPyTorch forms the joint
+        posterior covariance of the inputs it is given, quadratic in their number.
+        """
         model = self._gp()
 
-        def run() -> tuple[Tensor, Tensor]:
+        def run(xb: Tensor) -> tuple[Tensor, Tensor]:
             with (
                 torch.no_grad(),
                 gpytorch.settings.max_cholesky_size(_MAX_CHOLESKY),
                 gpytorch.settings.fast_pred_var(False),
             ):
-                out = model(x.unsqueeze(0).expand(self.obs_dim, -1, -1))
+                out = model(xb.unsqueeze(0).expand(self.obs_dim, -1, -1))
                 return out.mean, out.variance.clamp_min(0.0)
 
-        return with_jitter_escalation(
-            run, f"{type(self).__name__}.predict", max_jitter=self.max_jitter
-        )
+        parts = [
+            with_jitter_escalation(
+                functools.partial(run, xb),
+                f"{type(self).__name__}.predict",
+                max_jitter=self.max_jitter,
+            )
+            for xb in x.split(PREDICT_BLOCK)
+        ]
+        return torch.cat([m for m, _ in parts], -1), torch.cat([v for _, v in parts], -1)
 
     def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
         """Exact (or variational) predictive moments; ``num_functions`` is not needed and ignored.

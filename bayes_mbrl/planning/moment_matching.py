@@ -31,6 +31,7 @@ Shapes: every function accepts leading batch dimensions ``...`` on the belief;
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -225,6 +226,17 @@ def _unscale(f: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
     return f
 
 
+@functools.lru_cache(maxsize=16)
+def _pairs(e: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Output pairs ``a <= b``: ``(ia, ib)``, the ``(P, E, E)`` 0/1 matrix placing each
+    pair (and its mirror) in an ``E x E`` matrix, and the pair index of each ``(a, a)``."""
+    ia, ib = torch.triu_indices(e, e)
+    place = torch.zeros(ia.shape[0], e, e, dtype=dtype)
+    place[torch.arange(ia.shape[0]), ia, ib] = 1.0
+    place[torch.arange(ia.shape[0]), ib, ia] = 1.0
+    return ia, ib, place, (ia == ib).to(dtype)
+
+
 def _check_belief(mean: Tensor, cov: Tensor, name: str) -> None:
     if mean.dim() < 1 or cov.shape != (*mean.shape, mean.shape[-1]):
         raise DataError(
@@ -293,7 +305,7 @@ def se_gp_moments(gp: SEGP, mean: Tensor, cov: Tensor, include_noise: bool = Tru
     v = (bq.unsqueeze(-1) * t).sum(-2).transpose(-1, -2)  # (..., d, E)
 
     # ---- second moments, over the E (E + 1) / 2 pairs a <= b only
-    ia, ib = torch.triu_indices(e, e)
+    ia, ib, place, is_diag = _pairs(e, s.dtype)
     zeta = nu_e * inv_ls2.unsqueeze(-2)  # (..., E, N, d)
     log_k = torch.log(gp.signal_var).unsqueeze(-1) - 0.5 * (nu_e * zeta).sum(-1)  # (..., E, N)
     lam_sum = inv_ls2[ia] + inv_ls2[ib]  # (P, d)
@@ -315,11 +327,8 @@ def se_gp_moments(gp: SEGP, mean: Tensor, cov: Tensor, include_noise: bool = Tru
     w = gp.pair_weights()  # (P, N, N)
     second_p = torch.einsum("...pij,pij->...p", q, w)
     if gp.inv_gram is not None:
-        second_p = second_p + (ia == ib).to(s.dtype) * gp.signal_var[ia]
+        second_p = second_p + is_diag * gp.signal_var[ia]
     # scatter the pairs into a symmetric (E, E) matrix
-    place = torch.zeros(ia.shape[0], e, e, dtype=s.dtype)
-    place[torch.arange(ia.shape[0]), ia, ib] = 1.0
-    place[torch.arange(ia.shape[0]), ib, ia] = 1.0
     second = (second_p.unsqueeze(-1).unsqueeze(-1) * place).sum(-3)  # (..., E, E)
     f_cov = second - f_mean.unsqueeze(-1) * f_mean.unsqueeze(-2)
     f_cov = _sym(f_cov)
