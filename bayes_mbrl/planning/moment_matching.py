@@ -230,11 +230,12 @@ def _unscale(f: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
 def _pairs(e: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Output pairs ``a <= b``: ``(ia, ib)``, the ``(P, E, E)`` 0/1 matrix placing each
     pair (and its mirror) in an ``E x E`` matrix, and the pair index of each ``(a, a)``."""
-    ia, ib = torch.triu_indices(e, e)
-    place = torch.zeros(ia.shape[0], e, e, dtype=dtype)
-    place[torch.arange(ia.shape[0]), ia, ib] = 1.0
-    place[torch.arange(ia.shape[0]), ib, ia] = 1.0
-    return ia, ib, place, (ia == ib).to(dtype)
+    with torch.inference_mode(False):  # cached: must be usable under autograd later
+        ia, ib = torch.triu_indices(e, e)
+        place = torch.zeros(ia.shape[0], e, e, dtype=dtype)
+        place[torch.arange(ia.shape[0]), ia, ib] = 1.0
+        place[torch.arange(ia.shape[0]), ib, ia] = 1.0
+        return ia, ib, place, (ia == ib).to(dtype)
 
 
 def _check_belief(mean: Tensor, cov: Tensor, name: str) -> None:
