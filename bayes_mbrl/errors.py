@@ -30,3 +30,7 @@ class EnvError(BayesMBRLError, ValueError):
 
 class CheckpointError(BayesMBRLError, RuntimeError):
     """A run directory or checkpoint cannot be read or written."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint would run code when unpickled (a crafted file); it was refused."""

@@ -7,9 +7,14 @@ A run directory holds:
   (raw float32 rows, see :class:`TransitionLog`), so a killed run loses none;
 - ``metrics.csv``: one row per episode;
 - ``learning_curve.png``: return per episode;
-- ``checkpoints/ckpt_NNNN.pt``: after each episode, written atomically and loadable
-  with ``torch.load(weights_only=True)``: model and optimizer state, RNG state,
-  counters and the metrics so far.
+- ``timings.csv``: wall-clock seconds per episode (kept apart: they vary);
+- ``checkpoints/ckpt_NNNN.pt``: after each episode, written atomically: model and
+  optimizer state, RNG state, counters and the metrics so far, serialized by
+  ``torch.save`` and wrapped with its SHA-256 (:func:`save_checkpoint`). Reading
+  (:func:`load_checkpoint`) uses ``torch.load(weights_only=True)`` only, so a
+  crafted file cannot run code (it is refused with :class:`UnsafeCheckpointError`),
+  and a truncated or corrupted file fails its checksum; the run then falls back to
+  the previous checkpoint with a warning.
 
 :func:`resume_experiment` restores the newest readable checkpoint, reloads the
 transitions it covers, and re-runs the interrupted episode from the restored RNG
@@ -23,12 +28,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import inspect
 import io
 import math
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -46,7 +53,7 @@ from bayes_mbrl.algorithms.pilco import PILCO, PILCO_TASKS, PILCOAgent
 from bayes_mbrl.config import Config, dump_config, load_config
 from bayes_mbrl.data import ReplayBuffer, TransitionBatch, validate_transitions
 from bayes_mbrl.envs import TaskSpec, get_task, make_env
-from bayes_mbrl.errors import CheckpointError, ConfigError
+from bayes_mbrl.errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from bayes_mbrl.models import DynamicsModel, FitReport, ProbabilisticEnsemble
 from bayes_mbrl.planning import (
     CEMPlanner,
@@ -66,13 +73,17 @@ __all__ = [
     "build_model",
     "build_pilco",
     "build_planner",
+    "load_checkpoint",
     "load_run",
     "load_user_function",
     "resume_experiment",
     "run_experiment",
+    "save_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+"""2: a SHA-256-checked payload (:func:`save_checkpoint`); format 1 (plain) is still read."""
+_READABLE_FORMATS = (1, 2)
 METRIC_FIELDS = (
     "episode",
     "policy",
@@ -332,6 +343,74 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors and plain containers) atomically with its SHA-256.
+
+    The file is ``torch.save({"format_version", "sha256", "payload"})`` where
+    ``payload`` is ``torch.save(state)`` as bytes: loadable with
+    ``torch.load(weights_only=True)`` at both levels.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    wrapper = {
+        "format_version": CHECKPOINT_FORMAT,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": payload,
+    }
+    out = io.BytesIO()
+    torch.save(wrapper, out)
+    _atomic_write_bytes(Path(path), out.getvalue())
+
+
+def _safe_torch_load(data: bytes | Path, path: Path) -> Any:
+    source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        return torch.load(source, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # the weights-only unpickler names the global a crafted file tries to import
+        culprit = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if culprit:
+            raise UnsafeCheckpointError(
+                f"{path} holds pickled Python objects that would run code when loaded "
+                f"({culprit[0][:200]}); bayes_mbrl loads checkpoints with weights_only=True "
+                "and refused it. Delete the file unless you trust and know its origin"
+            ) from exc
+        raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from exc
+    except Exception as exc:  # torch raises RuntimeError / EOFError / zip errors
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); it is truncated or corrupted"
+        ) from exc
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a format-1 file).
+
+    Raises:
+        UnsafeCheckpointError: the file would execute code when unpickled.
+        CheckpointError: the file is truncated or corrupted (unreadable, or its
+            SHA-256 does not match), or of an unknown format.
+    """
+    path = Path(path)
+    outer = _safe_torch_load(path, path)
+    if not isinstance(outer, dict) or outer.get("format_version") not in _READABLE_FORMATS:
+        version = outer.get("format_version") if isinstance(outer, dict) else None
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}; this bayes_mbrl reads "
+            f"{list(_READABLE_FORMATS)}"
+        )
+    if outer["format_version"] == 1:
+        return dict(outer)
+    payload = outer.get("payload")
+    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != outer.get("sha256"):
+        raise CheckpointError(f"{path} fails its SHA-256 check; the file is corrupted")
+    state = _safe_torch_load(payload, path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dictionary")
+    return state
 
 
 class TransitionLog:
@@ -682,10 +761,7 @@ class Experiment:
             "rng_torch": self.generator.get_state(),
             "metrics": [dict(r) for r in self.metrics],
         }
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        path = self._checkpoint_path(self.episodes_done)
-        _atomic_write_bytes(path, buf.getvalue())
+        save_checkpoint(self._checkpoint_path(self.episodes_done), state)
         keep = self.config.experiment.checkpoint_keep
         for old in sorted(self.checkpoint_dir.glob("ckpt_*.pt"))[:-keep]:
             old.unlink(missing_ok=True)
@@ -730,26 +806,22 @@ class Experiment:
 
     # ------------------------------------------------------------- resuming
     def read_checkpoint(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint's contents (None when there is none)."""
-        state: dict[str, Any] | None = None
+        """The newest readable checkpoint's contents (None when there is none).
+
+        A truncated or corrupted checkpoint is skipped with a warning and the previous
+        one is used.
+
+        Raises:
+            UnsafeCheckpointError: a checkpoint would run code when unpickled.
+        """
         for path in sorted(self.checkpoint_dir.glob("ckpt_*.pt"), reverse=True):
             try:
-                state = torch.load(path, weights_only=True)
-            except Exception as exc:  # any unreadable file: fall back
-                warnings.warn(
-                    f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
-                    "trying the previous one",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
-            if state.get("format_version") != CHECKPOINT_FORMAT:
-                raise CheckpointError(
-                    f"{path} has checkpoint format {state.get('format_version')}, "
-                    f"this bayes_mbrl reads {CHECKPOINT_FORMAT}"
-                )
-            break
-        return state
+                return load_checkpoint(path)
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointError as exc:
+                warnings.warn(f"{exc}; using the previous checkpoint", RuntimeWarning, stacklevel=2)
+        return None
 
     def restore(self) -> None:
         """Load the newest readable checkpoint and the transitions it covers."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,13 +18,15 @@ import torch
 
 from bayes_mbrl.cli import main
 from bayes_mbrl.config import Config, load_config
-from bayes_mbrl.errors import EnvError
+from bayes_mbrl.errors import CheckpointError, EnvError, UnsafeCheckpointError
 from bayes_mbrl.experiment import (
     Callback,
     Experiment,
     TransitionLog,
+    load_checkpoint,
     resume_experiment,
     run_experiment,
+    save_checkpoint,
 )
 
 TINY = [
@@ -68,7 +73,7 @@ def test_run_writes_outputs(reference_run: Path) -> None:
     assert load_config(reference_run / "config.toml") == tiny_config()
     ckpts = sorted((reference_run / "checkpoints").glob("ckpt_*.pt"))
     assert [p.name for p in ckpts] == ["ckpt_0002.pt", "ckpt_0003.pt"]  # checkpoint_keep = 2
-    state = torch.load(ckpts[-1], weights_only=True)
+    state = load_checkpoint(ckpts[-1])
     assert state["episodes_done"] == 3 and state["num_transitions"] == 120
     log = TransitionLog(reference_run / "transitions.f32", 3, 1)
     rows_logged = log.read()
@@ -162,16 +167,77 @@ def test_sigkill_mid_episode_then_resume_loses_and_duplicates_nothing(
     assert log_path.read_bytes() == (reference_run / "transitions.f32").read_bytes()
 
 
-def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path: Path) -> None:
+class Evil:
+    """Unpickling this runs code (the attack weights_only loading refuses)."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("damage", ["bit_flip", "truncate", "garbage"])
+def test_corrupted_checkpoint_is_detected_and_the_previous_one_used(
+    damage: str, reference_run: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
     run_experiment(tiny_config(), run_dir, callbacks=[StopAfter(2)])
     newest = run_dir / "checkpoints" / "ckpt_0002.pt"
-    newest.write_bytes(newest.read_bytes()[:1000])  # truncated write
-    with pytest.warns(RuntimeWarning, match="unreadable"):
+    raw = bytearray(newest.read_bytes())
+    if damage == "bit_flip":  # a flipped bit in the tensor data: torch alone loads it
+        raw[len(raw) // 2] ^= 0x10
+    elif damage == "truncate":
+        raw = raw[: len(raw) // 3]
+    else:
+        raw = bytearray(b"not a checkpoint at all" * 10)
+    newest.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"corrupted|SHA-256|not a readable"):
+        load_checkpoint(newest)
+    with pytest.warns(RuntimeWarning, match="previous checkpoint"):
         result = resume_experiment(run_dir, progress=False)
     # episode 2 is re-run from checkpoint 1; its logged transitions are reproduced, not duplicated
     assert len(result.returns) == 3
     assert len(TransitionLog(run_dir / "transitions.f32", 3, 1).read()) == 120
+    assert (run_dir / "metrics.csv").read_bytes() == (reference_run / "metrics.csv").read_bytes()
+
+
+def test_malicious_checkpoint_is_refused_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_experiment(tiny_config(), run_dir, callbacks=[StopAfter(1)])
+    newest = run_dir / "checkpoints" / "ckpt_0001.pt"
+    torch.save({"format_version": 1, "model": Evil()}, newest)  # a crafted replacement
+    with pytest.raises(UnsafeCheckpointError, match="run code"):
+        load_checkpoint(newest)
+    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+        resume_experiment(run_dir, progress=False)
+    assert not (tmp_path / "PWNED").exists()
+    # the same object hidden inside a checksummed payload is refused as well
+    buf = io.BytesIO()
+    torch.save({"x": Evil()}, buf)
+    payload = buf.getvalue()
+    wrapper = {
+        "format_version": 2,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": payload,
+    }
+    torch.save(wrapper, newest)
+    with pytest.raises(UnsafeCheckpointError):
+        load_checkpoint(newest)
+    assert not (tmp_path / "PWNED").exists()
+    assert len(TransitionLog(run_dir / "transitions.f32", 3, 1).read()) == 40  # data kept
+
+
+def test_checkpoint_round_trip_and_format_1_still_read(tmp_path: Path) -> None:
+    state = {"episodes_done": 3, "w": torch.arange(5.0), "nested": {"k": [1, 2]}}
+    save_checkpoint(tmp_path / "a.pt", state)
+    back = load_checkpoint(tmp_path / "a.pt")
+    assert back["episodes_done"] == 3 and torch.equal(back["w"], state["w"])
+    torch.save({"format_version": 1, "episodes_done": 2}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["episodes_done"] == 2
+    torch.save({"format_version": 9}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format 9"):
+        load_checkpoint(tmp_path / "future.pt")
 
 
 @pytest.mark.parametrize("mode", ["v0.5", "v1.0"])

@@ -27,7 +27,12 @@ import pytest
 import torch
 
 from bayes_mbrl.config import load_config
-from bayes_mbrl.experiment import TransitionLog, resume_experiment, run_experiment
+from bayes_mbrl.experiment import (
+    TransitionLog,
+    load_checkpoint,
+    resume_experiment,
+    run_experiment,
+)
 
 KILLS = 20
 OVERRIDES = [
@@ -54,7 +59,7 @@ def cli_args(out: Path) -> list[str]:
 
 def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     newest = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))[-1]
-    state = torch.load(newest, weights_only=True)
+    state = load_checkpoint(newest)
     flat: dict[str, torch.Tensor] = {}
 
     def walk(prefix: str, value: object) -> None:

@@ -15,7 +15,13 @@ from bayes_mbrl.algorithms.policies import LinearPolicy, RBFPolicy
 from bayes_mbrl.config import load_config
 from bayes_mbrl.envs import make_env
 from bayes_mbrl.errors import CheckpointError, ConfigError, DataError
-from bayes_mbrl.experiment import Experiment, load_run, resume_experiment, run_experiment
+from bayes_mbrl.experiment import (
+    Experiment,
+    load_checkpoint,
+    load_run,
+    resume_experiment,
+    run_experiment,
+)
 from bayes_mbrl.planning.moment_matching import SEGP
 
 DT = torch.float64
@@ -272,7 +278,7 @@ def test_pilco_through_the_runner_and_resume(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
     assert [r["policy"] for r in rows] == ["random", "pilco", "pilco"]
     assert int(rows[1]["fit_epochs"]) >= 1 and float(rows[1]["train_loss"]) < 12.0
-    state = torch.load(tmp_path / "full" / "checkpoints" / "ckpt_0003.pt", weights_only=True)
+    state = load_checkpoint(tmp_path / "full" / "checkpoints" / "ckpt_0003.pt")
     assert set(state["model"]) == {"gp", "policy"}
 
     # interrupted after episode 2: resume and finish
@@ -282,8 +288,8 @@ def test_pilco_through_the_runner_and_resume(tmp_path: Path) -> None:
     (tmp_path / "part" / "config.toml").write_text(text.replace("episodes = 2", "episodes = 3"))
     resumed = resume_experiment(tmp_path / "part")
     assert resumed.returns == full.returns
-    policy_full = torch.load(tmp_path / "full" / "checkpoints" / "ckpt_0003.pt", weights_only=True)
-    policy_part = torch.load(tmp_path / "part" / "checkpoints" / "ckpt_0003.pt", weights_only=True)
+    policy_full = load_checkpoint(tmp_path / "full" / "checkpoints" / "ckpt_0003.pt")
+    policy_part = load_checkpoint(tmp_path / "part" / "checkpoints" / "ckpt_0003.pt")
     for k, v in policy_full["model"]["policy"].items():
         assert torch.equal(v, policy_part["model"]["policy"][k])
     with pytest.raises(CheckpointError, match="PILCO run"):
