@@ -39,6 +39,40 @@ def rollout(env, policy, horizon: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.asarray(observations), np.asarray(actions), total
 
 
+def plot_prediction(pilco: PILCO, obs: np.ndarray, dt: float, path: Path, title: str) -> None:
+    """The policy's propagated belief (mean +- 2 sd per state dimension) against the real
+    rollout it produced, and the expected cost per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        traj = pilco.predict()
+    real = pilco.smap.to_state(torch.as_tensor(obs)).numpy()
+    mean = traj.state_mean.numpy()
+    sd = traj.state_cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().numpy()
+    t = np.arange(len(mean)) * dt
+    d = mean.shape[1]
+    fig, axes = plt.subplots(1, d + 1, figsize=(3.2 * (d + 1), 3))
+    for k in range(d):
+        ax = axes[k]
+        ax.fill_between(t, mean[:, k] - 2 * sd[:, k], mean[:, k] + 2 * sd[:, k], alpha=0.3)
+        ax.plot(t, mean[:, k], label="predicted mean +- 2 sd")
+        ax.plot(t[: len(real)], real[:, k], "k.", ms=3, label="real rollout")
+        ax.set_title(f"state {k}" + (" (angle)" if k in pilco.smap.angle_index else ""))
+        ax.set_xlabel("s")
+    axes[0].legend(fontsize=7)
+    axes[-1].plot(t[1:], traj.cost_mean.detach().numpy())
+    axes[-1].set_title("expected cost")
+    axes[-1].set_xlabel("s")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--env", choices=sorted(ENVS), default="cartpole")
@@ -50,6 +84,9 @@ def main() -> None:
     parser.add_argument("--max-points", type=int, default=600)
     parser.add_argument("--eval-starts", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="PNG: predicted belief vs the solving rollout"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -102,6 +139,8 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - start, 1),
         "trials": trials,
     }
+    if solved_at is not None and args.plot is not None:
+        plot_prediction(pilco, obs, task.dt, args.plot, f"{task.env_id}, seed {args.seed}")
     if solved_at is not None:
         wins = [
             task.success(rollout(env, pilco.act, task.horizon, seed=10_000 + k)[0])
