@@ -32,7 +32,7 @@ TINY = [
 # A user's grey-box model of Pendulum-v1 written against the PyroDynamics contract:
 # unknown mass and length, known gravity and time step.
 PENDULUM_MODEL = textwrap.dedent(
-    '''
+    """
     import pyro
     import pyro.distributions as dist
     import torch
@@ -55,7 +55,7 @@ PENDULUM_MODEL = textwrap.dedent(
                 dist.Normal(loc, noise.unsqueeze(-1)).to_event(1),
                 obs=next_obs,
             )
-    '''
+    """
 )
 
 
