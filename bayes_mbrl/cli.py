@@ -9,9 +9,10 @@ Examples::
     bayes-mbrl resume runs/try1
     bayes-mbrl analyze runs/try1                    # uncertainty report of the run
 
-Errors a user can cause (:class:`~bayes_mbrl.errors.BayesMBRLError`) are printed
-as one line ``bayes-mbrl: error: ...`` and give exit status 2, as do usage
-errors. Ctrl-C gives exit status 130 and says how to resume.
+Errors a user can cause (:class:`~bayes_mbrl.errors.BayesMBRLError`, and operating
+system errors such as a full disk or a denied permission) are printed as one line
+``bayes-mbrl: error: ...`` and give exit status 2, as do usage errors. Ctrl-C gives
+exit status 130 and says how to resume.
 """
 
 from __future__ import annotations
@@ -146,6 +147,20 @@ def _report(result_dir: Path, returns: Sequence[float]) -> None:
     print(f"results written to {result_dir}")
 
 
+def _check_out_dir(out: Path) -> None:
+    """Raise ConfigError unless ``out`` can be a directory: it and each existing parent
+    are directories (nothing is created here)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory; pick another --out")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"--out {out}: {parent} is a file, not a directory; pick another --out"
+                )
+            break
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run ``bayes-mbrl run``: build the config, pick the run directory, run."""
     config = load_config(args.config, args.overrides, seed=args.seed)
@@ -154,8 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             config, experiment=dataclasses.replace(config.experiment, progress=False)
         )
     run_dir: Path = args.out or _default_run_dir(source_name(args.config), config.experiment.seed)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} exists and is not a directory; pick another --out")
+    _check_out_dir(run_dir)
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(
             f"{run_dir} already contains a run; continue it with "
@@ -208,8 +222,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from bayes_mbrl.experiment import load_run
     from bayes_mbrl.uncertainty import uncertainty_report
 
-    run = load_run(run_dir)
     out: Path = args.out or run_dir / "analysis"
+    _check_out_dir(out)
+    run = load_run(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(run.config.experiment.seed)
     written = uncertainty_report(
@@ -255,6 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
     except BayesMBRLError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # permission denied, disk full, ...: the user's to fix, no traceback
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(
+            f"{PROG}: error: cannot read or write{where}: {exc.strerror or exc}; check the "
+            "path, its permissions and the free disk space",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)

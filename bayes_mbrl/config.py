@@ -47,6 +47,7 @@ __all__ = [
     "GUIDES",
     "INFERENCE_KINDS",
     "KERNELS",
+    "MAX_SEED",
     "MODEL_KINDS",
     "MODES",
     "NOISE_KINDS",
@@ -116,6 +117,9 @@ OBJECTIVES: tuple[str, ...] = _OBJECTIVES
 PRECISIONS: tuple[str, ...] = tuple(_PRECISIONS)
 """Floating-point precision of model rollouts inside the planner."""
 
+MAX_SEED = 2**32 - 1
+"""Largest ``experiment.seed``: numpy (seeded through Pyro) takes seeds below ``2**32``."""
+
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -124,7 +128,7 @@ class ExperimentConfig:
     """How the experiment runs.
 
     Attributes:
-        seed: Seed of every random number generator (>= 0).
+        seed: Seed of every random number generator (in ``[0, 2**32 - 1]``).
         episodes: Total number of episodes, including the random seed episodes.
         seed_episodes: Episodes with uniformly random actions before the first fit
             (>= 1 and <= ``episodes``).
@@ -388,7 +392,7 @@ def _pyro_model_spec(v: str) -> str | None:
 _INT1 = _at_least(1, "an integer")
 
 _CHECKS: dict[str, _Check] = {
-    "experiment.seed": _at_least(0, "an integer"),
+    "experiment.seed": lambda v: None if 0 <= v <= MAX_SEED else f"an integer in [0, {MAX_SEED}]",
     "experiment.episodes": _INT1,
     "experiment.seed_episodes": _INT1,
     "experiment.mode": _one_of(MODES),

@@ -121,15 +121,31 @@ def validate_transitions(
         DataError: wrong shape, non-finite value, or action outside its bounds.
     """
     o = _as_tensor("obs", obs, dtype)
-    single = o.dim() == 1
     a = _as_tensor("action", action, dtype)
     r = _as_tensor("reward", reward, dtype)
     no = _as_tensor("next_obs", next_obs, dtype)
     te = _as_tensor("terminated", terminated, torch.bool)
     tr = _as_tensor("truncated", truncated, torch.bool)
+    for name, t in (("obs", o), ("next_obs", no)):
+        if t.dim() == 0:
+            raise DataError(
+                f"{name} is a scalar; pass one observation of shape ({obs_dim},) or a batch "
+                f"(N, {obs_dim})"
+            )
+        if t.dim() > 2:
+            raise DataError(
+                f"{name} has shape {tuple(t.shape)}, but state models take flat "
+                f"(obs_dim,) observations (obs_dim={obs_dim}), batched as (N, {obs_dim}); for "
+                "image observations use a pixel wrapper with a latent model, or flatten them "
+                "(gymnasium.wrappers.FlattenObservation)"
+            )
+    single = o.dim() == 1
+    given = {"obs": o, "action": a, "reward": r, "next_obs": no, "terminated": te, "truncated": tr}
+    given_shapes = {name: tuple(t.shape) for name, t in given.items()}
     if single:
         o, a, no = o.unsqueeze(0), a.reshape(1, -1), no.unsqueeze(0)
-        r, te, tr = r.reshape(1), te.reshape(1), tr.reshape(1)
+        # a scalar each; anything else keeps a shape that fails the check below
+        r, te, tr = (t.reshape(1) if t.numel() == 1 else t.unsqueeze(0) for t in (r, te, tr))
     n = o.shape[0]
     expected = {
         "obs": (o, (n, obs_dim)),
@@ -141,9 +157,11 @@ def validate_transitions(
     }
     for name, (t, shape) in expected.items():
         if tuple(t.shape) != shape:
+            want = shape[1:] if single else shape
             raise DataError(
-                f"{name} has shape {tuple(t.shape)}, expected {shape} "
-                f"(obs_dim={obs_dim}, action_dim={action_dim}, {n} transitions); "
+                f"{name} has shape {given_shapes[name]}, expected {want} "
+                f"(obs_dim={obs_dim}, action_dim={action_dim}, "
+                f"{'one transition' if single else f'{n} transitions'}); "
                 "check that the environment matches the buffer"
             )
     for name, t in (("obs", o), ("action", a), ("reward", r), ("next_obs", no)):
@@ -164,6 +182,33 @@ def validate_transitions(
                 f"[{action_low.tolist()}, {action_high.tolist()}]; clip actions to the bounds"
             )
     return TransitionBatch(o, a, r, no, te, tr)
+
+
+def _action_bounds(
+    low: Tensor | np.ndarray | None, high: Tensor | np.ndarray | None, action_dim: int
+) -> tuple[Tensor | None, Tensor | None]:
+    """Check and convert action bounds: both or neither, ``(action_dim,)``, ``low <= high``."""
+    if low is None and high is None:
+        return None, None
+    if low is None or high is None:
+        raise DataError(
+            "give both action_low and action_high (or neither, for no bound check); "
+            f"got only {'action_high' if low is None else 'action_low'}"
+        )
+    lo = _as_tensor("action_low", low, torch.float32).reshape(-1)
+    hi = _as_tensor("action_high", high, torch.float32).reshape(-1)
+    if lo.shape != (action_dim,) or hi.shape != (action_dim,):
+        raise DataError(
+            f"action_low and action_high must have shape ({action_dim},) (action_dim), got "
+            f"{tuple(torch.as_tensor(low).shape)} and {tuple(torch.as_tensor(high).shape)}; "
+            "pass the action space's low and high"
+        )
+    if bool(torch.isnan(lo).any() | torch.isnan(hi).any()) or bool((lo > hi).any()):
+        raise DataError(
+            f"action bounds must satisfy action_low <= action_high without NaN, got "
+            f"{lo.tolist()} and {hi.tolist()}"
+        )
+    return lo, hi
 
 
 class ReplayBuffer:
@@ -200,14 +245,21 @@ class ReplayBuffer:
         self.obs_dim = obs_dim
         self.action_dim = action_dim
         self.capacity = capacity
-        self.action_low = None if action_low is None else torch.as_tensor(action_low).float()
-        self.action_high = None if action_high is None else torch.as_tensor(action_high).float()
-        self._obs = torch.zeros(capacity, obs_dim)
-        self._action = torch.zeros(capacity, action_dim)
-        self._reward = torch.zeros(capacity)
-        self._next_obs = torch.zeros(capacity, obs_dim)
-        self._terminated = torch.zeros(capacity, dtype=torch.bool)
-        self._truncated = torch.zeros(capacity, dtype=torch.bool)
+        self.action_low, self.action_high = _action_bounds(action_low, action_high, action_dim)
+        size = capacity * (2 * obs_dim + action_dim + 1) * 4 + 2 * capacity
+        try:
+            self._obs = torch.zeros(capacity, obs_dim)
+            self._action = torch.zeros(capacity, action_dim)
+            self._reward = torch.zeros(capacity)
+            self._next_obs = torch.zeros(capacity, obs_dim)
+            self._terminated = torch.zeros(capacity, dtype=torch.bool)
+            self._truncated = torch.zeros(capacity, dtype=torch.bool)
+        except (RuntimeError, MemoryError) as exc:  # torch's allocator failure
+            raise DataError(
+                f"ReplayBuffer capacity {capacity} is too large: its storage needs "
+                f"{size / 2**30:.3g} GiB, which could not be allocated; lower "
+                "experiment.episodes or env.episode_length (capacity = episodes x episode_length)"
+            ) from exc
         self._size = 0
 
     def __len__(self) -> int:
@@ -273,6 +325,8 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TransitionBatch:
         """Uniformly sample ``batch_size`` transitions with replacement."""
+        if batch_size < 0:
+            raise DataError(f"batch_size must be >= 0, got {batch_size}")
         if self._size == 0:
             raise DataError("cannot sample from an empty ReplayBuffer; collect transitions first")
         idx = torch.randint(self._size, (batch_size,), generator=generator)
@@ -327,7 +381,25 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace the contents with a :meth:`state_dict` (validated first)."""
+        """Replace the contents with a :meth:`state_dict` (validated first).
+
+        Raises:
+            DataError: the state is not a buffer state of these sizes (missing fields,
+                wrong shapes, non-finite values, more transitions than the capacity);
+                the buffer's contents are kept.
+        """
+        fields = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+        if not isinstance(state, dict):
+            raise DataError(
+                f"ReplayBuffer state must be a dict from ReplayBuffer.state_dict(), "
+                f"got {type(state).__name__}"
+            )
+        missing = [k for k in fields if k not in state]
+        if missing:
+            raise DataError(
+                f"ReplayBuffer state is missing {missing}; pass a dict from "
+                "ReplayBuffer.state_dict()"
+            )
         batch = validate_transitions(
             state["obs"],
             state["action"],
@@ -338,6 +410,11 @@ class ReplayBuffer:
             obs_dim=self.obs_dim,
             action_dim=self.action_dim,
         )
+        if len(batch) > self.capacity:
+            raise DataError(
+                f"the state holds {len(batch)} transitions but the ReplayBuffer's capacity is "
+                f"{self.capacity}; load it into a buffer created with a larger capacity"
+            )
         self._size = 0
         self.add_batch(batch)
 

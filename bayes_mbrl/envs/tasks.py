@@ -225,15 +225,35 @@ def get_task(env_id: str) -> TaskSpec:
         A fresh :class:`TaskSpec` (its tensors are not shared between calls).
 
     Raises:
-        EnvError: If ``env_id`` is not supported; the message lists close matches.
+        EnvError: If ``env_id`` is not supported; the message lists close matches. For a
+            registered gymnasium env whose spaces do not fit continuous, state-based
+            planning (a discrete action space, image observations) it says so.
     """
     factory = _TASKS.get(env_id)
     if factory is None:
+        if env_id in gymnasium.registry:
+            _probe_spaces(env_id)
         raise EnvError(
             f"no task spec for env id {env_id!r}.{_suggest(env_id, registered_task_ids())} "
             f"Supported tasks: {', '.join(registered_task_ids())}."
         )
     return factory()
+
+
+def _probe_spaces(env_id: str) -> None:
+    """Raise :class:`EnvError` if a registered env's spaces do not fit continuous planners.
+
+    An env that cannot even be built here (a missing optional dependency) is let pass:
+    the caller then reports the missing task spec.
+    """
+    try:
+        env = gymnasium.make(env_id)
+    except Exception:  # any construction failure: report the missing spec instead
+        return
+    try:
+        check_continuous_env(env)
+    finally:
+        env.close()
 
 
 def check_continuous_env(env: gymnasium.Env[Any, Any]) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "FitReport",
     "FunctionSample",
     "Predictive",
+    "check_function_inputs",
     "check_model_inputs",
 ]
 
@@ -163,6 +164,14 @@ class FunctionSample(abc.ABC):
         Returns:
             Next-observation distributions with batch shape ``(n, B)``.
         """
+        for name, t in (("obs", obs), ("action", action)):
+            if not isinstance(t, Tensor) or t.dim() != 2:
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise DataError(
+                    f"FunctionSample.at expects {name} of shape (B, dim) (the same inputs for "
+                    f"every function), got {shape}; call the sample itself with (n, B, dim) "
+                    "inputs to give each function its own"
+                )
         return self(obs.float().expand(self.n, -1, -1), action.float().expand(self.n, -1, -1))
 
     def log_prob_at(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
@@ -273,10 +282,61 @@ def check_model_inputs(
         parts.append(("next_obs", next_obs, obs_dim))
     for name, t, d in parts:
         if not isinstance(t, Tensor):
-            raise DataError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            raise DataError(
+                f"{name} must be a torch.Tensor, got {type(t).__name__}; "
+                f"convert it with torch.as_tensor({name}, dtype=torch.float32)"
+            )
         if t.dim() != 2 or t.shape[1] != d:
             raise DataError(f"{name} must have shape (B, {d}), got {tuple(t.shape)}")
         if t.shape[0] != obs.shape[0]:
             raise DataError(
                 f"{name} has {t.shape[0]} rows but obs has {obs.shape[0]}; pass matching batches"
             )
+        if t.is_complex() or t.dtype == torch.bool:
+            raise DataError(f"{name} has dtype {t.dtype}; pass real floating-point values")
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise DataError(
+                f"{name} contains NaN or inf (row {row}: {t[row].tolist()}); drop or fix those rows"
+            )
+
+
+def check_function_inputs(
+    n: int, obs_dim: int, action_dim: int | None, obs: Tensor, action: Tensor
+) -> None:
+    """Raise :class:`DataError` unless ``obs`` is ``(n, B, obs_dim)`` and ``action``
+    ``(n, B, action_dim)`` (the inputs of a :class:`FunctionSample` of ``n`` functions).
+
+    Shape checks only (no host sync): cheap enough for every step of a planning horizon.
+
+    Args:
+        n: number of functions.
+        obs_dim: observation size.
+        action_dim: action size, or None to check only the leading ``(n, B)``.
+        obs: ``(n, B, obs_dim)``.
+        action: ``(n, B, action_dim)``.
+    """
+    if (
+        not isinstance(obs, Tensor)
+        or obs.dim() != 3
+        or obs.shape[0] != n
+        or obs.shape[2] != obs_dim
+    ):
+        shape = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
+        raise DataError(
+            f"FunctionSample of {n} functions expects obs of shape ({n}, B, {obs_dim}), got {shape}"
+        )
+    b = obs.shape[1]
+    if (
+        not isinstance(action, Tensor)
+        or action.dim() != 3
+        or action.shape[:2] != (n, b)
+        or (action_dim is not None and action.shape[2] != action_dim)
+    ):
+        shape = tuple(action.shape) if isinstance(action, Tensor) else type(action).__name__
+        want = action_dim if action_dim is not None else "action_dim"
+        raise DataError(
+            f"FunctionSample of {n} functions expects action of shape ({n}, {b}, {want}) "
+            f"to go with obs {tuple(obs.shape)}, got {shape}"
+        )

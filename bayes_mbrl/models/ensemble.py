@@ -31,6 +31,7 @@ from bayes_mbrl.models.base import (
     FitReport,
     FunctionSample,
     Predictive,
+    check_function_inputs,
 )
 
 __all__ = ["ACTIVATIONS", "EnsembleFunctionSample", "GaussianMLPEnsemble", "ProbabilisticEnsemble"]
@@ -152,17 +153,14 @@ class EnsembleFunctionSample(FunctionSample):
         self.min_logvar, self.max_logvar = min_logvar, max_logvar
         self.log_delta_std = delta_std.log()
         self.obs_dim = obs_dim
+        self.action_dim = int(weights[0].shape[1]) - obs_dim
         self.activation = activation
         self.member_index = member_index
         self.n = int(member_index.shape[0])
 
     def _head(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Denormalized delta mean and log-std, each ``(n, B, obs_dim)`` float32."""
-        if obs.dim() != 3 or obs.shape[0] != self.n or obs.shape[-1] != self.obs_dim:
-            raise DataError(
-                f"FunctionSample of {self.n} functions expects obs of shape "
-                f"({self.n}, B, {self.obs_dim}), got {tuple(obs.shape)}"
-            )
+        check_function_inputs(self.n, self.obs_dim, self.action_dim, obs, action)
         x = torch.cat([obs, action], dim=-1).to(self.compute_dtype)
         act = _INPLACE_ACTIVATIONS[self.activation]
         for w, b in zip(self.weights, self.biases, strict=True):
@@ -457,7 +455,7 @@ class ProbabilisticEnsemble(DynamicsModel):
     def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
         """Moments over all members (or ``num_functions`` stratified draws)."""
         self.check_inputs(obs, action)
-        f = self.sample_functions(num_functions or self.num_members)
+        f = self.sample_functions(self._num_functions(num_functions))
         dist = f.at(obs, action)
         return Predictive.from_function_moments(dist.mean, dist.variance)
 
@@ -467,8 +465,19 @@ class ProbabilisticEnsemble(DynamicsModel):
     ) -> Tensor:
         """``(num_functions, N)`` log-density of each transition under each member."""
         self.check_inputs(obs, action, next_obs)
-        f = self.sample_functions(num_functions or self.num_members)
+        f = self.sample_functions(self._num_functions(num_functions))
         return f.log_prob_at(obs, action, next_obs)
+
+    def _num_functions(self, num_functions: int | None) -> int:
+        """``num_functions``, or every member for None."""
+        if num_functions is None:
+            return self.num_members
+        if num_functions < 1:
+            raise DataError(
+                f"num_functions must be >= 1 or None, got {num_functions}; "
+                f"None averages over all {self.num_members} members"
+            )
+        return num_functions
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
@@ -482,15 +491,31 @@ class ProbabilisticEnsemble(DynamicsModel):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`."""
+        """Restore a :meth:`state_dict`.
+
+        Raises:
+            ModelError: the state does not fit this model (other sizes, missing entries);
+                the model keeps its current parameters.
+        """
+        backup = copy.deepcopy(self.state_dict())
         try:
+            if not isinstance(state, dict):
+                raise TypeError(f"expected a dict, got {type(state).__name__}")
+            fitted = bool(state["fitted"])
             self.net.load_state_dict(state["net"])
             self.input_normalizer.load_state_dict(state["input_normalizer"])
             self.delta_normalizer.load_state_dict(state["delta_normalizer"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            self.net.load_state_dict(backup["net"])
+            self.input_normalizer.load_state_dict(backup["input_normalizer"])
+            self.delta_normalizer.load_state_dict(backup["delta_normalizer"])
+            self.optimizer.load_state_dict(backup["optimizer"])
+            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
+            what = " ".join(what.split())  # torch lists every mismatch on its own line
+            what = what if len(what) <= 400 else what[:400] + " ..."
             raise ModelError(
-                f"saved ensemble does not match this configuration ({exc}); "
-                "load it with the config it was saved with"
+                f"saved ensemble does not match this configuration ({what}); "
+                "load it with the config it was saved with (the model was left unchanged)"
             ) from exc
-        self.fitted = bool(state["fitted"])
+        self.fitted = fitted

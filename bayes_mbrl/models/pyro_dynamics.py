@@ -66,6 +66,7 @@ from bayes_mbrl.models.base import (
     FitReport,
     FunctionSample,
     Predictive,
+    check_function_inputs,
 )
 
 __all__ = [
@@ -174,10 +175,16 @@ class PyroFunctionSample(FunctionSample):
         latents: global latent values, each ``(n, *shape)``.
         obs_dim: observation size.
         num_chains: MCMC chains the draws come from (chain-major), 1 for SVI.
+        action_dim: action size, checked on every call (None: not checked).
     """
 
     def __init__(
-        self, model_fn: ModelFn, latents: dict[str, Tensor], obs_dim: int, num_chains: int = 1
+        self,
+        model_fn: ModelFn,
+        latents: dict[str, Tensor],
+        obs_dim: int,
+        num_chains: int = 1,
+        action_dim: int | None = None,
     ) -> None:
         if not latents:
             raise ModelError("a PyroFunctionSample needs at least one latent draw")
@@ -185,6 +192,7 @@ class PyroFunctionSample(FunctionSample):
         self._latents = latents
         self.n = int(next(iter(latents.values())).shape[0])
         self.obs_dim = obs_dim
+        self.action_dim = action_dim
         self.num_chains = num_chains
         # (n, *shape) -> (n, 1, *shape): the plate over functions sits at dim -2
         self._values = {k: v.reshape(self.n, 1, *v.shape[1:]) for k, v in latents.items()}
@@ -200,11 +208,7 @@ class PyroFunctionSample(FunctionSample):
             obs: ``(n, B, obs_dim)``.
             action: ``(n, B, action_dim)``.
         """
-        if obs.dim() != 3 or obs.shape[0] != self.n or obs.shape[-1] != self.obs_dim:
-            raise DataError(
-                f"FunctionSample of {self.n} functions expects obs of shape "
-                f"({self.n}, B, {self.obs_dim}), got {tuple(obs.shape)}"
-            )
+        check_function_inputs(self.n, self.obs_dim, self.action_dim, obs, action)
         with pyro.validation_enabled(False):
             fn = _run_vectorized(self.model_fn, self._values, obs, action, self.n)
         if fn is None:  # checked at fit; a model may still branch on its inputs
@@ -779,14 +783,22 @@ class PyroDynamics(DynamicsModel):
         if n < 1:
             raise DataError(f"number of functions must be >= 1, got {n}")
         if self.inference == "svi":
-            return PyroFunctionSample(self.model_fn, self._guide_draws(n, generator), self.obs_dim)
+            return PyroFunctionSample(
+                self.model_fn,
+                self._guide_draws(n, generator),
+                self.obs_dim,
+                action_dim=self.action_dim,
+            )
         total = next(iter(self.samples.values())).shape[0]
         if n <= total:
             idx = torch.randperm(total, generator=generator)[:n]
         else:
             idx = torch.randint(total, (n,), generator=generator)
         return PyroFunctionSample(
-            self.model_fn, {k: v[idx] for k, v in self.samples.items()}, self.obs_dim
+            self.model_fn,
+            {k: v[idx] for k, v in self.samples.items()},
+            self.obs_dim,
+            action_dim=self.action_dim,
         )
 
     def posterior_functions(
@@ -801,7 +813,11 @@ class PyroDynamics(DynamicsModel):
         per_chain = total // self.num_chains
         if num_draws is None or num_draws >= total:
             return PyroFunctionSample(
-                self.model_fn, dict(self.samples), self.obs_dim, self.num_chains
+                self.model_fn,
+                dict(self.samples),
+                self.obs_dim,
+                self.num_chains,
+                action_dim=self.action_dim,
             )
         if num_draws % self.num_chains == 0:
             keep = num_draws // self.num_chains
@@ -812,6 +828,7 @@ class PyroDynamics(DynamicsModel):
                 {k: v[idx] for k, v in self.samples.items()},
                 self.obs_dim,
                 self.num_chains,
+                action_dim=self.action_dim,
             )
         return self.sample_functions(num_draws, generator)
 
@@ -869,8 +886,14 @@ class PyroDynamics(DynamicsModel):
         """Restore a :meth:`state_dict` into a model built with the same arguments.
 
         Raises:
-            ModelError: the state was saved with another inference, guide or model.
+            ModelError: the state was saved with another inference, guide or model, or
+                entries are missing (the model is left unchanged).
         """
+        if not isinstance(state, dict):
+            raise ModelError(
+                "a Pyro dynamics state must be a dict from state_dict(), got "
+                f"{type(state).__name__}"
+            )
         for key in ("inference", "guide"):
             mine = self.inference if key == "inference" else self.guide_name
             if state.get(key) != mine:
@@ -881,8 +904,27 @@ class PyroDynamics(DynamicsModel):
         if not state.get("fitted", False):
             self.fitted = False
             return
-        shapes = {k: tuple(int(d) for d in v) for k, v in state["latent_shapes"].items()}
-        proto = tuple(state["proto"])
+        needed = [
+            "latent_shapes",
+            "proto",
+            "guide_params" if self.inference == "svi" else "samples",
+        ]
+        for key in needed:
+            if key not in state:
+                raise ModelError(
+                    f"saved Pyro dynamics state is missing {key!r}; load a state_dict() of a "
+                    "model built with the same arguments (the model was left unchanged)"
+                )
+        try:
+            shapes = {k: tuple(int(d) for d in v) for k, v in state["latent_shapes"].items()}
+            proto = tuple(state["proto"])
+            if len(proto) != 3 or not all(isinstance(t, Tensor) for t in proto):
+                raise ValueError("'proto' must hold the (obs, action, next_obs) tensors")
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"saved Pyro dynamics state is malformed ({exc}); load a state_dict() of a "
+                "model built with the same arguments (the model was left unchanged)"
+            ) from exc
         guide: autoguide.AutoGuide | None = None
         if self.inference == "svi":
             try:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from bayes_mbrl.envs import RewardFn, TerminationFn
 from bayes_mbrl.envs.rewards import ExpectedRewardFn
-from bayes_mbrl.errors import ConfigError, DataError, ModelError
+from bayes_mbrl.errors import BayesMBRLError, ConfigError, DataError, ModelError
 from bayes_mbrl.models.base import DynamicsModel, FunctionSample
 from bayes_mbrl.models.gp import ExactGPDynamics
 from bayes_mbrl.planning.moment_matching import (
@@ -125,8 +125,59 @@ def unscented_expected_reward(
     d = mean.shape[-1] // 2
     points, weights = sigma_points(mean, cov)  # (..., 2n, 2D)
     act = action.unsqueeze(-2).expand(*points.shape[:-1], action.shape[-1])
-    reward = reward_fn(points[..., :d], act, points[..., d:])  # (..., 2n)
+    reward = _call_user(
+        "reward_fn", _REWARD_SIGNATURE, reward_fn, points[..., :d], act, points[..., d:]
+    )
+    _check_output("reward_fn", reward, tuple(points.shape[:-1]), _REWARD_SIGNATURE)
     return (reward.to(weights.dtype) * weights).sum(-1)
+
+
+_REWARD_SIGNATURE = "(obs (..., D), action (..., A), next_obs (..., D)) -> reward (...)"
+_TERMINATION_SIGNATURE = "(obs (..., D), action (..., A), next_obs (..., D)) -> bool (...)"
+_EXPECTED_REWARD_SIGNATURE = (
+    "(next_obs_mean (..., D), next_obs_cov (..., D, D), action (..., A)) -> expected reward (...)"
+)
+
+
+def _call_user(name: str, signature: str, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    """Call a user's reward-like function; an exception it raises becomes a DataError
+    (bayes_mbrl errors, e.g. a task reward's own shape check, pass unchanged)."""
+    try:
+        return fn(*args)
+    except BayesMBRLError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        raise DataError(
+            f"{name} raised {type(exc).__name__}: {exc}; it must be a batched function "
+            f"{signature} of torch tensors (called with shapes {shapes})"
+        ) from exc
+
+
+def _check_output(name: str, out: object, expected: tuple[int, ...], signature: str) -> None:
+    """Raise DataError unless a reward-like output is a real tensor of shape ``expected``
+    (shape and dtype only: no host sync, cheap enough for every step)."""
+    if not isinstance(out, Tensor):
+        raise DataError(
+            f"{name} returned a {type(out).__name__}, expected a torch.Tensor of shape "
+            f"{expected}; it must be a batched function {signature}"
+        )
+    if tuple(out.shape) != expected:
+        raise DataError(
+            f"{name} returned shape {tuple(out.shape)}, expected {expected}: one value per "
+            f"transition. It must be a batched function {signature}"
+        )
+    want_bool = name == "termination_fn"
+    if want_bool and out.dtype != torch.bool:
+        raise DataError(
+            f"{name} returned dtype {out.dtype}, expected torch.bool (True where the "
+            f"episode ends); it must be a batched function {signature}"
+        )
+    if not want_bool and (out.dtype == torch.bool or out.is_complex()):
+        raise DataError(
+            f"{name} returned dtype {out.dtype}, expected real numbers; it must be a batched "
+            f"function {signature}"
+        )
 
 
 class RolloutEvaluator:
@@ -235,6 +286,12 @@ class RolloutEvaluator:
 
     def _check(self, start_obs: Tensor, actions: Tensor) -> Tensor:
         obs_dim, action_dim = self.model.obs_dim, self.model.action_dim
+        for name, t in (("start_obs", start_obs), ("actions", actions)):
+            if not isinstance(t, Tensor):
+                raise DataError(
+                    f"{name} must be a torch.Tensor, got {type(t).__name__}; pass "
+                    f"torch.as_tensor(obs) (planning runs on torch tensors)"
+                )
         if start_obs.shape != (obs_dim,):
             raise DataError(f"start_obs must have shape ({obs_dim},), got {tuple(start_obs.shape)}")
         if actions.dim() != 3 or actions.shape[1:] != (self.horizon, action_dim):
@@ -242,6 +299,16 @@ class RolloutEvaluator:
                 f"actions must have shape (population, {self.horizon}, {action_dim}), "
                 f"got {tuple(actions.shape)}"
             )
+        if actions.shape[0] < 1:
+            raise DataError("actions holds no sequences (population 0); pass at least one")
+        # checked once per call, before the horizon loop
+        if not bool(torch.isfinite(start_obs).all()):
+            raise DataError(
+                f"start_obs contains NaN or inf ({start_obs.tolist()}); plan from a finite "
+                "observation (check the environment that produced it)"
+            )
+        if not bool(torch.isfinite(actions).all()):
+            raise DataError("actions contain NaN or inf; pass finite candidate action sequences")
         return start_obs.float()
 
     def scorer(self, start_obs: Tensor) -> Callable[[Tensor], Tensor]:
@@ -333,7 +400,7 @@ class RolloutEvaluator:
                 nxt = nxt.view(n_f, m, -1)
             else:
                 nxt = fs.sample(obs, a_t, self.generator)
-            self._accumulate(obs, a_t, nxt, returns, alive, weight)
+            self._accumulate(obs, a_t, nxt, returns, alive, weight, check=t == 0)
             obs = nxt
             weight *= self.discount
         # (n_f, pop, k) -> (pop, n_f * k): particle q = f * k + j
@@ -347,12 +414,49 @@ class RolloutEvaluator:
         returns: Tensor,
         alive: Tensor,
         weight: float,
+        check: bool = False,
     ) -> None:
-        """Add one step's discounted reward of the living particles; mark terminations."""
-        r = self.reward_fn(obs, action, nxt)
+        """Add one step's discounted reward of the living particles; mark terminations.
+
+        With ``check`` (the first step of a rollout) the reward and termination functions
+        are validated: called safely, output shape and dtype, finite rewards for finite
+        inputs. Later steps call them directly (no per-step host sync).
+        """
+        if not check:
+            r = self.reward_fn(obs, action, nxt)
+        else:
+            r = self._checked_reward(obs, action, nxt)
         returns.add_(torch.where(alive, r, 0.0), alpha=weight)
         if self.termination_fn is not None:
-            alive &= ~self.termination_fn(obs, action, nxt)
+            if check:
+                done = _call_user(
+                    "termination_fn", _TERMINATION_SIGNATURE, self.termination_fn, obs, action, nxt
+                )
+                _check_output("termination_fn", done, tuple(returns.shape), _TERMINATION_SIGNATURE)
+            else:
+                done = self.termination_fn(obs, action, nxt)
+            alive &= ~done
+
+    def _checked_reward(self, obs: Tensor, action: Tensor, nxt: Tensor) -> Tensor:
+        """``reward_fn(obs, action, nxt)``, validated (see :meth:`_accumulate`)."""
+        r = _call_user("reward_fn", _REWARD_SIGNATURE, self.reward_fn, obs, action, nxt)
+        _check_output("reward_fn", r, tuple(obs.shape[:-1]), _REWARD_SIGNATURE)
+        # a model may diverge to NaN states (those sequences are never chosen), but a
+        # non-finite reward of finite inputs is the reward function's fault
+        inputs_ok = (
+            torch.isfinite(obs).all(-1)
+            & torch.isfinite(action).all(-1)
+            & torch.isfinite(nxt).all(-1)
+        )
+        bad = ~torch.isfinite(r) & inputs_ok
+        if bool(bad.any()):
+            i = tuple(int(v) for v in bad.nonzero()[0])
+            raise DataError(
+                f"reward_fn returned NaN or inf for finite inputs (obs {obs[i].tolist()}, "
+                f"action {action[i].tolist()}, next_obs {nxt[i].tolist()} -> {float(r[i])}); "
+                "check the reward function (a log or division by zero, an overflow)"
+            )
+        return r
 
     def _expectation_returns(self, start: Tensor, actions: Tensor, fs: FunctionSample) -> Tensor:
         pop, horizon, _ = actions.shape
@@ -364,7 +468,7 @@ class RolloutEvaluator:
         for t in range(horizon):
             a_t = actions[:, t]
             nxt = fs.mean(obs.expand(n_f, -1, -1), a_t.expand(n_f, -1, -1)).mean(0)
-            self._accumulate(obs, a_t, nxt, returns, alive, weight)
+            self._accumulate(obs, a_t, nxt, returns, alive, weight, check=t == 0)
             obs = nxt
             weight *= self.discount
         return returns.unsqueeze(-1)
@@ -402,7 +506,18 @@ class RolloutEvaluator:
         action: Tensor,
     ) -> Tensor:
         if self.expected_reward_fn is not None:
-            return self.expected_reward_fn(next_mean, next_cov, action).to(torch.float64)
+            out = _call_user(
+                "expected_reward_fn",
+                _EXPECTED_REWARD_SIGNATURE,
+                self.expected_reward_fn,
+                next_mean,
+                next_cov,
+                action,
+            )
+            _check_output(
+                "expected_reward_fn", out, tuple(next_mean.shape[:-1]), _EXPECTED_REWARD_SIGNATURE
+            )
+            return out.to(torch.float64)
         joint_mean = torch.cat([mean, next_mean], dim=-1)
         joint_cov = torch.cat(
             [torch.cat([cov, cross], -1), torch.cat([cross.transpose(-1, -2), next_cov], -1)],
