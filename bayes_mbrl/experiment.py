@@ -84,6 +84,14 @@ __all__ = [
 CHECKPOINT_FORMAT = 2
 """2: a SHA-256-checked payload (:func:`save_checkpoint`); format 1 (plain) is still read."""
 _READABLE_FORMATS = (1, 2)
+_CHECKPOINT_KEYS = (
+    "num_transitions",
+    "episodes_done",
+    "model",
+    "model_fitted_once",
+    "rng_torch",
+    "metrics",
+)
 METRIC_FIELDS = (
     "episode",
     "policy",
@@ -382,7 +390,8 @@ def _safe_torch_load(data: bytes | Path, path: Path) -> Any:
     except Exception as exc:  # torch raises RuntimeError / EOFError / zip errors
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); it is truncated or corrupted"
+            f"{(str(exc).splitlines() or ['no message'])[0][:200]}); it is truncated or "
+            "corrupted"
         ) from exc
 
 
@@ -816,11 +825,19 @@ class Experiment:
         """
         for path in sorted(self.checkpoint_dir.glob("ckpt_*.pt"), reverse=True):
             try:
-                return load_checkpoint(path)
+                state = load_checkpoint(path)
             except UnsafeCheckpointError:
                 raise
             except CheckpointError as exc:
                 warnings.warn(f"{exc}; using the previous checkpoint", RuntimeWarning, stacklevel=2)
+                continue
+            missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+            if missing:
+                raise CheckpointError(
+                    f"{path} is missing {missing}; it was not written by bayes_mbrl or is "
+                    "damaged. Remove it to resume from the previous checkpoint"
+                )
+            return state
         return None
 
     def restore(self) -> None:

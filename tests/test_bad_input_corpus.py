@@ -1085,8 +1085,6 @@ def _(ctx: Ctx) -> None:
     CheckpointError,
     r"empty\.pt is not a readable checkpoint .*truncated or corrupted",
     id="checkpoint-empty-file",
-    xfail="experiment._safe_torch_load indexes str(exc).splitlines()[0]: IndexError for an "
-    "exception with an empty message (torch's EOFError on an empty file)",
 )
 def _(ctx: Ctx) -> None:
     (ctx.tmp / "empty.pt").write_bytes(b"")
@@ -1112,7 +1110,6 @@ def _(ctx: Ctx) -> None:
     CheckpointError,
     r"ckpt_0001\.pt is missing \['num_transitions'.*\]",
     id="checkpoint-missing-keys-resume",
-    xfail="experiment.Experiment.restore reads state['num_transitions'] unchecked (KeyError)",
 )
 def _(ctx: Ctx) -> None:
     run_dir = ctx.copy_run()
@@ -1428,8 +1425,6 @@ def _(ctx: Ctx) -> None:
     DataError,
     r"a rollout is obs .* numbers",
     id="pilco-rollout-not-numbers",
-    xfail="algorithms/pilco.PILCO.add_rollout converts with torch.as_tensor unguarded: "
-    "TypeError for non-numeric input",
 )
 def _(ctx: Ctx) -> None:
     _pilco(ctx).add_rollout(np.array([["a", "b", "c"]] * 4), torch.zeros(3, 1))

@@ -124,6 +124,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
         assert model.keys() == ref_model.keys()
         for name, value in model.items():
             assert torch.equal(value, ref_model[name]), f"kill {k}: {name} differs"
-    # the kills landed at different stages: before the log existed, mid-run, after the end
+    # the kills landed at different stages (before the log existed, mid-run, after the
+    # end): at least some mid-run, i.e. with part of the 36 transitions logged
     print(f"transitions logged when killed: {logged_at_kill} (36 = complete)")
-    assert len(set(logged_at_kill)) >= 5
+    assert sum(0 < n < 36 for n in logged_at_kill) >= 3

@@ -423,8 +423,15 @@ class PILCO:
         Raises:
             DataError: wrong shapes or non-finite values (nothing is added).
         """
-        o = torch.as_tensor(np.asarray(obs), dtype=DT)
-        u = torch.as_tensor(np.asarray(actions), dtype=DT)
+        try:
+            o = torch.as_tensor(np.asarray(obs), dtype=DT)
+            u = torch.as_tensor(np.asarray(actions), dtype=DT)
+        except (TypeError, ValueError) as exc:
+            raise DataError(
+                f"a rollout is obs (T + 1, {self.obs_dim}) and actions (T, "
+                f"{self.policy.action_dim}) of numbers; got {type(obs).__name__} and "
+                f"{type(actions).__name__} that do not convert ({exc})"
+            ) from exc
         if (
             o.dim() != 2
             or o.shape[1] != self.obs_dim
