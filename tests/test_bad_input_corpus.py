@@ -37,6 +37,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from gymnasium import spaces
+from test_pyro_dynamics import linear_model  # a valid user model: s' = a s + b u + noise
 from torch import Tensor
 
 import bayes_mbrl.cli as cli_module
@@ -198,16 +199,6 @@ def make_ensemble() -> ProbabilisticEnsemble:
 def ensemble() -> ProbabilisticEnsemble:
     """A fitted 2-member ensemble on 3-D observations and 1-D actions (read-only)."""
     return make_ensemble()
-
-
-def linear_model(obs: Tensor, action: Tensor, next_obs: Tensor | None = None) -> None:
-    """A valid user model: s' = a s + b u + noise (obs_dim = action_dim = 1)."""
-    a = pyro.sample("a", dist.Normal(0.0, 1.0))
-    b = pyro.sample("b", dist.Normal(0.0, 1.0))
-    sigma = pyro.sample("sigma", dist.LogNormal(-2.0, 1.0))
-    with pyro.plate("transitions", obs.shape[-2], dim=-1):
-        loc = a.unsqueeze(-1) * obs + b.unsqueeze(-1) * action
-        pyro.sample("next_obs", dist.Normal(loc, sigma.unsqueeze(-1)).to_event(1), obs=next_obs)
 
 
 @pytest.fixture(scope="module")
