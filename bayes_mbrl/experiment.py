@@ -53,7 +53,7 @@ from bayes_mbrl.algorithms.pilco import PILCO, PILCO_TASKS, PILCOAgent
 from bayes_mbrl.config import Config, dump_config, load_config
 from bayes_mbrl.data import ReplayBuffer, TransitionBatch, validate_transitions
 from bayes_mbrl.envs import TaskSpec, get_task, make_env
-from bayes_mbrl.errors import CheckpointError, ConfigError, UnsafeCheckpointError
+from bayes_mbrl.errors import CheckpointError, ConfigError, ModelError, UnsafeCheckpointError
 from bayes_mbrl.models import DynamicsModel, FitReport, ProbabilisticEnsemble
 from bayes_mbrl.planning import (
     CEMPlanner,
@@ -657,8 +657,21 @@ class Experiment:
         policy = "random" if random_episode else exp.mode
         fit_report: FitReport | None = None
         if not random_episode and (self.agent.refits_each_episode or self.last_fit is None):
-            fit_report = self._fit()
-            self.last_fit = fit_report
+            try:
+                fit_report = self._fit()
+                self.last_fit = fit_report
+            except ModelError as exc:
+                if self.last_fit is None:
+                    raise  # no earlier fit to fall back to
+                # the model restored its last good parameters before raising
+                warnings.warn(
+                    f"episode {episode + 1}: refitting the {self.config.model.kind} model "
+                    f"failed ({exc}); this episode runs with its last good parameters "
+                    "(fit_epochs 0 in metrics.csv)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                fit_report = FitReport()
         agent: MPCAgent | PILCOAgent | RandomAgent = (
             self.random_agent if random_episode else self.agent
         )
@@ -673,12 +686,24 @@ class Experiment:
             desc=f"episode {episode + 1}/{exp.episodes} ({policy})",
             leave=True,
         )
+        skipped = False
         try:
             obs, _ = env.reset(seed=exp.seed * 100_003 + episode)
             for step in range(self.config.env.episode_length):
                 action = agent.act(obs)
                 action_np = action.numpy().astype(np.float32)
                 next_obs, reward, terminated, truncated, _ = env.step(action_np)
+                if not (np.isfinite(next_obs).all() and math.isfinite(float(reward))):
+                    warnings.warn(
+                        f"episode {episode + 1}, step {step + 1}: the environment "
+                        f"{self.config.env.id} returned a non-finite observation or reward; "
+                        "that transition is skipped and the episode ends here (everything "
+                        "collected before it is kept)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    skipped = True
+                    break
                 truncated = truncated or step == self.config.env.episode_length - 1
                 batch = validate_transitions(
                     obs, action, float(reward), next_obs, terminated, truncated,
@@ -720,7 +745,7 @@ class Experiment:
             env.close()
             if bar is not None:
                 bar.close()
-        steps_done = step + 1
+        steps_done = step if skipped else step + 1
         if matching and len(expected) > steps_done:
             self._add_rows(expected[steps_done:])
         return {

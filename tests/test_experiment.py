@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import pytest
 import torch
@@ -267,3 +268,72 @@ def test_cli_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert len(read_metrics(tmp_path / "cli")) == 3
     assert main(args) == 2  # the directory now holds a run
     assert "resume" in capsys.readouterr().err
+
+
+class NaNAt(gymnasium.Wrapper):  # type: ignore[type-arg]
+    """Returns a NaN observation at one step of one episode (counted across resets)."""
+
+    episodes = 0
+
+    def __init__(self, env: gymnasium.Env, episode: int, step: int) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        self.bad_episode, self.bad_step, self.t = episode, step, 0
+
+    def reset(self, **kwargs: object):  # type: ignore[no-untyped-def]
+        NaNAt.episodes += 1
+        self.t = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):  # type: ignore[no-untyped-def]
+        obs, r, te, tr, info = self.env.step(action)
+        self.t += 1
+        if NaNAt.episodes == self.bad_episode and self.t == self.bad_step:
+            obs = np.full_like(obs, np.nan)
+        return obs, r, te, tr, info
+
+
+def test_nan_from_the_env_skips_the_transition_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bayes_mbrl.experiment as experiment_module
+
+    real_make_env = experiment_module.make_env
+    NaNAt.episodes = 0
+    monkeypatch.setattr(
+        experiment_module,
+        "make_env",
+        lambda *a, **k: NaNAt(real_make_env(*a, **k), episode=2, step=5),
+    )
+    run_dir = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match=r"episode 2, step 5: the environment .* non-finite"):
+        result = run_experiment(tiny_config(), run_dir)
+    assert len(result.returns) == 3
+    assert [r["env_steps"] for r in result.metrics] == [40, 44, 84]  # 4 kept in episode 2
+    rows = TransitionLog(run_dir / "transitions.f32", 3, 1).read()
+    assert len(rows) == 84 and np.isfinite(rows).all()
+
+
+def test_a_failed_refit_keeps_the_run_going_with_the_last_good_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bayes_mbrl.errors import ModelError
+    from bayes_mbrl.models import ProbabilisticEnsemble
+
+    real_fit = ProbabilisticEnsemble.fit
+    calls = {"n": 0}
+
+    def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ModelError("ensemble fit diverged (non-finite loss) at epoch 3")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProbabilisticEnsemble, "fit", fit)
+    with pytest.warns(RuntimeWarning, match=r"episode 3: refitting the ensemble model failed"):
+        result = run_experiment(tiny_config(), tmp_path / "run")
+    assert len(result.returns) == 3
+    assert result.metrics[1]["fit_epochs"] > 0 and result.metrics[2]["fit_epochs"] == 0
+    # the first fit has nothing to fall back to: it still raises, naming the problem
+    calls["n"] = 1
+    with pytest.raises(ModelError, match="diverged"):
+        run_experiment(tiny_config(), tmp_path / "first")
