@@ -54,7 +54,6 @@ def plot_prediction(pilco: PILCO, obs: np.ndarray, dt: float, path: Path, title:
     for k in pilco.smap.angle_index:  # atan2 wraps at +-pi; the belief's angle does not
         real[:, k] = np.unwrap(real[:, k])
         real[:, k] += 2 * np.pi * np.round((mean[0, k] - real[0, k]) / (2 * np.pi))
-    mean = traj.state_mean.numpy()
     sd = traj.state_cov.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().numpy()
     t = np.arange(len(mean)) * dt
     d = mean.shape[1]
