@@ -425,19 +425,29 @@ class BayesianNeuralNet(DynamicsModel):
             w, kl_w = _draw_with_kl(g.w_loc[i], g.w_rho[i], 0.0, w_scale)
             b, kl_b = _draw_with_kl(g.b_loc[i], g.b_rho[i], 0.0, b_scale)
             kl = kl + kl_w + kl_b
-            h = torch.addmm(b, h, w)
-            if i < self.num_layers - 1:
-                h = ACTIVATIONS[self.activation](h)
+            h = self._layer(i, h, w, b)
+        z = None
+        if not self.heteroscedastic:
+            z, kl_z = _draw_with_kl(g.noise_loc, g.noise_rho, NOISE_PRIOR_LOC, NOISE_PRIOR_SCALE)
+            kl = kl + kl_z
+        return self._nll_sum(h, y, z) * (num_total / x.shape[0]) + kl
+
+    def _layer(self, i: int, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """Layer ``i`` of the net on ``(B, fan_in)`` inputs (activation except after the last)."""
+        h = torch.addmm(b, h, w)
+        return ACTIVATIONS[self.activation](h) if i < self.num_layers - 1 else h
+
+    def _nll_sum(self, out: Tensor, y: Tensor, log_noise_var: Tensor | None) -> Tensor:
+        """``sum -log N(y | mean, var)`` for the net's ``(B, out)`` output: the mean and, if
+        heteroscedastic, the raw log-variance head; else the latent ``(obs_dim,)`` noise."""
         d = self.obs_dim
         if self.heteroscedastic:
-            mean, raw_logvar = h[:, :d], h[:, d:]
+            mean, raw_logvar = out[:, :d], out[:, d:]
         else:
-            mean = h
-            z, kl_z = _draw_with_kl(g.noise_loc, g.noise_rho, NOISE_PRIOR_LOC, NOISE_PRIOR_SCALE)
-            raw_logvar, kl = z.expand_as(mean), kl + kl_z
+            assert log_noise_var is not None
+            mean, raw_logvar = out, log_noise_var.expand_as(out)
         logvar = _soft_bound_logvar(raw_logvar, self.min_logvar, self.max_logvar)
-        nll = 0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
-        return nll.sum() * (num_total / x.shape[0]) + kl
+        return (0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)).sum()
 
     # ------------------------------------------------------------ weight draws
     def _draw_normalized(
@@ -700,14 +710,9 @@ class BayesianNeuralNet(DynamicsModel):
             log_prior = log_prior - 0.5 * ((w / w_scale).pow(2).sum() + (b / b_scale).pow(2).sum())
             log_prior = log_prior - (w.numel() * math.log(w_scale) + b.numel() * math.log(b_scale))
             log_prior = log_prior - 0.5 * LOG_2PI * (w.numel() + b.numel())
-            h = torch.addmm(b, h, w)
-            if i < self.num_layers - 1:
-                h = ACTIVATIONS[self.activation](h)
-        d = self.obs_dim
-        if self.heteroscedastic:
-            mean, raw_logvar = h[:, :d], h[:, d:]
-        else:
-            mean = h
+            h = self._layer(i, h, w, b)
+        z = None
+        if not self.heteroscedastic:
             z = params["log_noise_var"]
             log_prior = (
                 log_prior
@@ -717,10 +722,7 @@ class BayesianNeuralNet(DynamicsModel):
                     + 0.5 * LOG_2PI
                 ).sum()
             )
-            raw_logvar = z.expand_as(mean)
-        logvar = _soft_bound_logvar(raw_logvar, self.min_logvar, self.max_logvar)
-        nll = 0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
-        return nll.sum() - log_prior
+        return self._nll_sum(h, y, z) - log_prior
 
     def _nuts_init_shapes(self) -> dict[str, Tensor]:
         """Zero tensors shaped like the NUTS sites, in the order of the flat parameter."""
