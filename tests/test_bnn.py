@@ -16,6 +16,7 @@ from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models import DynamicsModel, ProbabilisticEnsemble, check_model
 from bayes_mbrl.models.bnn import BayesianNeuralNet
+from bayes_mbrl.options import OptionError
 
 
 def buffer(obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor) -> ReplayBuffer:
@@ -188,14 +189,16 @@ def test_check_model_and_state_dict_round_trip(fitted_linear: BayesianNeuralNet)
 
 
 def test_errors_name_the_problem() -> None:
-    with pytest.raises(ConfigError, match=r"model\.noise.*heteroscedastic"):
+    with pytest.raises(OptionError, match=r"BayesianNeuralNet: noise = 'laplace'.*heteroscedastic"):
         BayesianNeuralNet(1, 1, noise="laplace")
-    with pytest.raises(ConfigError, match=r"model\.inference.*nuts"):
+    with pytest.raises(OptionError, match=r"inference = 'hmc'.*one of 'svi', 'nuts'"):
         BayesianNeuralNet(1, 1, inference="hmc")
     with pytest.raises(ConfigError, match="activation"):
         BayesianNeuralNet(1, 1, activation="gelu2")
     with pytest.raises(ConfigError, match="prior_scale"):
         BayesianNeuralNet(1, 1, prior_scale=0.0)
+    with pytest.raises(OptionError, match=r"val_fraction = 0\.5 .*\[0, 0\.5\)"):
+        BayesianNeuralNet(1, 1, val_fraction=0.5)
     model = BayesianNeuralNet(1, 1, hidden_sizes=[4])
     with pytest.raises(ModelError, match="not been fitted"):
         model.sample_functions(3)
@@ -305,8 +308,10 @@ def test_nuts_potential_is_minus_the_log_joint_of_the_pyro_program(noise: str) -
 
 
 def test_nuts_options_are_validated() -> None:
-    with pytest.raises(ConfigError, match="max_tree_depth"):
+    with pytest.raises(OptionError, match=r"max_tree_depth = 0 .*\[1, 15\]"):
         BayesianNeuralNet(1, 1, inference="nuts", max_tree_depth=0)
+    with pytest.raises(OptionError, match=r"max_tree_depth = 16 "):
+        BayesianNeuralNet(1, 1, inference="nuts", max_tree_depth=16)
     with pytest.raises(ConfigError, match="target_accept_prob"):
         BayesianNeuralNet(1, 1, inference="nuts", target_accept_prob=1.0)
     with pytest.raises(ConfigError, match=r"nuts_init.*map"):

@@ -11,8 +11,10 @@ Shapes: ``n`` functions, ``B`` inputs per function, ``N`` transitions.
 from __future__ import annotations
 
 import abc
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -20,16 +22,27 @@ from torch.distributions import Distribution, Independent, Normal
 
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import DataError, ModelError
+from bayes_mbrl.registry import Registry
+
+if TYPE_CHECKING:
+    from bayes_mbrl.options import Check, Options
 
 __all__ = [
     "DEFAULT_ANALYSIS_DRAWS",
+    "MODELS",
     "DynamicsModel",
     "FitReport",
     "FunctionSample",
     "Predictive",
+    "ProgressFn",
+    "check_arguments",
     "check_function_inputs",
     "check_model_inputs",
 ]
+
+ProgressFn = Callable[[int, float, float], None]
+"""``progress(step, train_loss, val_loss)``: called by ``fit`` after each epoch or
+logged step (``val_loss`` NaN without a validation set)."""
 
 #: posterior draws used for analysis when a model has no finite posterior support
 DEFAULT_ANALYSIS_DRAWS = 100
@@ -211,23 +224,104 @@ class DynamicsModel(abc.ABC):
     action_dim: int
     num_functions_hint: int | None = None
 
+    @classmethod
+    def from_options(
+        cls, options: Options, obs_dim: int, action_dim: int, seed: int = 0
+    ) -> DynamicsModel:
+        """Build the model from its registered options (``model`` section of a config).
+
+        The default passes every option as a keyword argument of the constructor,
+        with ``seed``; override it when an option needs translating (a user's
+        function to import, a renamed argument).
+        """
+        return cls(obs_dim, action_dim, **dataclasses.asdict(options), seed=seed)  # type: ignore[call-arg]
+
     @abc.abstractmethod
-    def fit(self, data: ReplayBuffer, generator: torch.Generator | None = None) -> FitReport:
-        """Fit to (or update the posterior with) all transitions in ``data``."""
+    def fit(
+        self,
+        data: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> FitReport:
+        """Fit to (or update the posterior with) all transitions in ``data``.
+
+        Args:
+            data: the transitions.
+            generator: source of randomness (bootstraps, minibatches, initial values).
+            progress: called after each epoch or logged step (see :data:`ProgressFn`).
+        """
+
+    def progress_total(self) -> int | None:
+        """How many times :meth:`fit` calls ``progress`` at most (for progress bars),
+        or None when it cannot tell."""
+        return None
+
+    #: capability: the model is an exact squared-exponential GP whose moments under a
+    #: Gaussian input have a closed form (moment-matching propagation, PILCO)
+    supports_moment_matching: bool = False
+
+    def se_gp_posterior(self) -> Any:
+        """The fitted model as an SE-ARD GP in plain tensors (an ``SEGP``), for moment
+        matching; only models with :attr:`supports_moment_matching`.
+
+        Raises:
+            ModelError: the model does not support moment matching.
+        """
+        raise ModelError(
+            f"{type(self).__name__} has no closed-form moments under a Gaussian input; "
+            "moment matching needs an exact GP with the squared-exponential kernel"
+        )
 
     @abc.abstractmethod
     def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
         """Draw ``n`` functions from the posterior."""
 
-    @abc.abstractmethod
+    #: seed of the draws that :meth:`predict` and :meth:`log_likelihood` average over
+    #: (the same functions on every call); None: they come from the global RNG
+    predict_seed: int | None = None
+
+    def predictive_functions(self, num_functions: int | None = None) -> FunctionSample:
+        """The functions :meth:`predict` and :meth:`log_likelihood` average over.
+
+        ``num_functions=None``: :meth:`posterior_functions` (every member of an ensemble,
+        every stored MCMC sample, else :data:`DEFAULT_ANALYSIS_DRAWS` draws); otherwise
+        ``num_functions`` draws of :meth:`sample_functions`. Draws come from a generator
+        seeded with :attr:`predict_seed` when it is set.
+
+        Raises:
+            DataError: ``num_functions < 1``.
+        """
+        if num_functions is not None and num_functions < 1:
+            raise DataError(
+                f"num_functions must be >= 1 or None, got {num_functions}; None averages over "
+                "the model's default functions (every ensemble member or stored MCMC sample)"
+            )
+        gen = None
+        if self.predict_seed is not None:
+            gen = torch.Generator().manual_seed(self.predict_seed)
+        if num_functions is None:
+            return self.posterior_functions(None, gen)
+        return self.sample_functions(num_functions, gen)
+
+    @torch.no_grad()
     def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
         """Predictive moments at ``(B, obs_dim)`` / ``(B, action_dim)`` inputs.
+
+        The default splits the moments of :meth:`predictive_functions` by the law of
+        total variance (:meth:`Predictive.from_function_moments`); a family with a
+        closed form overrides it.
 
         Args:
             obs: ``(B, obs_dim)``.
             action: ``(B, action_dim)``.
             num_functions: functions to average over (None: the model's default).
+
+        Raises:
+            DataError: bad inputs or ``num_functions``.
         """
+        self.check_inputs(obs, action)
+        dist = self.predictive_functions(num_functions).at(obs, action)
+        return Predictive.from_function_moments(dist.mean, dist.variance)
 
     def posterior_functions(
         self, num_draws: int | None = None, generator: torch.Generator | None = None
@@ -251,11 +345,19 @@ class DynamicsModel(abc.ABC):
         """Restore a :meth:`state_dict` into a model built with the same arguments."""
         raise ModelError(f"{type(self).__name__} does not implement load_state_dict()")
 
-    @abc.abstractmethod
+    @torch.no_grad()
     def log_likelihood(
         self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
     ) -> Tensor:
-        """Pointwise log-density ``log p(s'_j | s_j, a_j, f_i)``, shape ``(num_functions, N)``."""
+        """Pointwise log-density ``log p(s'_j | s_j, a_j, f_i)``, shape ``(num_functions, N)``.
+
+        The default evaluates :meth:`predictive_functions` at the ``(N, dim)`` inputs.
+
+        Raises:
+            DataError: bad inputs or ``num_functions``.
+        """
+        self.check_inputs(obs, action, next_obs)
+        return self.predictive_functions(num_functions).log_prob_at(obs, action, next_obs)
 
     def check_inputs(self, obs: Tensor, action: Tensor, next_obs: Tensor | None = None) -> None:
         """Raise :class:`DataError` unless the shapes fit this model.
@@ -263,6 +365,30 @@ class DynamicsModel(abc.ABC):
         See :func:`check_model_inputs`.
         """
         check_model_inputs(self.obs_dim, self.action_dim, obs, action, next_obs)
+
+
+def check_arguments(owner: str, checks: Sequence[tuple[str, Any, Check]]) -> None:
+    """Check constructor arguments that are not options (not set from a config) with
+    the same checks and errors as options.
+
+    Args:
+        owner: the component ("BayesianNeuralNet").
+        checks: ``(name, value, check)`` triples, checked in order.
+
+    Raises:
+        OptionError: the first argument whose check fails.
+    """
+    from bayes_mbrl.options import OptionError
+
+    for name, value, check in checks:
+        problem = check(value)
+        if problem is not None:
+            raise OptionError(owner, name, value, problem)
+
+
+MODELS: Registry[type[DynamicsModel]] = Registry("model kind", "model.kind")
+"""Dynamics model families by ``model.kind``; each registers next to its class
+with its options dataclass (the ``model`` section of a config)."""
 
 
 def check_model_inputs(

@@ -72,7 +72,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -83,15 +84,35 @@ from torch import Tensor, nn
 
 from bayes_mbrl.data import Normalizer, ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
-from bayes_mbrl.models.base import DynamicsModel, FitReport, FunctionSample, Predictive
+from bayes_mbrl.models.base import (
+    MODELS,
+    DynamicsModel,
+    FitReport,
+    FunctionSample,
+    ProgressFn,
+    check_arguments,
+)
 from bayes_mbrl.models.ensemble import (
     ACTIVATIONS,
     LOG_2PI,
     EnsembleFunctionSample,
     _soft_bound_logvar,
+    fit_delta_normalizers,
+    fold_normalizers,
+)
+from bayes_mbrl.models.posterior_draws import PosteriorDraws, run_nuts_chain
+from bayes_mbrl.models.training import StepLoss, train_early_stopped
+from bayes_mbrl.options import (
+    Options,
+    at_least,
+    greater_than,
+    interval,
+    one_of,
+    option,
+    positive_list,
 )
 
-__all__ = ["BNNFunctionSample", "BayesianNeuralNet"]
+__all__ = ["BNNFunctionSample", "BNNOptions", "BayesianNeuralNet"]
 
 NOISE_MODES = ("heteroscedastic", "homoscedastic")
 INFERENCE_MODES = ("svi", "nuts")
@@ -192,6 +213,36 @@ class BNNFunctionSample(EnsembleFunctionSample):
         return {"noise_std": log_std.exp().squeeze(1)}
 
 
+_INT1 = at_least(1, "an integer")
+
+
+@dataclass
+class BNNOptions(Options):
+    """Options of :class:`BayesianNeuralNet` (``model.kind = "bnn"``)."""
+
+    hidden_sizes: list[int] = option([200, 200, 200], positive_list, "hidden layer widths")
+    activation: str = option("silu", one_of(list(ACTIVATIONS)), "hidden-layer activation")
+    prior_scale: float = option(1.0, greater_than(0), "prior std of every weight and bias")
+    noise: str = option(
+        "heteroscedastic", one_of(NOISE_MODES), "a log-variance head, or one noise latent"
+    )
+    learning_rate: float = option(1e-3, greater_than(0), "Adam step size (SVI)")
+    batch_size: int = option(64, _INT1, "minibatch size (SVI)")
+    max_epochs: int = option(100, _INT1, "upper bound on epochs per fit (SVI)")
+    patience: int = option(5, _INT1, "epochs without a held-out improvement before stopping (SVI)")
+    val_fraction: float = option(
+        0.1, interval(0.0, 0.5, hi_open=True), "fraction of the data held out (SVI)"
+    )
+    inference: str = option("svi", one_of(INFERENCE_MODES), "mean-field SVI or NUTS")
+    num_samples: int = option(200, _INT1, "NUTS samples kept per chain")
+    warmup_steps: int = option(200, at_least(0, "an integer"), "NUTS warm-up steps per chain")
+    num_chains: int = option(1, _INT1, "NUTS chains, run one after the other")
+    max_tree_depth: int = option(
+        6, interval(1, 15), "NUTS: at most 2**depth - 1 leapfrog steps per iteration"
+    )
+
+
+@MODELS.register("bnn", options=BNNOptions)
 class BayesianNeuralNet(DynamicsModel):
     """Bayesian MLP over normalized state deltas, mean-field SVI (or NUTS).
 
@@ -226,6 +277,9 @@ class BayesianNeuralNet(DynamicsModel):
             initialization per chain) or ``"prior"`` (a draw from the weight prior).
         map_steps: full-batch Adam steps of the ``"map"`` initialization.
 
+    Raises:
+        OptionError: an argument is out of its bounds (see :class:`BNNOptions`).
+
     Example:
         >>> model = BayesianNeuralNet(obs_dim=3, action_dim=1, hidden_sizes=[8])
         >>> model.num_functions_hint is None
@@ -258,53 +312,35 @@ class BayesianNeuralNet(DynamicsModel):
     ) -> None:
         if obs_dim < 1 or action_dim < 1:
             raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim}, {action_dim}")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"unknown model.activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
-            )
-        if noise not in NOISE_MODES:
-            raise ConfigError(f"unknown model.noise {noise!r}; choose one of {list(NOISE_MODES)}")
-        if inference not in INFERENCE_MODES:
-            raise ConfigError(
-                f"unknown model.inference {inference!r}; choose one of {list(INFERENCE_MODES)}"
-            )
-        if not hidden_sizes or min(hidden_sizes) < 1:
-            raise ConfigError(
-                f"model.hidden_sizes must be a non-empty list of positive widths, "
-                f"got {list(hidden_sizes)}"
-            )
-        for name, value in (
-            ("batch_size", batch_size),
-            ("max_epochs", max_epochs),
-            ("num_samples", num_samples),
-            ("num_chains", num_chains),
-        ):
-            if value < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {value}")
-        if not 1 <= max_tree_depth <= 15:
-            raise ConfigError(
-                f"model.max_tree_depth must be in [1, 15] (at most 2**depth - 1 leapfrog "
-                f"steps per NUTS iteration), got {max_tree_depth}"
-            )
-        if not 0.0 < target_accept_prob < 1.0:
-            raise ConfigError(
-                f"model.target_accept_prob must be in (0, 1), got {target_accept_prob}"
-            )
-        if nuts_init not in NUTS_INITS:
-            raise ConfigError(
-                f"unknown model.nuts_init {nuts_init!r}; choose one of {list(NUTS_INITS)}"
-            )
-        if warmup_steps < 0 or patience < 0 or map_steps < 0:
-            raise ConfigError(
-                "model.warmup_steps, model.patience and model.map_steps must be >= 0, "
-                f"got {warmup_steps}, {patience}, {map_steps}"
-            )
-        if not (prior_scale > 0 and math.isfinite(prior_scale)):
-            raise ConfigError(f"model.prior_scale must be positive and finite, got {prior_scale}")
-        if not (learning_rate > 0 and math.isfinite(learning_rate)):
-            raise ConfigError(f"model.learning_rate must be positive, got {learning_rate}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"model.val_fraction must be in [0, 1), got {val_fraction}")
+        self.options: BNNOptions = BNNOptions.of(
+            "BayesianNeuralNet",
+            hidden_sizes=hidden_sizes,
+            activation=activation,
+            prior_scale=prior_scale,
+            noise=noise,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            max_epochs=max_epochs,
+            patience=patience,
+            val_fraction=val_fraction,
+            inference=inference,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            num_chains=num_chains,
+            max_tree_depth=max_tree_depth,
+        )
+        check_arguments(
+            "BayesianNeuralNet",
+            [
+                (
+                    "target_accept_prob",
+                    target_accept_prob,
+                    interval(0, 1, lo_open=True, hi_open=True),
+                ),
+                ("nuts_init", nuts_init, one_of(NUTS_INITS)),
+                ("map_steps", map_steps, at_least(0, "an integer")),
+            ],
+        )
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.num_functions_hint = None
         self.activation, self.noise, self.inference = activation, noise, inference
@@ -312,7 +348,7 @@ class BayesianNeuralNet(DynamicsModel):
         self.batch_size, self.max_epochs, self.patience = batch_size, max_epochs, patience
         self.val_fraction = val_fraction
         self.num_samples, self.warmup_steps, self.num_chains = num_samples, warmup_steps, num_chains
-        self.seed = seed
+        self.seed = self.predict_seed = seed
         self.max_tree_depth, self.target_accept_prob = max_tree_depth, float(target_accept_prob)
         self.dense_mass, self.nuts_init, self.map_steps = bool(dense_mass), nuts_init, map_steps
         self.heteroscedastic = noise == "heteroscedastic"
@@ -342,11 +378,16 @@ class BayesianNeuralNet(DynamicsModel):
             params += [self.min_logvar, self.max_logvar]
         self.optimizer = torch.optim.Adam(params, lr=learning_rate, foreach=True)
         #: NUTS samples, chain-major: site name -> (num_chains * num_samples, *shape)
-        self.mcmc_samples: dict[str, Tensor] = {}
+        self.draws = PosteriorDraws(num_chains)
         #: per NUTS chain of the last fit: step size, mean acceptance probability and
         #: leapfrog steps per iteration (sampling phase), divergences, wall seconds
         self.nuts_diagnostics: list[dict[str, float]] = []
         self.fitted = False
+
+    @property
+    def mcmc_samples(self) -> dict[str, Tensor]:
+        """NUTS samples, chain-major: site name -> ``(num_chains * num_samples, *shape)``."""
+        return self.draws.samples
 
     # ------------------------------------------------------------- Pyro program
     def _prior_scales(self) -> list[tuple[float, float]]:
@@ -463,12 +504,7 @@ class BayesianNeuralNet(DynamicsModel):
         if n < 1:
             raise DataError(f"number of functions must be >= 1, got {n}")
         if self.inference == "nuts":
-            total = next(iter(self.mcmc_samples.values())).shape[0]
-            if n <= total:
-                idx = torch.randperm(total, generator=generator)[:n]
-            else:
-                idx = torch.randint(total, (n,), generator=generator)
-            return self._gather_samples(idx)
+            return self._gather_samples(self.draws.draw_index(n, generator))
         g = self.guide_params
         ws, bs = [], []
         with torch.no_grad():
@@ -488,7 +524,7 @@ class BayesianNeuralNet(DynamicsModel):
     def _gather_samples(
         self, idx: Tensor
     ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor | None]:
-        s = self.mcmc_samples
+        s = self.draws.samples
         ws = [s[f"w{i}"][idx] for i in range(self.num_layers)]
         bs = [s[f"b{i}"][idx].unsqueeze(1) for i in range(self.num_layers)]
         noise = None if self.heteroscedastic else s["log_noise_var"][idx]
@@ -526,17 +562,8 @@ class BayesianNeuralNet(DynamicsModel):
         num_chains: int = 1,
     ) -> BNNFunctionSample:
         ws, bs = self._full_head(ws, bs, noise)
-        ws, bs = list(ws), list(bs)
-        mu_in, sd_in = self.input_normalizer.mean, self.input_normalizer.std
-        w0 = ws[0]
-        ws[0] = w0 / sd_in[None, :, None]
-        bs[0] = bs[0] - ((mu_in / sd_in) @ w0).unsqueeze(1)
+        ws, bs = fold_normalizers(ws, bs, self.input_normalizer, self.delta_normalizer)
         d = self.obs_dim
-        mu_out, sd_out = self.delta_normalizer.mean, self.delta_normalizer.std
-        scale = torch.cat([sd_out, torch.ones(d)])
-        shift = torch.cat([mu_out, torch.zeros(d)])
-        ws[-1] = ws[-1] * scale
-        bs[-1] = bs[-1] * scale + shift
         return BNNFunctionSample(
             ws,
             bs,
@@ -546,7 +573,7 @@ class BayesianNeuralNet(DynamicsModel):
             self.obs_dim,
             self.activation,
             index,
-            input_mean=mu_in.clone(),
+            input_mean=self.input_normalizer.mean.clone(),
             num_chains=num_chains,
         )
 
@@ -558,7 +585,7 @@ class BayesianNeuralNet(DynamicsModel):
         self,
         data: ReplayBuffer,
         generator: torch.Generator | None = None,
-        progress: Callable[[int, float, float], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> FitReport:
         """Fit the posterior to all transitions in ``data``.
 
@@ -568,7 +595,10 @@ class BayesianNeuralNet(DynamicsModel):
         Args:
             data: all transitions so far.
             generator: source of all randomness (split, minibatches, ELBO draws, NUTS).
-            progress: called as ``progress(epoch, train_loss, val_loss)`` after each epoch.
+            progress: SVI: called as ``progress(epoch, train_loss, val_loss)`` after each
+                epoch; NUTS: after each iteration as ``progress(step, energy, nan)`` (step
+                counting warm-up and samples over the chains, energy the potential
+                energy per transition of the chain's current state).
 
         Returns:
             SVI: train losses are the negative ELBO per transition, validation losses
@@ -576,30 +606,31 @@ class BayesianNeuralNet(DynamicsModel):
 
         Raises:
             DataError: fewer than 2 transitions.
-            ModelError: the ELBO became non-finite (the last good guide is restored).
+            ModelError: the ELBO became non-finite (the last good guide is restored), or
+                NUTS produced non-finite samples (the previous samples are kept).
         """
         start = time.perf_counter()
         if len(data) < 2:
             raise DataError(f"need at least 2 transitions to fit, got {len(data)}; collect more")
-        batch = data.all()
-        inputs = torch.cat([batch.obs, batch.action], dim=-1)
-        deltas = batch.next_obs - batch.obs
-        self.input_normalizer.fit(inputs)
-        self.delta_normalizer.fit(deltas)
-        x_all = self.input_normalizer.normalize(inputs)
-        y_all = self.delta_normalizer.normalize(deltas)
+        x_all, y_all = fit_delta_normalizers(data, self.input_normalizer, self.delta_normalizer)
         # all randomness of Pyro's samplers comes from this seed, drawn from `generator`;
         # the global torch RNG is restored afterwards
         seed = self._nuts_seed(generator)
         with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
             torch.manual_seed(seed)
             if self.inference == "nuts":
-                report = self._fit_nuts(x_all, y_all)
+                report = self._fit_nuts(x_all, y_all, progress)
             else:
                 report = self._fit_svi(data, x_all, y_all, generator, progress)
         self.fitted = True
         report.wall_seconds = time.perf_counter() - start
         return report
+
+    def progress_total(self) -> int:
+        """SVI: ``max_epochs``; NUTS: ``(warmup_steps + num_samples) * num_chains``."""
+        if self.inference == "nuts":
+            return (self.warmup_steps + self.num_samples) * self.num_chains
+        return self.max_epochs
 
     def _val_nll(self, x: Tensor, y: Tensor, seed: int) -> float:
         """Held-out predictive NLL per transition, ``-log mean_k p(y | x, w_k)``."""
@@ -620,73 +651,43 @@ class BayesianNeuralNet(DynamicsModel):
         x_all: Tensor,
         y_all: Tensor,
         generator: torch.Generator | None,
-        progress: Callable[[int, float, float], None] | None,
+        progress: ProgressFn | None,
     ) -> FitReport:
         train_idx, val_idx = data.split(self.val_fraction, generator)
         n_train = len(train_idx)
         bs = min(self.batch_size, n_train)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        best_state = [p.detach().clone() for p in params]
-        has_val = len(val_idx) > 0
         val_seed = self._nuts_seed(generator)
         x_val, y_val = x_all[val_idx], y_all[val_idx]
-        report = FitReport()
-        best_val = self._val_nll(x_val, y_val, val_seed) if has_val else math.inf
-        stale = 0
-        for epoch in range(self.max_epochs):
+
+        def batches(epoch: int) -> Iterator[Tensor]:
             order = train_idx[torch.randperm(n_train, generator=generator)]
-            total, count = 0.0, 0
-            for lo in range(0, n_train - bs + 1, bs):
-                rows = order[lo : lo + bs]
-                loss = self.negative_elbo(x_all[rows], y_all[rows], n_train) / n_train
-                if self.learn_bounds:
-                    loss = loss + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
-                if not torch.isfinite(loss):
-                    with torch.no_grad():
-                        for p, b in zip(params, best_state, strict=True):
-                            p.copy_(b)
-                    raise ModelError(
-                        f"BNN fit diverged (non-finite ELBO) at epoch {epoch}; the last good "
-                        "variational parameters are restored. Lower model.learning_rate or "
-                        "model.prior_scale, or check the data for extreme values"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach()) * bs
-                count += bs
-            report.train_losses.append(total / max(count, 1))
-            report.epochs = epoch + 1
-            if has_val:
-                current = self._val_nll(x_val, y_val, val_seed)
-                report.val_losses.append(current)
-                if not math.isfinite(current):
-                    stale += 1
-                elif (best_val - current) / max(abs(best_val), 1e-8) > 0.01 or not math.isfinite(
-                    best_val
-                ):
-                    with torch.no_grad():
-                        for p, b in zip(params, best_state, strict=True):
-                            b.copy_(p)
-                    best_val, report.best_epoch, stale = current, epoch, 0
-                else:
-                    stale += 1
-            else:
-                with torch.no_grad():
-                    for p, b in zip(params, best_state, strict=True):
-                        b.copy_(p)
-            if progress is not None:
-                progress(
-                    epoch, report.train_losses[-1], report.val_losses[-1] if has_val else math.nan
-                )
-            steps = (epoch + 1) * (n_train // bs)
-            if has_val and stale >= self.patience and steps >= MIN_STEPS_BEFORE_STOPPING:
-                break
-        if has_val:
-            with torch.no_grad():
-                for p, b in zip(params, best_state, strict=True):
-                    p.copy_(b)
-        return report
+            return (order[lo : lo + bs] for lo in range(0, n_train - bs + 1, bs))
+
+        def step_loss(rows: Tensor) -> StepLoss:
+            loss = self.negative_elbo(x_all[rows], y_all[rows], n_train) / n_train
+            if self.learn_bounds:
+                loss = loss + 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
+            return StepLoss(loss, loss.detach(), bs)
+
+        def val_nll() -> Tensor:
+            return torch.tensor([self._val_nll(x_val, y_val, val_seed)], dtype=torch.float64)
+
+        return train_early_stopped(
+            params,
+            self.optimizer,
+            batches,
+            step_loss,
+            max_epochs=self.max_epochs,
+            validate=val_nll if len(val_idx) > 0 else None,
+            patience=self.patience,
+            min_steps=MIN_STEPS_BEFORE_STOPPING,
+            progress=progress,
+            what="BNN fit",
+            loss_name="ELBO",
+            fix="Lower model.learning_rate or model.prior_scale, or check the data for "
+            "extreme values",
+        )
 
     def potential_energy(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         """``-log p(w, y | x)`` of the full data, the potential that NUTS samples.
@@ -757,8 +758,8 @@ class BayesianNeuralNet(DynamicsModel):
                 opt.step()
         return {k: v.detach() for k, v in params.items()}
 
-    def _fit_nuts(self, x_all: Tensor, y_all: Tensor) -> FitReport:
-        from pyro.infer import MCMC, NUTS
+    def _fit_nuts(self, x_all: Tensor, y_all: Tensor, progress: ProgressFn | None) -> FitReport:
+        from pyro.infer import NUTS
 
         calls = [0]  # potential-gradient evaluations = leapfrog steps (+ a few in adaptation)
         last: dict[str, float] = {}
@@ -778,7 +779,7 @@ class BayesianNeuralNet(DynamicsModel):
             calls[0] += 1
             return self.potential_energy(unflatten(params["theta"]), x_all, y_all)
 
-        def hook(k: Any, _params: Any, stage: str, i: int) -> None:
+        def hook(k: Any, stage: str, i: int) -> None:
             if stage == "Sample" and i == self.num_samples - 1:
                 # read before MCMC's cleanup resets the kernel
                 last.update(step_size=float(k.step_size), accept_prob=float(k._mean_accept_prob))
@@ -786,9 +787,9 @@ class BayesianNeuralNet(DynamicsModel):
             elif stage == "Warmup" and i == self.warmup_steps - 1:
                 last.update(warmup_calls=float(calls[0]))
 
-        chains: list[dict[str, Tensor]] = []
-        self.nuts_diagnostics = []
-        for _ in range(self.num_chains):  # chains run one after the other (one process)
+        diagnostics: list[dict[str, float]] = []
+
+        def chain(c: int) -> dict[str, Tensor]:
             start = time.perf_counter()
             init = self._nuts_init(x_all, y_all)
             kernel = NUTS(
@@ -799,32 +800,32 @@ class BayesianNeuralNet(DynamicsModel):
             )
             calls[0] = 0
             last.clear()
-            mcmc = MCMC(
+            draws = run_nuts_chain(
                 kernel,
                 num_samples=self.num_samples,
                 warmup_steps=self.warmup_steps,
                 initial_params={"theta": torch.cat([v.reshape(-1) for v in init.values()])},
-                disable_progbar=True,
-                hook_fn=hook,
+                progress=progress,
+                first_step=c * (self.warmup_steps + self.num_samples),
+                num_transitions=x_all.shape[0],
+                hook=hook,
             )
-            mcmc.run()
-            chains.append(unflatten(mcmc.get_samples()["theta"].detach()))
             sampling_calls = calls[0] - last.pop("warmup_calls", 0.0)
-            self.nuts_diagnostics.append(
+            diagnostics.append(
                 {
                     **last,
                     "leapfrog_per_sample": sampling_calls / self.num_samples,
                     "seconds": time.perf_counter() - start,
                 }
             )
-        self.mcmc_samples = {k: torch.cat([c[k] for c in chains], 0) for k in chains[0]}
-        for k, v in self.mcmc_samples.items():
-            if not bool(torch.isfinite(v).all()):
-                self.mcmc_samples = {}
-                raise ModelError(
-                    f"NUTS produced non-finite samples of {k}; lower model.prior_scale, "
-                    "use a smaller net or inference='svi'"
-                )
+            return unflatten(draws["theta"])
+
+        self.nuts_diagnostics = diagnostics
+        self.draws.run_chains(
+            self.num_chains,
+            chain,
+            fix="Lower model.prior_scale, use a smaller net or inference='svi'",
+        )
         return FitReport(epochs=1)
 
     # ---------------------------------------------------------------- functions
@@ -849,38 +850,8 @@ class BayesianNeuralNet(DynamicsModel):
         self._require_fitted()
         if self.inference != "nuts":
             return super().posterior_functions(num_draws, generator)
-        per_chain = next(iter(self.mcmc_samples.values())).shape[0] // self.num_chains
-        keep = (
-            per_chain if num_draws is None else max(1, min(per_chain, num_draws // self.num_chains))
-        )
-        within = torch.linspace(0, per_chain - 1, keep).round().long()
-        idx = (torch.arange(self.num_chains)[:, None] * per_chain + within).reshape(-1)
-        ws, bs, index, noise = self._gather_samples(idx)
-        return self._function_sample(ws, bs, index, noise, num_chains=self.num_chains)
-
-    @torch.no_grad()
-    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
-        """Moments over ``num_functions`` draws (default 100; NUTS: all samples)."""
-        self.check_inputs(obs, action)
-        f = self._default_functions(num_functions)
-        dist = f.at(obs, action)
-        return Predictive.from_function_moments(dist.mean, dist.variance)
-
-    @torch.no_grad()
-    def log_likelihood(
-        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
-    ) -> Tensor:
-        """``(num_functions, N)`` log-density of each transition under each draw."""
-        self.check_inputs(obs, action, next_obs)
-        f = self._default_functions(num_functions)
-        return f.log_prob_at(obs, action, next_obs)
-
-    def _default_functions(self, num_functions: int | None) -> FunctionSample:
-        """Fixed-seed draws so that ``predict`` is deterministic."""
-        g = torch.Generator().manual_seed(self.seed)
-        if num_functions is None:
-            return self.posterior_functions(None, g)
-        return self.sample_functions(num_functions, g)
+        ws, bs, index, noise = self._gather_samples(self.draws.thinned_index(num_draws))
+        return self._function_sample(ws, bs, index, noise, num_chains=self.draws.num_chains)
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
@@ -892,7 +863,7 @@ class BayesianNeuralNet(DynamicsModel):
             "input_normalizer": self.input_normalizer.state_dict(),
             "delta_normalizer": self.delta_normalizer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "mcmc_samples": {k: v.clone() for k, v in self.mcmc_samples.items()},
+            "mcmc_samples": self.draws.state_dict()["samples"],
             "inference": self.inference,
             "fitted": self.fitted,
         }
@@ -912,11 +883,12 @@ class BayesianNeuralNet(DynamicsModel):
             self.input_normalizer.load_state_dict(state["input_normalizer"])
             self.delta_normalizer.load_state_dict(state["delta_normalizer"])
             self.optimizer.load_state_dict(state["optimizer"])
-            samples = {k: v.clone() for k, v in state["mcmc_samples"].items()}
+            draws = PosteriorDraws()
+            draws.load_state_dict({"samples": state["mcmc_samples"], "num_chains": self.num_chains})
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ModelError(
                 f"saved BNN does not match this configuration ({exc}); "
                 "load it with the config it was saved with"
             ) from exc
-        self.mcmc_samples = samples
+        self.draws = draws
         self.fitted = bool(state["fitted"])

@@ -16,7 +16,8 @@ import copy
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,14 +28,31 @@ from torch.distributions import Distribution, Independent, Normal
 from bayes_mbrl.data import Normalizer, ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models.base import (
+    MODELS,
     DynamicsModel,
     FitReport,
     FunctionSample,
-    Predictive,
+    ProgressFn,
     check_function_inputs,
 )
+from bayes_mbrl.models.training import StepLoss, train_early_stopped
+from bayes_mbrl.options import (
+    Options,
+    at_least,
+    greater_than,
+    interval,
+    one_of,
+    option,
+    positive_list,
+)
 
-__all__ = ["ACTIVATIONS", "EnsembleFunctionSample", "GaussianMLPEnsemble", "ProbabilisticEnsemble"]
+__all__ = [
+    "ACTIVATIONS",
+    "EnsembleFunctionSample",
+    "EnsembleOptions",
+    "GaussianMLPEnsemble",
+    "ProbabilisticEnsemble",
+]
 
 #: activations for training (out of place, differentiable)
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -58,6 +76,55 @@ def _soft_bound_logvar(logvar: Tensor, min_logvar: Tensor, max_logvar: Tensor) -
     """PETS' differentiable clamp of the log-variance into ``[min_logvar, max_logvar]``."""
     logvar = max_logvar - F.softplus(max_logvar - logvar)
     return min_logvar + F.softplus(logvar - min_logvar)
+
+
+def fit_delta_normalizers(
+    data: ReplayBuffer, input_normalizer: Normalizer, delta_normalizer: Normalizer
+) -> tuple[Tensor, Tensor]:
+    """Fit the normalizers of ``(s, a)`` inputs and ``s' - s`` deltas to all of ``data``.
+
+    Returns:
+        ``(x, y)``: ``(N, obs_dim + action_dim)`` normalized inputs and ``(N, obs_dim)``
+        normalized deltas.
+    """
+    batch = data.all()
+    inputs = torch.cat([batch.obs, batch.action], dim=-1)
+    deltas = batch.next_obs - batch.obs
+    input_normalizer.fit(inputs)
+    delta_normalizer.fit(deltas)
+    return input_normalizer.normalize(inputs), delta_normalizer.normalize(deltas)
+
+
+def fold_normalizers(
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    input_normalizer: Normalizer,
+    delta_normalizer: Normalizer,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Fold input normalization into the first layer and the delta scale into the mean
+    half of the ``[mean, log-variance]`` output layer.
+
+    Args:
+        weights: per layer ``(n, in, out)`` in normalized space.
+        biases: per layer ``(n, 1, out)``.
+        input_normalizer: of the ``(s, a)`` inputs.
+        delta_normalizer: of the ``s' - s`` deltas (``D`` wide; the last layer is ``2 D``).
+
+    Returns:
+        New weight and bias lists acting on raw inputs, with denormalized delta means.
+    """
+    ws, bs = list(weights), list(biases)
+    mu_in, sd_in = input_normalizer.mean, input_normalizer.std
+    w0 = ws[0]
+    ws[0] = w0 / sd_in[None, :, None]
+    bs[0] = bs[0] - ((mu_in / sd_in) @ w0).unsqueeze(1)
+    mu_out, sd_out = delta_normalizer.mean, delta_normalizer.std
+    d = int(sd_out.shape[0])
+    scale = torch.cat([sd_out, torch.ones(d)])
+    shift = torch.cat([mu_out, torch.zeros(d)])
+    ws[-1] = ws[-1] * scale
+    bs[-1] = bs[-1] * scale + shift
+    return ws, bs
 
 
 class GaussianMLPEnsemble(nn.Module):
@@ -209,6 +276,26 @@ class EnsembleFunctionSample(FunctionSample):
         return twin
 
 
+@dataclass
+class EnsembleOptions(Options):
+    """Options of :class:`ProbabilisticEnsemble` (``model.kind = "ensemble"``)."""
+
+    num_members: int = option(5, at_least(1, "an integer"), "ensemble size E")
+    hidden_sizes: list[int] = option([200, 200, 200], positive_list, "hidden layer widths")
+    activation: str = option("silu", one_of(list(ACTIVATIONS)), "hidden-layer activation")
+    learning_rate: float = option(1e-3, greater_than(0), "Adam step size")
+    weight_decay: float = option(5e-5, at_least(0), "L2 penalty on the weights")
+    batch_size: int = option(64, at_least(1, "an integer"), "minibatch size per member")
+    max_epochs: int = option(100, at_least(1, "an integer"), "upper bound on epochs per fit")
+    patience: int = option(
+        5, at_least(1, "an integer"), "epochs without a held-out improvement before stopping"
+    )
+    val_fraction: float = option(
+        0.1, interval(0.0, 0.5, hi_open=True), "fraction of the data held out for early stopping"
+    )
+
+
+@MODELS.register("ensemble", options=EnsembleOptions)
 class ProbabilisticEnsemble(DynamicsModel):
     """Bootstrap ensemble of probabilistic MLPs predicting normalized state deltas.
 
@@ -226,6 +313,9 @@ class ProbabilisticEnsemble(DynamicsModel):
             member) before stopping.
         val_fraction: fraction of the data held out (not bootstrapped) for early stopping.
         seed: seeds the weight initialization.
+
+    Raises:
+        OptionError: an argument is out of its bounds (see :class:`EnsembleOptions`).
 
     Example:
         >>> model = ProbabilisticEnsemble(obs_dim=3, action_dim=1, num_members=2, hidden_sizes=[8])
@@ -251,9 +341,18 @@ class ProbabilisticEnsemble(DynamicsModel):
     ) -> None:
         if obs_dim < 1 or action_dim < 1:
             raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim}, {action_dim}")
-        for name, value in (("batch_size", batch_size), ("max_epochs", max_epochs)):
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
+        self.options: EnsembleOptions = EnsembleOptions.of(
+            "ProbabilisticEnsemble",
+            num_members=num_members,
+            hidden_sizes=hidden_sizes,
+            activation=activation,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            max_epochs=max_epochs,
+            patience=patience,
+            val_fraction=val_fraction,
+        )
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.num_members = num_members
         self.num_functions_hint = num_members
@@ -301,12 +400,13 @@ class ProbabilisticEnsemble(DynamicsModel):
         self,
         data: ReplayBuffer,
         generator: torch.Generator | None = None,
-        progress: Callable[[int, float, float], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> FitReport:
         """Train every member on its bootstrap resample, early-stopped on held-out NLL.
 
         Training continues from the current weights (warm start across MPC episodes).
-        Per member, the parameters of its best validation epoch are kept.
+        Per member, the parameters of its best validation epoch are kept (see
+        :func:`~bayes_mbrl.models.training.train_early_stopped`).
 
         Args:
             data: all transitions so far.
@@ -318,89 +418,55 @@ class ProbabilisticEnsemble(DynamicsModel):
 
         Raises:
             DataError: fewer than 2 transitions.
-            ModelError: the loss became non-finite (the previous parameters are restored).
+            ModelError: the loss became non-finite (the last good parameters are restored).
         """
         start = time.perf_counter()
         if len(data) < 2:
             raise DataError(f"need at least 2 transitions to fit, got {len(data)}; collect more")
-        batch = data.all()
-        inputs = torch.cat([batch.obs, batch.action], dim=-1)
-        deltas = batch.next_obs - batch.obs
-        self.input_normalizer.fit(inputs)
-        self.delta_normalizer.fit(deltas)
-        x_all = self.input_normalizer.normalize(inputs)
-        y_all = self.delta_normalizer.normalize(deltas)
+        x_all, y_all = fit_delta_normalizers(data, self.input_normalizer, self.delta_normalizer)
         train_idx, val_idx = data.split(self.val_fraction, generator)
         boot = ReplayBuffer.bootstrap_indices(self.num_members, train_idx, generator)
         n_train = boot.shape[1]
         bs = min(self.batch_size, n_train)
-        params = list(self.net.parameters())
-        best_state = [p.detach().clone() for p in params]
-        has_val = len(val_idx) > 0
-        report = FitReport()
+        e = self.num_members
+
+        def batches(epoch: int) -> Iterator[Tensor]:
+            """``(E, bs)`` rows of each member's bootstrap, reshuffled per epoch."""
+            order = boot.gather(1, torch.argsort(torch.rand(e, n_train, generator=generator), 1))
+            return (order[:, lo : lo + bs] for lo in range(0, n_train - bs + 1, bs))
+
+        def step_loss(rows: Tensor) -> StepLoss:
+            loss_members = self._nll(x_all[rows], y_all[rows])
+            bound_penalty = 0.01 * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
+            return StepLoss(loss_members.sum() + bound_penalty, loss_members.detach().mean(), bs)
 
         def val_losses() -> Tensor:
-            with torch.no_grad():
-                xv = x_all[val_idx].expand(self.num_members, -1, -1)
-                yv = y_all[val_idx].expand(self.num_members, -1, -1)
-                return self._nll(xv, yv)
+            """``(E,)`` held-out NLL per member."""
+            xv = x_all[val_idx].expand(e, -1, -1)
+            return self._nll(xv, y_all[val_idx].expand(e, -1, -1))
 
-        best_val = val_losses() if has_val else torch.full((self.num_members,), math.inf)
-        stale = 0
-        for epoch in range(self.max_epochs):
-            perm = torch.argsort(torch.rand(self.num_members, n_train, generator=generator), dim=1)
-            order = boot.gather(1, perm)
-            total, count = 0.0, 0
-            for lo in range(0, n_train - bs + 1, bs):
-                rows = order[:, lo : lo + bs]
-                loss_members = self._nll(x_all[rows], y_all[rows])
-                bound_penalty = 0.01 * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
-                loss = loss_members.sum() + bound_penalty
-                if not torch.isfinite(loss):
-                    with torch.no_grad():
-                        for p, b in zip(params, best_state, strict=True):
-                            p.copy_(b)
-                    raise ModelError(
-                        f"ensemble fit diverged (non-finite loss) at epoch {epoch}; "
-                        "parameters restored to the last good ones. Lower model.learning_rate "
-                        "or check the data for extreme values"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss_members.detach().mean()) * bs
-                count += bs
-            report.train_losses.append(total / max(count, 1))
-            report.epochs = epoch + 1
-            if has_val:
-                current = val_losses()
-                report.val_losses.append(float(current.mean()))
-                improved = (best_val - current) / best_val.abs().clamp_min(1e-8) > 0.01
-                if improved.any():
-                    with torch.no_grad():
-                        for p, b in zip(params, best_state, strict=True):
-                            if p.shape[0] == self.num_members:
-                                b[improved] = p[improved]
-                            else:
-                                b.copy_(p)
-                    best_val = torch.where(improved, current, best_val)
-                    report.best_epoch = epoch
-                    stale = 0
-                else:
-                    stale += 1
-            if progress is not None:
-                progress(
-                    epoch, report.train_losses[-1], report.val_losses[-1] if has_val else math.nan
-                )
-            if has_val and stale >= self.patience:
-                break
-        if has_val:
-            with torch.no_grad():
-                for p, b in zip(params, best_state, strict=True):
-                    p.copy_(b)
+        per_member = {id(p) for p in [*self.net.weights, *self.net.biases]}
+        params = list(self.net.parameters())
+        report = train_early_stopped(
+            params,
+            self.optimizer,
+            batches,
+            step_loss,
+            max_epochs=self.max_epochs,
+            validate=val_losses if len(val_idx) > 0 else None,
+            patience=self.patience,
+            grouped=[id(p) in per_member for p in params],
+            progress=progress,
+            what="ensemble fit",
+            fix="Lower model.learning_rate or check the data for extreme values",
+        )
         self.fitted = True
         report.wall_seconds = time.perf_counter() - start
         return report
+
+    def progress_total(self) -> int:
+        """``max_epochs``: :meth:`fit` reports each epoch."""
+        return self.max_epochs
 
     # ----------------------------------------------------------------- functions
     def _member_index(self, n: int, generator: torch.Generator | None) -> Tensor:
@@ -416,18 +482,12 @@ class ProbabilisticEnsemble(DynamicsModel):
         return base
 
     def _folded(self) -> tuple[list[Tensor], list[Tensor]]:
-        ws = [w.detach() for w in self.net.weights]
-        bs = [b.detach() for b in self.net.biases]
-        mu_in, sd_in = self.input_normalizer.mean, self.input_normalizer.std
-        ws[0] = ws[0] / sd_in[None, :, None]
-        bs[0] = bs[0] - ((mu_in / sd_in) @ self.net.weights[0].detach()).unsqueeze(1)
-        d = self.obs_dim
-        mu_out, sd_out = self.delta_normalizer.mean, self.delta_normalizer.std
-        scale = torch.cat([sd_out, torch.ones(d)])
-        shift = torch.cat([mu_out, torch.zeros(d)])
-        ws[-1] = ws[-1] * scale
-        bs[-1] = bs[-1] * scale + shift
-        return ws, bs
+        return fold_normalizers(
+            [w.detach() for w in self.net.weights],
+            [b.detach() for b in self.net.biases],
+            self.input_normalizer,
+            self.delta_normalizer,
+        )
 
     def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
         """Draw ``n`` members (stratified; all members in order when ``n == E``)."""
@@ -450,34 +510,6 @@ class ProbabilisticEnsemble(DynamicsModel):
     def _require_fitted(self) -> None:
         if not self.fitted:
             raise ModelError("the ensemble has not been fitted; call fit(buffer) first")
-
-    @torch.no_grad()
-    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
-        """Moments over all members (or ``num_functions`` stratified draws)."""
-        self.check_inputs(obs, action)
-        f = self.sample_functions(self._num_functions(num_functions))
-        dist = f.at(obs, action)
-        return Predictive.from_function_moments(dist.mean, dist.variance)
-
-    @torch.no_grad()
-    def log_likelihood(
-        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
-    ) -> Tensor:
-        """``(num_functions, N)`` log-density of each transition under each member."""
-        self.check_inputs(obs, action, next_obs)
-        f = self.sample_functions(self._num_functions(num_functions))
-        return f.log_prob_at(obs, action, next_obs)
-
-    def _num_functions(self, num_functions: int | None) -> int:
-        """``num_functions``, or every member for None."""
-        if num_functions is None:
-            return self.num_members
-        if num_functions < 1:
-            raise DataError(
-                f"num_functions must be >= 1 or None, got {num_functions}; "
-                f"None averages over all {self.num_members} members"
-            )
-        return num_functions
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:

@@ -39,13 +39,14 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import pyro.infer.autoguide as autoguide
 import torch
 from pyro import poutine
-from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from pyro.infer import NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide.initialization import (
     InitMessenger,
     init_to_median,
@@ -62,11 +63,23 @@ from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models.base import (
     DEFAULT_ANALYSIS_DRAWS,
+    MODELS,
     DynamicsModel,
     FitReport,
     FunctionSample,
-    Predictive,
+    ProgressFn,
+    check_arguments,
     check_function_inputs,
+)
+from bayes_mbrl.models.posterior_draws import PosteriorDraws, run_nuts_chain
+from bayes_mbrl.options import (
+    OptionError,
+    Options,
+    at_least,
+    greater_than,
+    interval,
+    one_of,
+    option,
 )
 
 __all__ = [
@@ -78,6 +91,7 @@ __all__ = [
     "TRANSITIONS_PLATE",
     "PyroDynamics",
     "PyroFunctionSample",
+    "PyroOptions",
 ]
 
 #: name of the observed site a user model must declare
@@ -216,6 +230,60 @@ class PyroFunctionSample(FunctionSample):
         return fn
 
 
+def _model_spec(v: str) -> str | None:
+    """``path/to/file.py:function`` or ``package.module:function`` (or empty: see
+    :meth:`PyroOptions.validate`)."""
+    if not v:
+        return None
+    target, sep, func = v.rpartition(":")
+    if sep and target and func.isidentifier():
+        return None
+    return "'path/to/file.py:function' or 'package.module:function'"
+
+
+_INT1 = at_least(1, "an integer")
+
+
+@dataclass
+class PyroOptions(Options):
+    """Options of :class:`PyroDynamics` (``model.kind = "pyro"``)."""
+
+    pyro_model: str = option(
+        "",
+        _model_spec,
+        "the user's Pyro model, 'path/to/file.py:function' (relative to the working "
+        "directory) or 'package.module:function'",
+    )
+    inference: str = option("svi", one_of(INFERENCES), "an autoguide fitted by SVI, or NUTS")
+    guide: str = option("normal", one_of(list(GUIDES)), "SVI autoguide")
+    num_steps: int = option(2000, _INT1, "SVI steps per fit")
+    learning_rate: float = option(0.01, greater_than(0), "SVI step size")
+    num_samples: int = option(500, _INT1, "NUTS samples kept per chain")
+    warmup_steps: int = option(500, at_least(0, "an integer"), "NUTS warm-up steps per chain")
+    num_chains: int = option(1, _INT1, "NUTS chains, run one after the other")
+    max_tree_depth: int = option(
+        10, interval(1, 15), "NUTS: at most 2**depth - 1 leapfrog steps per iteration"
+    )
+
+    def validate(self) -> None:
+        if not self.pyro_model.strip():
+            raise OptionError(
+                type(self).__name__,
+                "pyro_model",
+                self.pyro_model,
+                "the user's Pyro model as 'path/to/file.py:function' when model.kind = 'pyro'",
+            )
+
+
+def _callable_spec(fn: Callable[..., Any]) -> str:
+    """``module:name`` of a callable (what :attr:`PyroOptions.pyro_model` records for a
+    model passed as a function)."""
+    module = getattr(fn, "__module__", None) or "python"
+    name = getattr(fn, "__name__", "")
+    return f"{module}:{name if name.isidentifier() else 'model_fn'}"
+
+
+@MODELS.register("pyro", options=PyroOptions)
 class PyroDynamics(DynamicsModel):
     """A user-written Pyro model ``model(obs, action, next_obs=None)`` as dynamics.
 
@@ -255,6 +323,9 @@ class PyroDynamics(DynamicsModel):
             spends the warmup travelling.
         map_steps: steps of the ``"map"`` start.
 
+    Raises:
+        OptionError: an argument is out of its bounds (see :class:`PyroOptions`).
+
     Example:
         >>> def model(obs, action, next_obs=None):
         ...     a = pyro.sample("a", dist.Normal(0.0, 1.0))
@@ -291,45 +362,43 @@ class PyroDynamics(DynamicsModel):
             )
         if obs_dim < 1 or action_dim < 1:
             raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim}, {action_dim}")
-        if inference not in INFERENCES:
-            raise ConfigError(f"unknown inference {inference!r}; choose one of {list(INFERENCES)}")
-        if guide not in GUIDES:
-            raise ConfigError(f"unknown guide {guide!r}; choose one of {sorted(GUIDES)}")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
-        positive = {
-            "num_steps": num_steps,
-            "num_samples": num_samples,
-            "num_chains": num_chains,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        if warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.options: PyroOptions = PyroOptions.of(
+            "PyroDynamics",
+            pyro_model=_callable_spec(model_fn),
+            inference=inference,
+            guide=guide,
+            num_steps=num_steps,
+            learning_rate=learning_rate,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            num_chains=num_chains,
+            max_tree_depth=max_tree_depth,
+        )
+        check_arguments(
+            "PyroDynamics",
+            [
+                ("optimizer", optimizer, one_of(OPTIMIZERS)),
+                ("nuts_init", nuts_init, one_of(NUTS_INITS)),
+                ("map_steps", map_steps, at_least(0, "an integer")),
+            ],
+        )
         if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1 or None, got {batch_size}")
-        if not (learning_rate > 0 and math.isfinite(learning_rate)):
-            raise ConfigError(f"learning_rate must be a positive number, got {learning_rate}")
+            raise OptionError("PyroDynamics", "batch_size", batch_size, "an integer >= 1 or None")
         if final_learning_rate is not None:
             if not (0 < final_learning_rate <= learning_rate):
-                raise ConfigError(
-                    f"final_learning_rate must be in (0, learning_rate={learning_rate}], "
-                    f"got {final_learning_rate}"
+                raise OptionError(
+                    "PyroDynamics",
+                    "final_learning_rate",
+                    final_learning_rate,
+                    f"a number in (0, learning_rate={learning_rate}] or None",
                 )
             if optimizer != "clipped_adam":
                 raise ConfigError(
                     "final_learning_rate (a decaying step size) needs optimizer='clipped_adam'"
                 )
         self.final_learning_rate = final_learning_rate
-        if max_tree_depth < 1:
-            raise ConfigError(f"max_tree_depth must be >= 1, got {max_tree_depth}")
         self.max_tree_depth = max_tree_depth
         self.full_mass = full_mass
-        if nuts_init not in NUTS_INITS:
-            raise ConfigError(f"unknown nuts_init {nuts_init!r}; choose one of {NUTS_INITS}")
-        if map_steps < 0:
-            raise ConfigError(f"map_steps must be >= 0, got {map_steps}")
         self.nuts_init, self.map_steps = nuts_init, map_steps
         self.model_fn = model_fn
         self.obs_dim, self.action_dim = obs_dim, action_dim
@@ -340,16 +409,40 @@ class PyroDynamics(DynamicsModel):
             warmup_steps,
             num_chains,
         )
-        self.seed = seed
+        self.seed = self.predict_seed = seed
         self.num_functions_hint = None
         #: latent site name -> shape of one draw (set by the first fit or load)
         self.latent_shapes: dict[str, tuple[int, ...]] = {}
         self.guide: autoguide.AutoGuide | None = None
         #: NUTS samples, chain-major ``(num_chains * num_samples, *shape)`` per site
-        self.samples: dict[str, Tensor] = {}
+        self.draws = PosteriorDraws(num_chains)
         self.fitted = False
         self._proto: tuple[Tensor, Tensor, Tensor] | None = None
         self._store: Any = {"params": {}, "constraints": {}}
+
+    @classmethod
+    def from_options(
+        cls, options: Options, obs_dim: int, action_dim: int, seed: int = 0
+    ) -> PyroDynamics:
+        """Build from :class:`PyroOptions`, importing the user's ``pyro_model``.
+
+        Raises:
+            ConfigError: the model function cannot be imported.
+        """
+        from bayes_mbrl.user_code import load_user_function
+
+        assert isinstance(options, PyroOptions)
+        options.validate()
+        model_fn = load_user_function(options.pyro_model, "model.pyro_model")
+        values = {k: v for k, v in vars(options).items() if k != "pyro_model"}
+        model = cls(model_fn, obs_dim, action_dim, **values, seed=seed)
+        model.options = options
+        return model
+
+    @property
+    def samples(self) -> dict[str, Tensor]:
+        """NUTS samples, chain-major: site name -> ``(num_chains * num_samples, *shape)``."""
+        return self.draws.samples
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -539,7 +632,7 @@ class PyroDynamics(DynamicsModel):
         self,
         data: ReplayBuffer,
         generator: torch.Generator | None = None,
-        progress: Callable[[int, float, float], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> FitReport:
         """Fit the posterior to all transitions in ``data``.
 
@@ -550,8 +643,9 @@ class PyroDynamics(DynamicsModel):
             data: all transitions so far.
             generator: seeds Pyro's randomness for this fit (default: ``seed``).
             progress: called as ``progress(step, loss, nan)`` about 100 times per SVI fit
-                (loss: negative ELBO per transition) and once per NUTS chain
-                (loss: mean potential energy per transition of its samples).
+                (loss: negative ELBO per transition), and after every NUTS iteration
+                (step counting warm-up and samples over the chains; loss: potential
+                energy per transition of the chain's current state).
 
         Returns:
             The logged losses; ``epochs`` counts SVI steps or NUTS samples.
@@ -590,6 +684,13 @@ class PyroDynamics(DynamicsModel):
         report.wall_seconds = time.perf_counter() - start
         return report
 
+    def progress_total(self) -> int:
+        """SVI: ``num_steps`` (``progress`` is called with the SVI step, about 100 times);
+        NUTS: ``(warmup_steps + num_samples) * num_chains``."""
+        if self.inference == "nuts":
+            return (self.warmup_steps + self.num_samples) * self.num_chains
+        return self.num_steps
+
     def _map_point(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> dict[str, Tensor]:
         """The posterior mode reached from a prior draw (seeded by the caller), by Adam
         on the log joint; its parameters are dropped from the param store after."""
@@ -617,7 +718,7 @@ class PyroDynamics(DynamicsModel):
         next_obs: Tensor,
         shapes: dict[str, tuple[int, ...]],
         seed: int,
-        progress: Callable[[int, float, float], None] | None,
+        progress: ProgressFn | None,
     ) -> FitReport:
         n_total = obs.shape[0]
         bs = n_total if self.batch_size is None else min(self.batch_size, n_total)
@@ -684,55 +785,53 @@ class PyroDynamics(DynamicsModel):
         next_obs: Tensor,
         shapes: dict[str, tuple[int, ...]],
         seed: int,
-        progress: Callable[[int, float, float], None] | None,
+        progress: ProgressFn | None,
     ) -> FitReport:
         report = FitReport()
-        chains: list[dict[str, Tensor]] = []
         n_total = obs.shape[0]
         latent_dim = sum(math.prod(shape) for shape in shapes.values())
         dense = self.full_mass if self.full_mass is not None else latent_dim <= DENSE_MASS_MAX_DIM
-        with self._scope(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
-            for chain in range(self.num_chains):  # whole chains, one after another
-                torch.manual_seed(seed + chain)
-                pyro.set_rng_seed(seed + chain)
-                init = init_to_median(num_samples=15)
-                if self.nuts_init == "map" and self.map_steps > 0:
-                    init = init_to_value(values=self._map_point(obs, action, next_obs))
-                kernel = NUTS(
-                    self.model_fn,
-                    init_strategy=init,
-                    max_tree_depth=self.max_tree_depth,
-                    full_mass=dense,
-                )
-                mcmc = MCMC(
+
+        def chain(c: int) -> dict[str, Tensor]:
+            """Chain ``c``, seeded apart, from its own MAP start (or the prior median)."""
+            torch.manual_seed(seed + c)
+            pyro.set_rng_seed(seed + c)
+            init = init_to_median(num_samples=15)
+            if self.nuts_init == "map" and self.map_steps > 0:
+                init = init_to_value(values=self._map_point(obs, action, next_obs))
+            kernel = NUTS(
+                self.model_fn,
+                init_strategy=init,
+                max_tree_depth=self.max_tree_depth,
+                full_mass=dense,
+            )
+            try:
+                draws = run_nuts_chain(
                     kernel,
                     num_samples=self.num_samples,
                     warmup_steps=self.warmup_steps,
-                    num_chains=1,
-                    disable_progbar=True,
+                    args=(obs, action, next_obs),
+                    progress=progress,
+                    first_step=c * (self.warmup_steps + self.num_samples),
+                    num_transitions=n_total,
                 )
-                try:
-                    mcmc.run(obs, action, next_obs)
-                except Exception as exc:
-                    raise ModelError(
-                        f"NUTS chain {chain} failed: the Pyro model raised {type(exc).__name__}: "
-                        f"{exc}; the previous posterior samples were kept. Fix the model "
-                        "(see docs/pyro_models.md)"
-                    ) from exc
-                draws = {k: v.detach() for k, v in mcmc.get_samples().items() if k in shapes}
-                energy = self._mean_energy(draws, obs, action, next_obs) / n_total
-                report.train_losses.append(energy)
-                if progress is not None:
-                    progress(chain, energy, math.nan)
-                chains.append(draws)
-        samples = {k: torch.cat([c[k] for c in chains]) for k in shapes}
-        for name, v in samples.items():
-            if not bool(torch.isfinite(v).all()):
+            except Exception as exc:
                 raise ModelError(
-                    f"NUTS produced non-finite samples of '{name}'; the previous samples were "
-                    "kept. Tighten the priors or reparameterize the model"
-                )
-        self.samples = samples
+                    f"NUTS chain {c} failed: the Pyro model raised {type(exc).__name__}: "
+                    f"{exc}; the previous posterior samples were kept. Fix the model "
+                    "(see docs/pyro_models.md)"
+                ) from exc
+            draws = {k: v for k, v in draws.items() if k in shapes}
+            report.train_losses.append(self._mean_energy(draws, obs, action, next_obs) / n_total)
+            return draws
+
+        with self._scope(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+            self.draws.run_chains(
+                self.num_chains,
+                chain,
+                names=list(shapes),
+                fix="Tighten the priors or reparameterize the model",
+            )
         report.epochs = self.num_samples * self.num_chains
         return report
 
@@ -789,14 +888,9 @@ class PyroDynamics(DynamicsModel):
                 self.obs_dim,
                 action_dim=self.action_dim,
             )
-        total = next(iter(self.samples.values())).shape[0]
-        if n <= total:
-            idx = torch.randperm(total, generator=generator)[:n]
-        else:
-            idx = torch.randint(total, (n,), generator=generator)
         return PyroFunctionSample(
             self.model_fn,
-            {k: v[idx] for k, v in self.samples.items()},
+            self.draws.take(self.draws.draw_index(n, generator)),
             self.obs_dim,
             action_dim=self.action_dim,
         )
@@ -809,57 +903,16 @@ class PyroDynamics(DynamicsModel):
         self._require_fitted()
         if self.inference == "svi":
             return self.sample_functions(num_draws or DEFAULT_ANALYSIS_DRAWS, generator)
-        total = next(iter(self.samples.values())).shape[0]
-        per_chain = total // self.num_chains
-        if num_draws is None or num_draws >= total:
-            return PyroFunctionSample(
-                self.model_fn,
-                dict(self.samples),
-                self.obs_dim,
-                self.num_chains,
-                action_dim=self.action_dim,
-            )
-        if num_draws % self.num_chains == 0:
-            keep = num_draws // self.num_chains
-            within = torch.linspace(0, per_chain - 1, keep).round().long()
-            idx = (torch.arange(self.num_chains)[:, None] * per_chain + within).reshape(-1)
-            return PyroFunctionSample(
-                self.model_fn,
-                {k: v[idx] for k, v in self.samples.items()},
-                self.obs_dim,
-                self.num_chains,
-                action_dim=self.action_dim,
-            )
-        return self.sample_functions(num_draws, generator)
-
-    def _analysis_functions(self, num_functions: int | None) -> FunctionSample:
-        gen = torch.Generator().manual_seed(self.seed)
-        if num_functions is None:
-            return self.posterior_functions(None, gen)
-        return self.sample_functions(num_functions, gen)
-
-    @torch.no_grad()
-    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
-        """Moments over ``num_functions`` draws (None: all NUTS samples, or 100 guide draws).
-
-        Args:
-            obs: ``(B, obs_dim)``.
-            action: ``(B, action_dim)``.
-            num_functions: functions to average over.
-        """
-        self.check_inputs(obs, action)
-        fs = self._analysis_functions(num_functions)
-        dist = fs.at(obs, action)
-        return Predictive.from_function_moments(dist.mean, dist.variance)
-
-    @torch.no_grad()
-    def log_likelihood(
-        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
-    ) -> Tensor:
-        """``(num_functions, N)`` log-density of each transition under each function."""
-        self.check_inputs(obs, action, next_obs)
-        fs = self._analysis_functions(num_functions)
-        return fs.log_prob_at(obs, action, next_obs)
+        draws, chains = self.draws, self.draws.num_chains
+        if num_draws is None or num_draws >= draws.total:
+            latents = dict(draws.samples)
+        elif num_draws % chains == 0:
+            latents = draws.take(draws.thinned_index(num_draws))
+        else:
+            return self.sample_functions(num_draws, generator)
+        return PyroFunctionSample(
+            self.model_fn, latents, self.obs_dim, chains, action_dim=self.action_dim
+        )
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
@@ -878,8 +931,8 @@ class PyroDynamics(DynamicsModel):
             state["guide_params"] = {
                 k: v.detach().clone() for k, v in self.guide.state_dict().items()
             }
-        if self.samples:
-            state["samples"] = {k: v.clone() for k, v in self.samples.items()}
+        if self.draws:
+            state["samples"] = self.draws.state_dict()["samples"]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -925,6 +978,16 @@ class PyroDynamics(DynamicsModel):
                 f"saved Pyro dynamics state is malformed ({exc}); load a state_dict() of a "
                 "model built with the same arguments (the model was left unchanged)"
             ) from exc
+        draws = PosteriorDraws(self.num_chains)
+        if self.inference == "nuts":
+            try:
+                num_chains = int(state.get("num_chains", self.num_chains))
+                draws.load_state_dict({"samples": state["samples"], "num_chains": num_chains})
+            except (TypeError, ValueError) as exc:
+                raise ModelError(
+                    f"saved Pyro dynamics samples are malformed ({exc}); load a state_dict() of "
+                    "a model built with the same arguments (the model was left unchanged)"
+                ) from exc
         guide: autoguide.AutoGuide | None = None
         if self.inference == "svi":
             try:
@@ -941,6 +1004,6 @@ class PyroDynamics(DynamicsModel):
         self.latent_shapes = shapes
         self._proto = (proto[0], proto[1], proto[2])
         self.guide = guide
-        self.samples = dict(state.get("samples", {}))
+        self.draws = draws
         self.num_chains = int(state.get("num_chains", self.num_chains))
         self.fitted = True

@@ -1,0 +1,182 @@
+"""One early-stopped minibatch trainer for every family fitted by gradient steps.
+
+The ensemble (maximum likelihood per member), the BNN (SVI on the ELBO) and any
+other family with an optimizer loop (a GP's Adam on the marginal likelihood) share
+the same loop: epochs of minibatch steps, a held-out loss after each epoch, the
+parameters of the best held-out epoch kept, patience, and a non-finite loss that
+restores the last good parameters and raises :class:`~bayes_mbrl.errors.ModelError`
+before the bad step is taken. The family supplies what differs: how an epoch is cut
+into minibatches (its own generator, so seeded fits repeat bit for bit), the loss of
+one step, and the held-out loss.
+
+Stable API (other families import it; keep the signature)::
+
+    report = train_early_stopped(
+        params, optimizer, batches, step_loss,
+        max_epochs=100, validate=val_loss, patience=5, progress=progress,
+    )
+
+* ``batches(epoch)`` returns the epoch's minibatches (anything ``step_loss`` takes:
+  row indices, ``None`` for one full-batch step);
+* ``step_loss(batch)`` returns a :class:`StepLoss`: the scalar objective to minimize,
+  the loss to report and how much the step weighs in the epoch's mean;
+* ``validate()`` returns the held-out loss, ``(G,)``: one value (``G = 1``) or one per
+  independently trained group (ensemble members, ``G = E``), each early-stopped on
+  its own (``grouped`` says which parameters have the group as leading dimension).
+
+A GP's full-batch Adam loop is ``batches=lambda epoch: [None]``,
+``step_loss=lambda _: StepLoss(-mll(), ...)`` and ``validate=None``: ``max_epochs``
+steps with restore-on-divergence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from bayes_mbrl.errors import ModelError
+from bayes_mbrl.models.base import FitReport, ProgressFn
+
+__all__ = ["StepLoss", "train_early_stopped"]
+
+
+class StepLoss(NamedTuple):
+    """The loss of one optimizer step.
+
+    Attributes:
+        objective: scalar to minimize (backpropagated); checked finite before the step.
+        reported: the training loss to log for this step (a number or 0-d tensor).
+        weight: how much the step counts in the epoch's mean training loss (its batch size).
+    """
+
+    objective: Tensor
+    reported: Tensor | float
+    weight: int = 1
+
+
+def train_early_stopped(
+    params: Sequence[Tensor],
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Iterable[Any]],
+    step_loss: Callable[[Any], StepLoss],
+    *,
+    max_epochs: int,
+    validate: Callable[[], Tensor] | None = None,
+    patience: int = 5,
+    min_improvement: float = 0.01,
+    min_steps: int = 0,
+    grouped: Sequence[bool] | None = None,
+    progress: ProgressFn | None = None,
+    what: str = "fit",
+    loss_name: str = "loss",
+    fix: str = "Lower model.learning_rate or check the data for extreme values",
+) -> FitReport:
+    """Train ``params`` by minibatch steps, early-stopped on a held-out loss.
+
+    Each epoch runs ``optimizer`` on every batch of ``batches(epoch)``, then (with
+    ``validate``) evaluates the held-out loss ``(G,)``. A group improves when its loss
+    is finite and lower than its best by more than ``min_improvement`` (relative), or
+    its best is not finite; the improved groups' parameters are copied to the kept
+    snapshot. After ``patience`` epochs without any group improving (and at least
+    ``min_steps`` optimizer steps) training stops; at the end the kept parameters are
+    restored. Without ``validate`` every epoch runs and the snapshot follows the last
+    completed epoch.
+
+    Args:
+        params: the trained tensors (restored in place).
+        optimizer: steps ``params`` (``zero_grad``, ``backward``, ``step`` per batch).
+        batches: ``epoch -> iterable of batches``; draw any randomness from the
+            caller's generator.
+        step_loss: ``batch -> StepLoss``.
+        max_epochs: upper bound on epochs.
+        validate: held-out loss ``() -> (G,)`` (no gradient needed), or None.
+        patience: epochs without improvement before stopping.
+        min_improvement: relative improvement that counts.
+        min_steps: never stop before this many optimizer steps.
+        grouped: per parameter, whether its leading dimension is the group (its rows
+            are kept per group); default: no parameter is grouped (``G = 1``).
+        progress: called as ``progress(epoch, train_loss, val_loss)`` after each epoch
+            (``val_loss`` NaN without ``validate``).
+        what: the fit, for the error message ("ensemble fit").
+        loss_name: the loss, for the error message ("ELBO").
+        fix: what the user can do about a divergence, for the error message.
+
+    Returns:
+        Per-epoch mean training losses (weighted by :attr:`StepLoss.weight`), mean
+        held-out losses over groups, epochs run and the last epoch any group improved.
+        ``wall_seconds`` is left to the caller.
+
+    Raises:
+        ModelError: a step's objective is not finite; the kept parameters are restored first.
+    """
+    params = list(params)
+    flags = [False] * len(params) if grouped is None else list(grouped)
+    if len(flags) != len(params):
+        raise ValueError(f"grouped has {len(flags)} entries for {len(params)} parameters")
+    kept = [p.detach().clone() for p in params]
+    report = FitReport()
+    has_val = validate is not None
+    best = _held_out(validate) if validate is not None else None
+    stale, steps = 0, 0
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, k in zip(params, kept, strict=True):
+                p.copy_(k)
+
+    for epoch in range(max_epochs):
+        total, count = 0.0, 0
+        for batch in batches(epoch):
+            step = step_loss(batch)
+            if not torch.isfinite(step.objective):
+                restore()
+                raise ModelError(
+                    f"{what} diverged (non-finite {loss_name}) at epoch {epoch}; the last good "
+                    f"parameters are restored. {fix}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            step.objective.backward()
+            optimizer.step()
+            total += float(step.reported) * step.weight
+            count += step.weight
+            steps += 1
+        report.train_losses.append(total / max(count, 1))
+        report.epochs = epoch + 1
+        if validate is not None and best is not None:
+            current = _held_out(validate)
+            report.val_losses.append(float(current.mean()))
+            rel = (best - current) / best.abs().clamp_min(1e-8)
+            improved = torch.isfinite(current) & (~torch.isfinite(best) | (rel > min_improvement))
+            if bool(improved.any()):
+                with torch.no_grad():
+                    for p, k, by_group in zip(params, kept, flags, strict=True):
+                        if by_group:
+                            k[improved] = p[improved]
+                        else:
+                            k.copy_(p)
+                best = torch.where(improved, current, best)
+                report.best_epoch, stale = epoch, 0
+            else:
+                stale += 1
+        else:
+            with torch.no_grad():
+                for p, k in zip(params, kept, strict=True):
+                    k.copy_(p)
+        if progress is not None:
+            val = report.val_losses[-1] if has_val else math.nan
+            progress(epoch, report.train_losses[-1], val)
+        if has_val and stale >= patience and steps >= min_steps:
+            break
+    if has_val:
+        restore()
+    return report
+
+
+def _held_out(validate: Callable[[], Tensor]) -> Tensor:
+    """The held-out loss as a detached 1-D tensor."""
+    with torch.no_grad():
+        return validate().detach().reshape(-1)
