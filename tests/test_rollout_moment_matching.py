@@ -15,7 +15,8 @@ from bayes_mbrl.envs.rewards import cartpole_swingup_expected_reward, cartpole_s
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models import ExactGPDynamics, ProbabilisticEnsemble
 from bayes_mbrl.planning import PROPAGATIONS, CEMPlanner, RolloutEvaluator
-from bayes_mbrl.planning.moment_matching import saturating_cost_moments, segp_from_exact
+from bayes_mbrl.planning.belief import belief_step
+from bayes_mbrl.planning.moment_matching import saturating_cost_moments
 from bayes_mbrl.planning.rollout import sigma_points, unscented_expected_reward
 
 MC = 100_000
@@ -98,7 +99,7 @@ def _mc_rollout(model: ExactGPDynamics, obs: Tensor, actions: Tensor, g: torch.G
     The predictive mean and variance come from the SEGP's pointwise methods, which equal
     ``model.predict`` (checked on a small batch here); ``predict`` itself is not used on
     the Monte Carlo batch because it forms the batch's full joint covariance."""
-    gp = segp_from_exact(model)
+    gp = model.se_gp_posterior()
     assert gp.noise_var is not None and gp.output_scale is not None
     noise = gp.noise_var * gp.output_scale.square()
     x = torch.cat([obs[:50], actions[0].double().expand(min(50, obs.shape[0]), -1)], -1)
@@ -194,10 +195,10 @@ def test_unscented_reward_of_the_state_before_the_step(gp2d: ExactGPDynamics) ->
     m0 = torch.cat([start.double().expand(3, 1, 2), means[:, :-1]], 1)
     s0 = torch.cat([torch.zeros(3, 1, 2, 2, dtype=F64), covs[:, :-1]], 1)
     # E[obs_1 next_0] needs Cov[obs, next_obs] = S + S V: recompute one step at a time
-    gp = segp_from_exact(gp2d)
+    gp = gp2d.se_gp_posterior()
     total = torch.zeros(3, dtype=F64)
     for t in range(5):
-        nm, nc, cross = ev._mm_step(gp, m0[:, t], s0[:, t], actions[:, t].double())
+        nm, nc, cross = belief_step(gp, m0[:, t], s0[:, t], actions[:, t].double())
         torch.testing.assert_close(nm, means[:, t])
         torch.testing.assert_close(nc, covs[:, t])
         e_first = m0[:, t, 0].square() + s0[:, t, 0, 0]
@@ -315,7 +316,7 @@ def test_moment_matching_needs_an_exact_se_gp(gp2d: ExactGPDynamics) -> None:
         unfitted.scorer(torch.zeros(2))
     # a GP whose weights are NaN gives a non-finite belief: a ModelError, not NaN scores
     ev = mm_evaluator(gp2d, 3)
-    bad = segp_from_exact(gp2d)
+    bad = gp2d.se_gp_posterior()
     bad = dataclasses.replace(bad, beta=torch.full_like(bad.beta, math.nan))
     with pytest.raises(ModelError, match="non-finite belief"):
         ev.particle_returns(torch.zeros(2), torch.zeros(4, 3, 1), bad)

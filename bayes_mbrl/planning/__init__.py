@@ -1,5 +1,13 @@
-"""Planning with uncertainty: the rollout evaluator, objectives and planners."""
+"""Planning with uncertainty: the rollout evaluator, propagations, imagination,
+objectives and planners.
 
+Planners, propagations and objectives are chosen by name from the registries
+:data:`PLANNERS`, :data:`PROPAGATIONS` and :data:`OBJECTIVES`; a new one registers
+next to its class (see :mod:`bayes_mbrl.registry`).
+"""
+
+from bayes_mbrl.planning.belief import belief_step, gp_belief_step
+from bayes_mbrl.planning.imagine import PRECISIONS, ImaginedTransitions, Policy, imagine
 from bayes_mbrl.planning.objectives import (
     OBJECTIVES,
     CVaR,
@@ -14,26 +22,48 @@ from bayes_mbrl.planning.optimizers import (
     CEMPlanner,
     MPPIPlanner,
     Planner,
+    PlannerSettings,
     PlanResult,
     RandomShootingPlanner,
 )
-from bayes_mbrl.planning.rollout import PRECISIONS, PROPAGATIONS, RolloutEvaluator
+from bayes_mbrl.planning.propagation import (
+    PROPAGATIONS,
+    TS1,
+    Expectation,
+    MomentMatching,
+    ParticlePropagation,
+    Propagation,
+    TSInf,
+)
+from bayes_mbrl.planning.rollout import RolloutEvaluator
 
 __all__ = [
     "OBJECTIVES",
     "PLANNERS",
     "PRECISIONS",
     "PROPAGATIONS",
+    "TS1",
     "CEMPlanner",
     "CVaR",
+    "Expectation",
+    "ImaginedTransitions",
     "MPPIPlanner",
     "Mean",
     "MeanMinusStd",
+    "MomentMatching",
     "Objective",
     "Optimistic",
+    "ParticlePropagation",
     "PlanResult",
     "Planner",
+    "PlannerSettings",
+    "Policy",
+    "Propagation",
     "RandomShootingPlanner",
     "RolloutEvaluator",
+    "TSInf",
+    "belief_step",
+    "gp_belief_step",
+    "imagine",
     "make_objective",
 ]

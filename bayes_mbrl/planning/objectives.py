@@ -2,17 +2,30 @@
 
 ``mean`` is the expected-expected reward (outer expectation over posterior
 functions, inner over the noise); the others trade it against the spread.
+
+Each registers in :data:`OBJECTIVES` by ``planner.objective`` next to its class and is
+built by :func:`make_objective`, which passes ``beta`` (``planner.risk_beta``) and
+``alpha`` (``planner.cvar_alpha``) to the dataclass fields of those names it has::
+
+    @OBJECTIVES.register("median")
+    class Median:
+        \"\"\"The median over particles.\"\"\"
+        def __call__(self, returns: Tensor) -> Tensor:
+            return returns.median(-1).values
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from torch import Tensor
 
 from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.registry import Registry
 
 __all__ = [
     "OBJECTIVES",
@@ -31,6 +44,11 @@ class Objective(Protocol):
     def __call__(self, returns: Tensor) -> Tensor: ...
 
 
+OBJECTIVES: Registry[Callable[..., Objective]] = Registry("objective", "planner.objective")
+"""Objectives by ``planner.objective``: classes built by :func:`make_objective`."""
+
+
+@OBJECTIVES.register("mean")
 @dataclass(frozen=True)
 class Mean:
     """Expected-expected return: the mean over particles."""
@@ -39,6 +57,7 @@ class Mean:
         return returns.mean(-1)
 
 
+@OBJECTIVES.register("mean_minus_std")
 @dataclass(frozen=True)
 class MeanMinusStd:
     """Risk-averse ``mean - beta * std`` over particles."""
@@ -49,16 +68,7 @@ class MeanMinusStd:
         return returns.mean(-1) - self.beta * returns.std(-1, unbiased=False)
 
 
-@dataclass(frozen=True)
-class Optimistic:
-    """Optimism in the face of uncertainty: ``mean + beta * std``."""
-
-    beta: float = 1.0
-
-    def __call__(self, returns: Tensor) -> Tensor:
-        return returns.mean(-1) + self.beta * returns.std(-1, unbiased=False)
-
-
+@OBJECTIVES.register("cvar")
 @dataclass(frozen=True)
 class CVaR:
     """Conditional value at risk: the mean of the worst ``ceil(alpha * particles)`` returns."""
@@ -70,14 +80,24 @@ class CVaR:
         return returns.topk(k, dim=-1, largest=False).values.mean(-1)
 
 
-OBJECTIVES = ("mean", "mean_minus_std", "cvar", "optimistic")
+@OBJECTIVES.register("optimistic")
+@dataclass(frozen=True)
+class Optimistic:
+    """Optimism in the face of uncertainty: ``mean + beta * std``."""
+
+    beta: float = 1.0
+
+    def __call__(self, returns: Tensor) -> Tensor:
+        return returns.mean(-1) + self.beta * returns.std(-1, unbiased=False)
 
 
 def make_objective(name: str, beta: float = 1.0, alpha: float = 0.1) -> Objective:
-    """Build an objective by name.
+    """Build a registered objective by name.
+
+    The objective's dataclass fields named ``beta`` and ``alpha`` get these values.
 
     Args:
-        name: one of :data:`OBJECTIVES`.
+        name: a name in :data:`OBJECTIVES`.
         beta: weight of the standard deviation (``mean_minus_std``, ``optimistic``), ``>= 0``.
         alpha: tail fraction for ``cvar`` in ``(0, 1]``.
 
@@ -90,10 +110,9 @@ def make_objective(name: str, beta: float = 1.0, alpha: float = 0.1) -> Objectiv
         raise ConfigError(f"objective beta must be >= 0, got {beta}")
     if not 0 < alpha <= 1:
         raise ConfigError(f"cvar alpha must be in (0, 1], got {alpha}")
-    if name == "mean":
-        return Mean()
-    if name == "mean_minus_std":
-        return MeanMinusStd(beta)
-    if name == "optimistic":
-        return Optimistic(beta)
-    return CVaR(alpha)
+    cls = OBJECTIVES[name]
+    given = {"beta": beta, "alpha": alpha}
+    names: list[str] = (
+        [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    )
+    return cls(**{n: given[n] for n in names if n in given})

@@ -8,6 +8,9 @@ iteration: no loop over candidates.
 Each planner keeps a warm start between MPC steps: :meth:`Planner.advance` shifts the
 last solution by the executed steps and fills the tail with the middle of the
 action range; :meth:`Planner.reset` forgets it (at episode start).
+
+Planners register in :data:`PLANNERS` by ``planner.kind`` next to their class and are
+built from the ``[planner]`` settings by their classmethod ``from_config``.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, Self
 
 import torch
 from torch import Tensor
 
 from bayes_mbrl.errors import ConfigError, DataError
+from bayes_mbrl.registry import Registry
 
 __all__ = [
     "PLANNERS",
@@ -28,10 +33,24 @@ __all__ = [
     "MPPIPlanner",
     "PlanResult",
     "Planner",
+    "PlannerSettings",
     "RandomShootingPlanner",
 ]
 
 ScoreFn = Callable[[Tensor], Tensor]
+
+
+class PlannerSettings(Protocol):
+    """What :meth:`Planner.from_config` reads: the ``[planner]`` section of a config (any
+    object with these attributes)."""
+
+    horizon: int
+    population: int
+    iterations: int
+    elite_fraction: float
+    momentum: float
+    mppi_temperature: float
+    mppi_noise_std: float
 
 
 @dataclass
@@ -91,6 +110,32 @@ class Planner(abc.ABC):
         self.generator = generator
         self._warm: Tensor | None = None
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: PlannerSettings,
+        action_low: Tensor,
+        action_high: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Self:
+        """The planner with the settings of ``cfg`` (a config's ``planner`` section).
+
+        Args:
+            cfg: the settings (:class:`PlannerSettings`): ``horizon``, ``population`` and
+                ``iterations``, and what :meth:`config_options` of the planner reads.
+            action_low, action_high: ``(action_dim,)`` the task's action bounds.
+            generator: source of randomness.
+        """
+        options = {"iterations": cfg.iterations, **cls.config_options(cfg)}
+        return cls(
+            action_low, action_high, cfg.horizon, cfg.population, generator=generator, **options
+        )
+
+    @classmethod
+    def config_options(cls, cfg: PlannerSettings) -> dict[str, Any]:
+        """The planner's own constructor arguments from the settings (none by default)."""
+        return {}
+
     @property
     def middle(self) -> Tensor:
         """``(horizon, action_dim)`` sequence at the middle of the action range."""
@@ -139,35 +184,11 @@ class Planner(abc.ABC):
         return self.low + u * (self.high - self.low)
 
 
-class RandomShootingPlanner(Planner):
-    """Uniform random sequences; the best one wins (iterations draw fresh batches)."""
-
-    def __init__(
-        self,
-        action_low: Tensor,
-        action_high: Tensor,
-        horizon: int,
-        population: int = 1000,
-        iterations: int = 1,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(action_low, action_high, horizon, population, generator)
-        if iterations < 1:
-            raise ConfigError(f"iterations must be >= 1, got {iterations}")
-        self.iterations = iterations
-
-    def _optimize(self, score: ScoreFn) -> PlanResult:
-        best, best_value, history = self.middle, -math.inf, []
-        for _ in range(self.iterations):
-            candidates = self._uniform(self.population)
-            values = self._score(score, candidates)
-            i = int(values.argmax())
-            if float(values[i]) > best_value:
-                best, best_value = candidates[i].clone(), float(values[i])
-            history.append(best_value)
-        return PlanResult(best, best_value, history)
+PLANNERS: Registry[type[Planner]] = Registry("planner", "planner.kind")
+"""Planners by ``planner.kind``; each is built by ``PLANNERS[kind].from_config(...)``."""
 
 
+@PLANNERS.register("cem")
 class CEMPlanner(Planner):
     """Cross-entropy method with momentum, bounded sampling and a warm start.
 
@@ -213,6 +234,11 @@ class CEMPlanner(Planner):
         self.momentum = momentum
         self.init_std = init_std_fraction * (self.high - self.low)
 
+    @classmethod
+    def config_options(cls, cfg: PlannerSettings) -> dict[str, Any]:
+        """Reads ``elite_fraction`` and ``momentum``."""
+        return {"elite_fraction": cfg.elite_fraction, "momentum": cfg.momentum}
+
     def _optimize(self, score: ScoreFn) -> PlanResult:
         mean = self.initial_mean()
         std = self.init_std.expand(self.horizon, -1).clone()
@@ -237,6 +263,7 @@ class CEMPlanner(Planner):
         return PlanResult(best, best_value, history)
 
 
+@PLANNERS.register("mppi")
 class MPPIPlanner(Planner):
     """Model predictive path integral control (Williams et al. 2017; PDDM's filtered noise).
 
@@ -272,6 +299,11 @@ class MPPIPlanner(Planner):
         self.temperature, self.smoothing, self.iterations = temperature, smoothing, iterations
         self.noise_scale = noise_std * (self.high - self.low) / 2
 
+    @classmethod
+    def config_options(cls, cfg: PlannerSettings) -> dict[str, Any]:
+        """Reads ``mppi_temperature`` and ``mppi_noise_std``."""
+        return {"temperature": cfg.mppi_temperature, "noise_std": cfg.mppi_noise_std}
+
     def _optimize(self, score: ScoreFn) -> PlanResult:
         mean = self.initial_mean()
         history: list[float] = []
@@ -295,4 +327,31 @@ class MPPIPlanner(Planner):
         return PlanResult(mean, value, history)
 
 
-PLANNERS = ("cem", "mppi", "random_shooting")
+@PLANNERS.register("random_shooting")
+class RandomShootingPlanner(Planner):
+    """Uniform random sequences; the best one wins (iterations draw fresh batches)."""
+
+    def __init__(
+        self,
+        action_low: Tensor,
+        action_high: Tensor,
+        horizon: int,
+        population: int = 1000,
+        iterations: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(action_low, action_high, horizon, population, generator)
+        if iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {iterations}")
+        self.iterations = iterations
+
+    def _optimize(self, score: ScoreFn) -> PlanResult:
+        best, best_value, history = self.middle, -math.inf, []
+        for _ in range(self.iterations):
+            candidates = self._uniform(self.population)
+            values = self._score(score, candidates)
+            i = int(values.argmax())
+            if float(values[i]) > best_value:
+                best, best_value = candidates[i].clone(), float(values[i])
+            history.append(best_value)
+        return PlanResult(best, best_value, history)
