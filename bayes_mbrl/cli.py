@@ -1,8 +1,9 @@
-"""Command line interface: ``bayes-mbrl run | resume | analyze | presets``.
+"""Command line interface: ``bayes-mbrl run | resume | analyze | presets | components``.
 
 Examples::
 
     bayes-mbrl presets
+    bayes-mbrl components                           # model kinds, planners, modes, ...
     bayes-mbrl run                                  # the default preset
     bayes-mbrl run mountaincar-ensemble-mpc --seed 3 --set planner.horizon=40
     bayes-mbrl run my_experiment.toml --out runs/try1 --no-progress
@@ -52,7 +53,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="start a new experiment",
-        description="Start a new experiment from a preset or a TOML config file.",
+        description="Start a new experiment from a preset or a TOML config file. "
+        f"The model kinds, modes, planners, propagations and objectives a config may name, "
+        f"with their options, are listed by '{PROG} components'.",
     )
     run.add_argument(
         "config",
@@ -117,6 +120,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "presets", help="list the embedded presets", description="List the embedded presets."
     )
     presets.set_defaults(func=_cmd_presets)
+
+    components = sub.add_parser(
+        "components",
+        help="list the registered model kinds, planners, propagations, objectives and modes",
+        description="List every registered component with its config key and, for model "
+        "kinds and modes, its options (defaults and help). Components of your own modules "
+        "appear when the modules are named with --plugin (experiment.plugins in a config).",
+    )
+    components.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module of yours to import first: path/to/file.py or package.module",
+    )
+    components.set_defaults(func=_cmd_components)
     return parser
 
 
@@ -247,6 +267,43 @@ def _cmd_presets(args: argparse.Namespace) -> int:
         mark = " (default)" if name == DEFAULT_PRESET else ""
         print(f"{name:<{width}}  {description}{mark}")
     return 0
+
+
+def _cmd_components(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl components``: print every registry with its entries."""
+    from bayes_mbrl.registry import import_plugins
+
+    import_plugins(args.plugins, "--plugin")
+    print(components_help(), end="")
+    return 0
+
+
+def components_help() -> str:
+    """Every registry's entries as text: names, summaries and, for model kinds and
+    modes, their options with defaults and help."""
+    import dataclasses
+
+    from bayes_mbrl.algorithms import ALGORITHMS
+    from bayes_mbrl.models import MODELS
+    from bayes_mbrl.options import option_docs
+    from bayes_mbrl.planning import OBJECTIVES, PLANNERS, PROPAGATIONS
+
+    out: list[str] = []
+    for registry in (MODELS, ALGORITHMS, PLANNERS, PROPAGATIONS, OBJECTIVES):
+        out.append(f"{registry.key} ({registry.what}s):")
+        for entry in registry.entries():
+            out.append(f"  {entry.name}: {entry.summary}")
+            if entry.options is not None and dataclasses.fields(entry.options):
+                section = "model" if registry is MODELS else entry.name
+                docs = option_docs(entry.options)
+                for f in dataclasses.fields(entry.options):
+                    value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                    doc = docs.get(f.name, "")
+                    out.append(
+                        f"      {section}.{f.name} = {value!r}" + (f": {doc}" if doc else "")
+                    )
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

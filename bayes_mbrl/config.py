@@ -1,26 +1,46 @@
-"""Experiment configuration: typed dataclasses, TOML presets, validation.
+"""Experiment configuration: typed sections, TOML presets, validation.
 
 This is the only module that knows about TOML. Everything else in the toolkit
-takes plain typed arguments; the experiment runner unpacks a :class:`Config`
-into them.
+takes plain typed arguments; the experiment runner hands a :class:`Config` to the
+algorithm registered for ``experiment.mode``, which builds its parts from it.
 
-A configuration has five sections, ``experiment``, ``env``, ``model``,
-``planner`` and ``pilco``; every field has a default, and the defaults together are the
-embedded default experiment (:data:`DEFAULT_PRESET`): Bayesian MPC with a
-probabilistic ensemble on ``Pendulum-v1``.
+Sections:
+
+- ``[experiment]``, ``[env]``, ``[planner]``: :class:`ExperimentConfig`,
+  :class:`EnvConfig`, :class:`PlannerConfig`;
+- ``[model]``: ``kind`` (a name in :data:`~bayes_mbrl.models.base.MODELS`) and the
+  options of that kind, read into the kind's own options dataclass (a key of another
+  kind is an error that names the kinds it belongs to);
+- ``[<mode>]``: the options of an experiment mode that has some (``[pilco]``), read
+  into the dataclass registered with the mode in
+  :data:`~bayes_mbrl.algorithms.base.ALGORITHMS`.
+
+Every field is defined once, with its default, its bounds and its help text, in its
+options dataclass (:mod:`bayes_mbrl.options`); this module adds the dotted key and
+where a value came from to the message of a bad value. The choice lists come from
+the registries, so a model kind, planner, propagation, objective or mode registered
+by a module (or by a plugin named in ``experiment.plugins``) is accepted here
+without editing this file. The defaults together are the embedded default experiment
+(:data:`DEFAULT_PRESET`): Bayesian MPC with a probabilistic ensemble on ``Pendulum-v1``.
 
 Typical use::
 
     config = load_config("pendulum-ensemble-mpc", ["planner.horizon=20"], seed=3)
     dump_config(config, run_dir / "config.toml")
     assert load_config(run_dir / "config.toml") == config
+
+Configuration files written before model sections were per kind (a ``[model]``
+table holding every key of every kind, as ``dump_config`` wrote them) still load:
+the keys of the other kinds are dropped. When ``model.kind`` is changed by an
+override (``--set model.kind=gp``), the file's ``[model]`` values, chosen for the
+file's kind, are dropped: the new kind starts from its own defaults and the
+``model.*`` overrides.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import re
 import tempfile
@@ -29,255 +49,180 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import tomli_w
 
-from bayes_mbrl.algorithms.mpc import MODES as _MODES
+import bayes_mbrl.algorithms
+import bayes_mbrl.models  # noqa: F401  (registers the built-in model kinds)
+from bayes_mbrl.algorithms.base import ALGORITHMS
 from bayes_mbrl.errors import CheckpointError, ConfigError
-from bayes_mbrl.models.ensemble import ACTIVATIONS as _ACTIVATIONS
-from bayes_mbrl.planning import OBJECTIVES as _OBJECTIVES
-from bayes_mbrl.planning import PLANNERS as _PLANNERS
-from bayes_mbrl.planning import PRECISIONS as _PRECISIONS
-from bayes_mbrl.planning import PROPAGATIONS as _PROPAGATIONS
+from bayes_mbrl.models.base import MODELS
+from bayes_mbrl.options import (
+    OptionError,
+    Options,
+    at_least,
+    greater_than,
+    interval,
+    non_empty,
+    one_of,
+    option,
+)
+from bayes_mbrl.planning import OBJECTIVES, PLANNERS, PRECISIONS, PROPAGATIONS
+from bayes_mbrl.registry import import_plugins
 
 __all__ = [
-    "ACTIVATIONS",
     "DEFAULT_PRESET",
-    "GUIDES",
-    "INFERENCE_KINDS",
-    "KERNELS",
     "MAX_SEED",
-    "MODEL_KINDS",
-    "MODES",
-    "NOISE_KINDS",
-    "OBJECTIVES",
-    "PILCO_POLICIES",
-    "PLANNER_KINDS",
-    "PRECISIONS",
-    "PROPAGATIONS",
     "Config",
     "EnvConfig",
     "ExperimentConfig",
-    "ModelConfig",
-    "PilcoConfig",
     "PlannerConfig",
     "config_from_dict",
     "config_to_dict",
     "dump_config",
     "list_presets",
     "load_config",
+    "model_section",
+    "section_keys",
     "source_name",
 ]
 
 DEFAULT_PRESET = "pendulum-ensemble-mpc"
 """Name of the embedded preset used when no configuration is given."""
 
-# The choices are owned by the modules that implement them; config only validates.
-MODES: tuple[str, ...] = (*_MODES, "pilco")
-"""Experiment modes: fit once and run plans open loop (``v0.5``), refit after each
-episode and run plans open loop (``v1.0``), refit each episode and replan every
-step (``mpc``), or PILCO policy search through a moment-matched GP (``pilco``:
-uses the ``model`` section's GP settings and the ``pilco`` section; the planner
-section is not used)."""
-
-PILCO_POLICIES: tuple[str, ...] = ("rbf", "linear")
-"""Policy families of PILCO."""
-
-MODEL_KINDS: tuple[str, ...] = ("ensemble", "bnn", "pyro", "gp", "sparse_gp")
-"""Dynamics model kinds the experiment runner can build: a bootstrap ensemble of
-probabilistic nets, a Bayesian neural net (Pyro, mean-field SVI or NUTS), a
-user-written Pyro model (``model.pyro_model``), an exact GP or a sparse variational
-GP (GPyTorch, one GP per state dimension, pathwise function draws)."""
-
-KERNELS: tuple[str, ...] = ("se", "matern52", "matern32")
-"""GP kernels (ARD)."""
-
-INFERENCE_KINDS: tuple[str, ...] = ("svi", "nuts")
-"""Posterior inference for the Pyro model kinds (``bnn``, ``pyro``)."""
-
-NOISE_KINDS: tuple[str, ...] = ("heteroscedastic", "homoscedastic")
-"""Observation noise of the Bayesian neural net."""
-
-GUIDES: tuple[str, ...] = ("normal", "multivariate_normal", "lowrank", "delta")
-"""Autoguides for SVI on a user-written Pyro model."""
-
-ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
-"""Hidden-layer activations of neural dynamics models."""
-
-PLANNER_KINDS: tuple[str, ...] = _PLANNERS
-"""Trajectory optimisers."""
-
-PROPAGATIONS: tuple[str, ...] = _PROPAGATIONS
-"""Uncertainty propagation schemes for particles through the model."""
-
-OBJECTIVES: tuple[str, ...] = _OBJECTIVES
-"""How the planner scores the distribution of particle returns."""
-
-PRECISIONS: tuple[str, ...] = tuple(_PRECISIONS)
-"""Floating-point precision of model rollouts inside the planner."""
-
 MAX_SEED = 2**32 - 1
 """Largest ``experiment.seed``: numpy (seeded through Pyro) takes seeds below ``2**32``."""
 
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_INT1 = at_least(1, "an integer")
+
+
+def _device(v: str) -> str | None:
+    """Check a torch device string without importing torch."""
+    return None if _DEVICE_RE.match(v) else "'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def _seed(v: int) -> str | None:
+    return None if 0 <= v <= MAX_SEED else f"an integer in [0, {MAX_SEED}]"
+
+
+def _plugin_list(v: list[str]) -> str | None:
+    return None if all(s.strip() for s in v) else "a list of 'path/to/file.py' or 'package.module'"
 
 
 @dataclass
-class ExperimentConfig:
-    """How the experiment runs.
+class ExperimentConfig(Options):
+    """How the experiment runs (``[experiment]``)."""
 
-    Attributes:
-        seed: Seed of every random number generator (in ``[0, 2**32 - 1]``).
-        episodes: Total number of episodes, including the random seed episodes.
-        seed_episodes: Episodes with uniformly random actions before the first fit
-            (>= 1 and <= ``episodes``).
-        mode: One of :data:`MODES`.
-        device: Torch device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        checkpoint_keep: How many checkpoints to keep in the run directory (>= 1).
-        progress: Whether to show progress bars.
-    """
-
-    seed: int = 0
-    episodes: int = 8
-    seed_episodes: int = 1
-    mode: str = "mpc"
-    device: str = "cpu"
-    checkpoint_keep: int = 2
-    progress: bool = True
+    seed: int = option(0, _seed, "seed of every random number generator")
+    episodes: int = option(8, _INT1, "total episodes, including the random seed episodes")
+    seed_episodes: int = option(
+        1, _INT1, "episodes of uniformly random actions before the first fit (<= episodes)"
+    )
+    mode: str = option("mpc", one_of(lambda: ALGORITHMS.names()), "the algorithm (see modes)")
+    device: str = option("cpu", _device, "torch device: cpu, cuda, cuda:N or mps")
+    checkpoint_keep: int = option(2, _INT1, "checkpoints kept in the run directory")
+    progress: bool = option(True, None, "show progress bars")
+    plugins: list[str] = option(
+        [],
+        _plugin_list,
+        "the user's modules to import first ('path/to/file.py' or 'package.module'): "
+        "where their own model kinds, planners or modes are registered",
+    )
 
 
 @dataclass
-class EnvConfig:
-    """Which environment to run.
+class EnvConfig(Options):
+    """Which environment to run (``[env]``)."""
 
-    Attributes:
-        id: Gymnasium environment id.
-        episode_length: Number of steps per episode (>= 1).
-    """
-
-    id: str = "Pendulum-v1"
-    episode_length: int = 200
+    id: str = option("Pendulum-v1", non_empty, "gymnasium environment id")
+    episode_length: int = option(200, _INT1, "steps per episode")
 
 
 @dataclass
-class ModelConfig:
-    """The probabilistic dynamics model and how it is fitted.
+class PlannerConfig(Options):
+    """The uncertainty-aware trajectory optimiser and its rollout evaluator (``[planner]``)."""
 
-    Attributes:
-        kind: One of :data:`MODEL_KINDS`.
-        num_members: Ensemble size (>= 1).
-        hidden_sizes: Width of each hidden layer (non-empty, each >= 1).
-        activation: One of :data:`ACTIVATIONS`.
-        learning_rate: Optimiser learning rate (> 0).
-        weight_decay: L2 weight decay (>= 0).
-        batch_size: Minibatch size (>= 1).
-        max_epochs: Upper bound on training epochs per fit (>= 1).
-        patience: Epochs without validation improvement before stopping (>= 1).
-        val_fraction: Fraction of the data held out for validation, in [0, 0.5).
-        prior_scale: ``bnn``: standard deviation of the Gaussian weight prior (> 0).
-        noise: ``bnn``: one of :data:`NOISE_KINDS`.
-        inference: ``bnn`` and ``pyro``: one of :data:`INFERENCE_KINDS`.
-        num_samples: NUTS samples kept per chain (>= 1).
-        warmup_steps: NUTS warm-up steps per chain (>= 1).
-        num_chains: NUTS chains (>= 1; 2 or more for r_hat).
-        max_tree_depth: NUTS maximum tree depth (>= 1; at most ``2**depth - 1``
-            leapfrog steps per sample).
-        pyro_model: ``pyro``: the user's Pyro model function, ``path/to/file.py:function``
-            (relative to the working directory) or ``package.module:function``.
-        guide: ``pyro`` with SVI: one of :data:`GUIDES`.
-        num_steps: ``pyro`` with SVI: optimisation steps per fit; ``gp``: Adam steps on
-            the marginal likelihood per fit (>= 1).
-        kernel: ``gp``, ``sparse_gp``: one of :data:`KERNELS`.
-        num_features: ``gp``, ``sparse_gp``: random Fourier features of each posterior
-            function draw (>= 1).
-        num_inducing: ``sparse_gp``: inducing points (>= 1).
-        max_train_points: ``gp``: condition on at most this many transitions, a random
-            subset (0: all).
+    kind: str = option("cem", one_of(lambda: tuple(PLANNERS)), "trajectory optimiser")
+    horizon: int = option(30, _INT1, "planning horizon in steps")
+    population: int = option(200, _INT1, "candidate action sequences per iteration")
+    iterations: int = option(5, _INT1, "optimiser iterations per planning call")
+    elite_fraction: float = option(
+        0.1, interval(0.0, 1.0, lo_open=True), "fraction of the population kept as elites (CEM)"
+    )
+    momentum: float = option(
+        0.1, interval(0.0, 1.0, hi_open=True), "smoothing of the sampling distribution"
+    )
+    particles: int = option(5, _INT1, "particles propagated per candidate")
+    propagation: str = option(
+        "ts_inf", one_of(lambda: tuple(PROPAGATIONS)), "uncertainty propagation"
+    )
+    objective: str = option(
+        "mean", one_of(lambda: tuple(OBJECTIVES)), "how particle returns are scored"
+    )
+    risk_beta: float = option(
+        1.0, at_least(0), "weight of the std for mean_minus_std and optimistic"
+    )
+    cvar_alpha: float = option(0.1, interval(0.0, 1.0, lo_open=True), "tail fraction of cvar")
+    precision: str = option("float32", one_of(lambda: tuple(PRECISIONS)), "rollout precision")
+    mppi_temperature: float = option(1.0, greater_than(0), "MPPI softmax temperature")
+    mppi_noise_std: float = option(
+        0.5, greater_than(0), "MPPI noise as a fraction of the half action range"
+    )
+
+
+_STATIC: dict[str, type[Options]] = {
+    "experiment": ExperimentConfig,
+    "env": EnvConfig,
+    "planner": PlannerConfig,
+}
+
+_LEGACY_MODEL_KEYS = frozenset(
+    "kind num_members hidden_sizes activation learning_rate weight_decay batch_size "
+    "max_epochs patience val_fraction prior_scale noise inference num_samples warmup_steps "
+    "num_chains max_tree_depth pyro_model guide num_steps kernel num_features num_inducing "
+    "max_train_points".split()
+)
+"""The keys of the flat ``[model]`` table that earlier versions wrote for every kind."""
+
+_SECTION_CLASSES: dict[tuple[str, type[Any] | None], type[Any]] = {}
+
+
+def _model_section_class(kind: str) -> type[Any]:
+    """The dataclass of a ``[model]`` section of ``kind``: its options plus ``kind``."""
+    options = MODELS.options(kind)
+    key = (kind, options)
+    if key not in _SECTION_CLASSES:
+        base = options if options is not None else Options
+        name = f"{base.__name__.removesuffix('Options')}ModelSection"
+        _SECTION_CLASSES[key] = dataclasses.make_dataclass(
+            name, [("kind", str, field(default=kind))], bases=(base,)
+        )
+    return _SECTION_CLASSES[key]
+
+
+def model_section(kind: str = "ensemble", **options: Any) -> Any:
+    """A ``[model]`` section: ``kind`` and its options (the others take their defaults).
+
+    Raises:
+        ConfigError: unknown kind, or an option that is not one of the kind's.
+        OptionError: an option has a bad value.
     """
-
-    kind: str = "ensemble"
-    num_members: int = 5
-    hidden_sizes: list[int] = field(default_factory=lambda: [200, 200, 200])
-    activation: str = "silu"
-    learning_rate: float = 1e-3
-    weight_decay: float = 5e-5
-    batch_size: int = 64
-    max_epochs: int = 100
-    patience: int = 5
-    val_fraction: float = 0.1
-    prior_scale: float = 1.0
-    noise: str = "heteroscedastic"
-    inference: str = "svi"
-    num_samples: int = 200
-    warmup_steps: int = 200
-    num_chains: int = 1
-    max_tree_depth: int = 10
-    pyro_model: str = ""
-    guide: str = "normal"
-    num_steps: int = 2000
-    kernel: str = "se"
-    num_features: int = 1024
-    num_inducing: int = 256
-    max_train_points: int = 0
+    MODELS.entry(kind)
+    cls = _model_section_class(kind)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "kind"]
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"model.{unknown[0]} is not an option of model.kind = {kind!r}; "
+            f"{_belongs_to(unknown[0])}the options of {kind!r} are {', '.join(names)}"
+        )
+    return cls(kind=kind, **options)
 
 
-@dataclass
-class PlannerConfig:
-    """The uncertainty-aware trajectory optimiser.
-
-    Attributes:
-        kind: One of :data:`PLANNER_KINDS`.
-        horizon: Planning horizon in steps (>= 1).
-        population: Candidate action sequences per iteration (>= 1).
-        iterations: Optimiser iterations per planning call (>= 1).
-        elite_fraction: Fraction of the population kept as elites (CEM), in (0, 1].
-        momentum: Smoothing of the sampling distribution between iterations, in [0, 1).
-        particles: Particles propagated per candidate (>= 1).
-        propagation: One of :data:`PROPAGATIONS`.
-        objective: One of :data:`OBJECTIVES`.
-        risk_beta: Weight of the standard deviation for ``mean_minus_std`` and
-            ``optimistic`` (>= 0).
-        cvar_alpha: Tail fraction for ``cvar``, in (0, 1].
-        precision: One of :data:`PRECISIONS`.
-        mppi_temperature: MPPI softmax temperature (> 0).
-        mppi_noise_std: MPPI sampling noise as a fraction of the half action range (> 0).
-    """
-
-    kind: str = "cem"
-    horizon: int = 30
-    population: int = 200
-    iterations: int = 5
-    elite_fraction: float = 0.1
-    momentum: float = 0.1
-    particles: int = 5
-    propagation: str = "ts_inf"
-    objective: str = "mean"
-    risk_beta: float = 1.0
-    cvar_alpha: float = 0.1
-    precision: str = "float32"
-    mppi_temperature: float = 1.0
-    mppi_noise_std: float = 0.5
-
-
-@dataclass
-class PilcoConfig:
-    """PILCO's policy search (``experiment.mode = "pilco"``).
-
-    The GP is the ``model`` section's exact GP (``model.kind = "gp"``,
-    ``model.kernel = "se"``): ``model.num_steps`` and ``model.learning_rate`` fit
-    its hyperparameters, ``model.max_train_points`` caps the transitions it
-    conditions on (the most recent are kept; 0 = all).
-
-    Attributes:
-        policy: One of :data:`PILCO_POLICIES`.
-        num_basis: Gaussian basis functions of the RBF policy (>= 1).
-        opt_iterations: L-BFGS iterations per policy optimization (>= 1).
-    """
-
-    policy: str = "rbf"
-    num_basis: int = 50
-    opt_iterations: int = 75
+def _default_mode_sections() -> dict[str, Any]:
+    return {e.name: e.options() for e in ALGORITHMS.entries() if e.options is not None}
 
 
 @dataclass
@@ -287,161 +232,30 @@ class Config:
     Attributes:
         experiment: How the experiment runs.
         env: Which environment to run.
-        model: The dynamics model.
-        planner: The planner.
-        pilco: PILCO's policy search (mode ``pilco`` only).
+        model: The dynamics model: ``kind`` and that kind's options.
+        planner: The planner and its rollout evaluator.
+        modes: Options of the experiment modes that have some, by mode name; each
+            is also an attribute (``config.pilco``).
     """
 
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=model_section)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
-    pilco: PilcoConfig = field(default_factory=PilcoConfig)
+    modes: dict[str, Any] = field(default_factory=_default_mode_sections)
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "modes":
+            raise AttributeError(name)
+        modes = self.__dict__.get("modes", {})
+        if name in modes:
+            return modes[name]
+        raise AttributeError(f"Config has no section {name!r}")
 
-# --------------------------------------------------------------------------- schema
-
-_SECTIONS: dict[str, type[Any]] = {
-    "experiment": ExperimentConfig,
-    "env": EnvConfig,
-    "model": ModelConfig,
-    "planner": PlannerConfig,
-    "pilco": PilcoConfig,
-}
-
-
-def _schema() -> dict[str, dict[str, Any]]:
-    """Return section -> field name -> resolved type annotation."""
-    return {
-        name: {f.name: get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
-        for name, cls in _SECTIONS.items()
-    }
-
-
-_SCHEMA = _schema()
-_ALL_KEYS: list[str] = [f"{s}.{k}" for s, fields in _SCHEMA.items() for k in fields]
-
-
-# A value check returns None when the value is fine, else a phrase saying what
-# is expected ("an integer >= 1").
-_Check = Callable[[Any], str | None]
-
-
-def _at_least(bound: int | float, what: str) -> _Check:
-    """Check ``value >= bound``."""
-    return lambda v: None if v >= bound else f"{what} >= {bound}"
-
-
-def _greater_than(bound: int | float, what: str) -> _Check:
-    """Check ``value > bound``."""
-    return lambda v: None if v > bound else f"{what} > {bound}"
-
-
-def _interval(lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> _Check:
-    """Check that a float lies in an interval with the given open/closed ends."""
-    left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
-
-    def check(v: float) -> str | None:
-        ok_lo = v > lo if lo_open else v >= lo
-        ok_hi = v < hi if hi_open else v <= hi
-        return None if ok_lo and ok_hi else f"a number in {left}{lo:g}, {hi:g}{right}"
-
-    return check
-
-
-def _one_of(choices: Sequence[str]) -> _Check:
-    """Check membership in ``choices``; the message lists them all."""
-
-    def check(v: str) -> str | None:
-        if v in choices:
-            return None
-        expected = "one of " + ", ".join(repr(c) for c in choices)
-        close = difflib.get_close_matches(v, list(choices), n=1)
-        return expected + (f" (did you mean {close[0]!r}?)" if close else "")
-
-    return check
-
-
-def _device(v: str) -> str | None:
-    """Check a torch device string without importing torch."""
-    return None if _DEVICE_RE.match(v) else "'cpu', 'cuda', 'cuda:N' or 'mps'"
-
-
-def _non_empty(v: str) -> str | None:
-    """Check that a string is not empty or blank."""
-    return None if v.strip() else "a non-empty string"
-
-
-def _positive_list(v: list[int]) -> str | None:
-    """Check a non-empty list of positive integers."""
-    if v and all(x >= 1 for x in v):
-        return None
-    return "a non-empty list of integers >= 1"
-
-
-def _pyro_model_spec(v: str) -> str | None:
-    """Check the form ``file.py:function`` / ``module:function`` (or empty)."""
-    if not v:
-        return None
-    target, sep, func = v.rpartition(":")
-    if sep and target and func.isidentifier():
-        return None
-    return "'path/to/file.py:function' or 'package.module:function'"
-
-
-_INT1 = _at_least(1, "an integer")
-
-_CHECKS: dict[str, _Check] = {
-    "experiment.seed": lambda v: None if 0 <= v <= MAX_SEED else f"an integer in [0, {MAX_SEED}]",
-    "experiment.episodes": _INT1,
-    "experiment.seed_episodes": _INT1,
-    "experiment.mode": _one_of(MODES),
-    "experiment.device": _device,
-    "experiment.checkpoint_keep": _INT1,
-    "env.id": _non_empty,
-    "env.episode_length": _INT1,
-    "model.kind": _one_of(MODEL_KINDS),
-    "model.num_members": _INT1,
-    "model.hidden_sizes": _positive_list,
-    "model.activation": _one_of(ACTIVATIONS),
-    "model.learning_rate": _greater_than(0, "a number"),
-    "model.weight_decay": _at_least(0, "a number"),
-    "model.batch_size": _INT1,
-    "model.max_epochs": _INT1,
-    "model.patience": _INT1,
-    "model.val_fraction": _interval(0.0, 0.5, lo_open=False, hi_open=True),
-    "model.prior_scale": _greater_than(0, "a number"),
-    "model.noise": _one_of(NOISE_KINDS),
-    "model.inference": _one_of(INFERENCE_KINDS),
-    "model.num_samples": _INT1,
-    "model.warmup_steps": _INT1,
-    "model.num_chains": _INT1,
-    "model.max_tree_depth": _INT1,
-    "model.pyro_model": _pyro_model_spec,
-    "model.guide": _one_of(GUIDES),
-    "model.num_steps": _INT1,
-    "model.kernel": _one_of(KERNELS),
-    "model.num_features": _INT1,
-    "model.num_inducing": _INT1,
-    "model.max_train_points": _at_least(0, "an integer"),
-    "planner.kind": _one_of(PLANNER_KINDS),
-    "planner.horizon": _INT1,
-    "planner.population": _INT1,
-    "planner.iterations": _INT1,
-    "planner.elite_fraction": _interval(0.0, 1.0, lo_open=True, hi_open=False),
-    "planner.momentum": _interval(0.0, 1.0, lo_open=False, hi_open=True),
-    "planner.particles": _INT1,
-    "planner.propagation": _one_of(PROPAGATIONS),
-    "planner.objective": _one_of(OBJECTIVES),
-    "planner.risk_beta": _at_least(0, "a number"),
-    "planner.cvar_alpha": _interval(0.0, 1.0, lo_open=True, hi_open=False),
-    "planner.precision": _one_of(PRECISIONS),
-    "planner.mppi_temperature": _greater_than(0, "a number"),
-    "planner.mppi_noise_std": _greater_than(0, "a number"),
-    "pilco.policy": _one_of(PILCO_POLICIES),
-    "pilco.num_basis": _INT1,
-    "pilco.opt_iterations": _INT1,
-}
+    @property
+    def mode_options(self) -> Any:
+        """The options of ``experiment.mode`` (None when the mode has none)."""
+        return self.modes.get(self.experiment.mode)
 
 
 # ----------------------------------------------------------------------- validation
@@ -465,56 +279,45 @@ def _fail(key: str, value: Any, expected: str, origin: Origin) -> ConfigError:
     )
 
 
-def _is_int(v: Any) -> bool:
-    """True for ints that are not bools."""
-    return isinstance(v, int) and not isinstance(v, bool)
+def _fields(cls: type[Any] | None) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)] if cls is not None else []
 
 
-def _coerce(key: str, value: Any, annotation: Any, origin: Origin) -> Any:
-    """Type-check ``value`` against ``annotation`` and return it converted.
+def _model_kinds_of(key: str) -> list[str]:
+    """The model kinds that have option ``key``."""
+    return [e.name for e in MODELS.entries() if key in _fields(e.options)]
 
-    Args:
-        key: Dotted key, for error messages.
-        value: Value read from TOML or an override.
-        annotation: The field's resolved type annotation.
-        origin: Where values came from, for error messages.
 
-    Returns:
-        The value, with ints converted to float for float fields and lists copied.
+def _belongs_to(key: str) -> str:
+    kinds = _model_kinds_of(key)
+    if not kinds:
+        return ""
+    return f"it is an option of model.kind = {' or '.join(repr(k) for k in kinds)}; "
 
-    Raises:
-        ConfigError: If the value has the wrong type.
-    """
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise _fail(key, value, "true or false", origin)
-    if annotation is int:
-        if _is_int(value):
-            return value
-        raise _fail(key, value, "an integer", origin)
-    if annotation is float:
-        if _is_int(value) or isinstance(value, float):
-            if not math.isfinite(value):
-                raise _fail(key, value, "a finite number", origin)
-            return float(value)
-        raise _fail(key, value, "a number", origin)
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise _fail(key, value, "a string", origin)
-    if annotation == list[int]:
-        if isinstance(value, list) and all(_is_int(x) for x in value):
-            return list(value)
-        raise _fail(key, value, "a list of integers, e.g. [200, 200]", origin)
-    raise TypeError(f"config field {key} has unsupported annotation {annotation!r}")
+
+def section_keys() -> dict[str, list[str]]:
+    """Section -> its keys, for every section a config may have now (``model``: the
+    union over the registered kinds)."""
+    keys = {name: _fields(cls) for name, cls in _STATIC.items()}
+    model_keys = ["kind"]
+    for e in MODELS.entries():
+        model_keys += [k for k in _fields(e.options) if k not in model_keys]
+    keys["model"] = model_keys
+    for e in ALGORITHMS.entries():
+        if e.options is not None:
+            keys[e.name] = _fields(e.options)
+    return keys
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s, ks in section_keys().items() for k in ks]
 
 
 def _unknown_section(section: str, where: str | None) -> ConfigError:
     """Build the ConfigError for an unknown section, with suggestions."""
     suffix = f" ({where})" if where else ""
     # A key put at the top level ("horizon = 20") matches a dotted key.
-    as_key = [k for k in _ALL_KEYS if k.split(".", 1)[1] == section]
+    as_key = [k for k in _all_keys() if k.split(".", 1)[1] == section]
     if as_key:
         table = as_key[0].split(".")[0]
         return ConfigError(
@@ -522,24 +325,24 @@ def _unknown_section(section: str, where: str | None) -> ConfigError:
             + " or ".join(repr(k) for k in as_key)
             + f"? (write it as [{table}] {section} = ...){suffix}"
         )
-    close = difflib.get_close_matches(section, list(_SCHEMA), n=1)
+    sections = list(section_keys())
+    close = difflib.get_close_matches(section, sections, n=1)
     hint = (
         f"did you mean {close[0]!r}?"
         if close
-        else "valid sections are " + ", ".join(repr(s) for s in _SCHEMA)
+        else "valid sections are " + ", ".join(repr(s) for s in sections)
     )
     return ConfigError(f"unknown section '{section}'; {hint}{suffix}")
 
 
-def _unknown_key(section: str, key: str, where: str | None) -> ConfigError:
+def _unknown_key(section: str, key: str, own: list[str], where: str | None) -> ConfigError:
     """Build the ConfigError for an unknown key of a known section, with suggestions.
 
     Suggests, in order of preference: the same key in another section (a key put
     in the wrong table), close matches among the section's keys, close matches
     among all other keys; failing all, lists the section's keys.
     """
-    own = list(_SCHEMA[section])
-    others = [k for k in _ALL_KEYS if not k.startswith(section + ".")]
+    others = [k for k in _all_keys() if not k.startswith(section + ".")]
     suggestions = [k for k in others if k.split(".", 1)[1] == key]
     if not suggestions:
         close = difflib.get_close_matches(key, own, n=3)
@@ -556,50 +359,97 @@ def _unknown_key(section: str, key: str, where: str | None) -> ConfigError:
     return ConfigError(f"unknown key '{section}.{key}'; {hint}{suffix}")
 
 
-def _build(d: Mapping[str, Any], origin: Origin) -> Config:
+def _make(section: str, cls: type[Any], values: dict[str, Any], origin: Origin) -> Any:
+    """``cls(**values)``, a bad value reported under ``section.field`` with its origin."""
+    try:
+        return cls(**{k: list(v) if isinstance(v, list) else v for k, v in values.items()})
+    except OptionError as exc:
+        raise _fail(f"{section}.{exc.name}", exc.value, exc.expected, origin) from None
+
+
+def _build_section(section: str, cls: type[Any], body: Mapping[str, Any], origin: Origin) -> Any:
+    own = _fields(cls)
+    for key in body:
+        if key not in own:
+            raise _unknown_key(section, str(key), own, origin(f"{section}.{key}"))
+    return _make(section, cls, dict(body), origin)
+
+
+def _build_model(
+    body: Mapping[str, Any], origin: Origin, from_override: Callable[[str], bool]
+) -> Any:
+    """The ``[model]`` section of the kind it names (see the module docstring for the
+    keys of other kinds that are dropped rather than refused)."""
+    kind = body.get("kind", "ensemble")
+    if not isinstance(kind, str):
+        raise _fail("model.kind", kind, "a string", origin)
+    if kind not in MODELS:
+        raise _fail("model.kind", kind, MODELS.expected(kind), origin)
+    cls = _model_section_class(kind)
+    own = _fields(cls)
+    legacy = _LEGACY_MODEL_KEYS <= set(body)
+    kind_overridden = from_override("model.kind")
+    values: dict[str, Any] = {}
+    for key, value in body.items():
+        dotted = f"model.{key}"
+        if key == "kind" or (kind_overridden and not from_override(dotted)):
+            continue  # the file's values were chosen for the file's kind
+        if key in own:
+            values[key] = value
+            continue
+        kinds = _model_kinds_of(str(key))
+        if kinds and legacy:
+            continue  # an old full dump holds every kind's keys
+        if kinds:
+            where = origin(dotted)
+            raise ConfigError(
+                f"'{dotted}' is not an option of model.kind = {kind!r}: it is an option of "
+                f"model.kind = {' or '.join(repr(k) for k in kinds)}. Remove it or change "
+                f"model.kind; the options of {kind!r} are "
+                f"{', '.join(k for k in own if k != 'kind')}" + (f" ({where})" if where else "")
+            )
+        raise _unknown_key("model", str(key), own, origin(dotted))
+    return _make("model", cls, values, origin)
+
+
+def _build(
+    d: Mapping[str, Any], origin: Origin, from_override: Callable[[str], bool] | None = None
+) -> Config:
     """Validate a nested mapping and build a :class:`Config` (see config_from_dict)."""
     if not isinstance(d, Mapping):
         raise ConfigError(f"a config must be a table of sections, got {type(d).__name__}")
-    sections: dict[str, Any] = {}
+    overridden = from_override or (lambda key: False)
     for section, body in d.items():
-        if section not in _SCHEMA:
-            first = next(iter(body), None) if isinstance(body, Mapping) else None
-            raise _unknown_section(str(section), origin(f"{section}.{first}"))
         if not isinstance(body, Mapping):
+            if section not in section_keys():
+                raise _unknown_section(str(section), origin(str(section)))
             raise ConfigError(
                 f"section '{section}' must be a table, got {body!r} ({type(body).__name__})"
             )
-        fields = _SCHEMA[section]
-        values: dict[str, Any] = {}
-        for key, value in body.items():
-            dotted = f"{section}.{key}"
-            if key not in fields:
-                raise _unknown_key(section, str(key), origin(dotted))
-            value = _coerce(dotted, value, fields[key], origin)
-            problem = _CHECKS[dotted](value) if dotted in _CHECKS else None
-            if problem is not None:
-                raise _fail(dotted, value, problem, origin)
-            values[key] = value
-        sections[section] = _SECTIONS[section](**values)
-    config = Config(**sections)
-    if config.model.kind == "pyro" and not config.model.pyro_model:
-        raise _fail(
-            "model.pyro_model",
-            config.model.pyro_model,
-            "the user's Pyro model as 'path/to/file.py:function' when model.kind = 'pyro'",
-            origin,
-        )
-    if config.experiment.mode == "pilco" and (
-        config.model.kind != "gp" or config.model.kernel != "se"
-    ):
-        key = "model.kind" if config.model.kind != "gp" else "model.kernel"
-        raise _fail(
-            key,
-            config.model.kind if key == "model.kind" else config.model.kernel,
-            "'gp' with model.kernel = 'se' when experiment.mode = 'pilco' (moment matching "
-            "needs the exact squared-exponential GP)",
-            origin,
-        )
+    # the user's modules first: they may register the kinds and modes named below
+    exp_body = d.get("experiment", {})
+    if "plugins" in exp_body:
+        plugins = _make("experiment", ExperimentConfig, {"plugins": exp_body["plugins"]}, origin)
+        import_plugins(plugins.plugins)
+    experiment = _build_section("experiment", ExperimentConfig, exp_body, origin)
+    known = section_keys()
+    for section, body in d.items():
+        if section not in known:
+            first = next(iter(body), None)
+            raise _unknown_section(str(section), origin(f"{section}.{first}"))
+    modes = _default_mode_sections()
+    for name in modes:
+        if name in d:
+            options = ALGORITHMS.options(name)
+            assert options is not None
+            modes[name] = _build_section(name, options, d[name], origin)
+    config = Config(
+        experiment=experiment,
+        env=_build_section("env", EnvConfig, d.get("env", {}), origin),
+        model=_build_model(d.get("model", {}), origin, overridden),
+        planner=_build_section("planner", PlannerConfig, d.get("planner", {}), origin),
+        modes=modes,
+    )
     exp = config.experiment
     if exp.seed_episodes > exp.episodes:
         raise _fail(
@@ -608,6 +458,9 @@ def _build(d: Mapping[str, Any], origin: Origin) -> Config:
             f"at most experiment.episodes = {exp.episodes}",
             origin,
         )
+    problem = ALGORITHMS[exp.mode](exp.mode).check(config)
+    if problem is not None:
+        raise _fail(*problem, origin)
     return config
 
 
@@ -624,10 +477,10 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
         The validated configuration.
 
     Raises:
-        ConfigError: On an unknown section or key (with close matches suggested),
-            a value of the wrong type, or a value out of range or not among the
-            choices. The message names the dotted key, the value and what is
-            expected.
+        ConfigError: On an unknown section or key (with close matches suggested), a
+            model key of another kind (naming the kinds it belongs to), a value of
+            the wrong type, or a value out of range or not among the choices. The
+            message names the dotted key, the value and what is expected.
     """
     return _build(d, _no_origin)
 
@@ -635,13 +488,28 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """Return ``config`` as nested plain dictionaries (section -> key -> value).
 
+    The sections are ``experiment``, ``env``, ``model`` (``kind`` first), ``planner``
+    and, of the modes' sections, the chosen mode's and any that differ from their
+    defaults.
+
     Args:
         config: The configuration.
 
     Returns:
         A new dictionary that :func:`config_from_dict` turns back into an equal config.
     """
-    return dataclasses.asdict(config)
+    model = dataclasses.asdict(config.model)
+    out: dict[str, dict[str, Any]] = {
+        "experiment": dataclasses.asdict(config.experiment),
+        "env": dataclasses.asdict(config.env),
+        "model": {"kind": model.pop("kind"), **model},
+        "planner": dataclasses.asdict(config.planner),
+    }
+    defaults = _default_mode_sections()
+    for name, options in config.modes.items():
+        if name == config.experiment.mode or options != defaults.get(name):
+            out[name] = dataclasses.asdict(options)
+    return out
 
 
 # -------------------------------------------------------------------------- presets
@@ -807,7 +675,7 @@ def load_config(
     def origin(key: str) -> str:
         return from_override.get(key, f"in {where}")
 
-    return _build(data, origin)
+    return _build(data, origin, lambda key: key in from_override)
 
 
 def dump_config(config: Config, path: str | Path) -> None:

@@ -83,13 +83,20 @@ TINY = [
 ]
 
 
+def _tiny(extra: tuple[str, ...]) -> list[str]:
+    """TINY and ``extra``; TINY's model keys (the ensemble's) only when ``extra`` keeps
+    the ensemble (a key of another kind is refused)."""
+    other_kind = any(e.startswith("model.kind=") for e in extra)
+    return [*(t for t in TINY if not (other_kind and t.startswith("model."))), *extra]
+
+
 def tiny(*extra: str) -> Config:
-    return load_config(None, [*TINY, *extra])
+    return load_config(None, _tiny(extra))
 
 
 def tiny_args(*extra: str) -> list[str]:
     args = ["--no-progress"]
-    for override in [*TINY, *extra]:
+    for override in _tiny(extra):
         args += ["--set", override]
     return args
 
@@ -571,7 +578,9 @@ def _(ctx: Ctx) -> list[str]:
 
 
 @cli_case(
-    CheckpointError, r"is a PILCO run: .*analyze runs of the MPC modes", id="cli-analyze-pilco-run"
+    CheckpointError,
+    r"is a run of mode 'pilco', which has no dynamics model.*analyze runs of the MPC modes",
+    id="cli-analyze-pilco-run",
 )
 def _(ctx: Ctx) -> list[str]:
     run_dir = ctx.copy_run("pilco_run")

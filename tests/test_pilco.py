@@ -292,7 +292,7 @@ def test_pilco_through_the_runner_and_resume(tmp_path: Path) -> None:
     policy_part = load_checkpoint(tmp_path / "part" / "checkpoints" / "ckpt_0003.pt")
     for k, v in policy_full["model"]["policy"].items():
         assert torch.equal(v, policy_part["model"]["policy"][k])
-    with pytest.raises(CheckpointError, match="PILCO run"):
+    with pytest.raises(CheckpointError, match="run of mode 'pilco', which has no dynamics model"):
         load_run(tmp_path / "full")
 
 

@@ -1,5 +1,34 @@
-"""Algorithms built on models and planners."""
+"""Algorithms built on models and planners: each an agent/learner pair registered
+in :data:`~bayes_mbrl.algorithms.base.ALGORITHMS` under its ``experiment.mode``.
 
-from bayes_mbrl.algorithms.mpc import MODES, MPCAgent, RandomAgent
+Every module of this package is imported with it, so a new algorithm module
+registers itself without any other file being edited.
+"""
 
-__all__ = ["MODES", "MPCAgent", "RandomAgent"]
+from bayes_mbrl.algorithms.base import (
+    ALGORITHMS,
+    Agent,
+    Algorithm,
+    AlgorithmParts,
+    Learner,
+    build_algorithm,
+    build_model,
+)
+from bayes_mbrl.algorithms.mpc import MODES, MPCAgent, MPCAlgorithm, RandomAgent
+from bayes_mbrl.registry import import_package_modules
+
+import_package_modules(__name__)
+
+__all__ = [
+    "ALGORITHMS",
+    "MODES",
+    "Agent",
+    "Algorithm",
+    "AlgorithmParts",
+    "Learner",
+    "MPCAgent",
+    "MPCAlgorithm",
+    "RandomAgent",
+    "build_algorithm",
+    "build_model",
+]

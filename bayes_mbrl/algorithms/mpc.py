@@ -5,21 +5,28 @@
 - ``mpc`` (v1.5): refit after every episode, execute only the first action and replan every step.
 
 The agent hands the planner a score function bound to the current observation;
-the planner never sees the model.
+the planner never sees the model. :class:`MPCAlgorithm` builds the model, planner,
+rollout evaluator and agent from a config; it is registered as the modes
+``v0.5``, ``v1.0`` and ``mpc``.
 """
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
 from bayes_mbrl.errors import ConfigError, DataError
-from bayes_mbrl.planning import Planner, PlanResult, RolloutEvaluator
+from bayes_mbrl.planning import PLANNERS, Planner, PlanResult, RolloutEvaluator, make_objective
 
-__all__ = ["MODES", "MPCAgent", "RandomAgent"]
+if TYPE_CHECKING:
+    from bayes_mbrl.envs import TaskSpec
+
+__all__ = ["MODES", "MPCAgent", "MPCAlgorithm", "RandomAgent", "build_evaluator"]
 
 MODES = ("v0.5", "v1.0", "mpc")
 
@@ -117,3 +124,49 @@ class RandomAgent:
         """A uniform action ``(action_dim,)``; the observation is ignored."""
         u = torch.rand(self.low.shape, generator=self.generator)
         return self.low + u * (self.high - self.low)
+
+
+# ------------------------------------------------------------------ the runner's view
+def build_evaluator(
+    config: Any, model: Any, task: TaskSpec, generator: torch.Generator
+) -> RolloutEvaluator:
+    """The rollout evaluator of ``config.planner`` for ``model`` on ``task``."""
+    p = config.planner
+    return RolloutEvaluator(
+        model,
+        task.reward_fn,
+        p.horizon,
+        particles=p.particles,
+        propagation=p.propagation,
+        objective=make_objective(p.objective, p.risk_beta, p.cvar_alpha),
+        termination_fn=task.termination_fn,
+        precision=p.precision,
+        generator=generator,
+        expected_reward_fn=task.expected_reward_fn,
+    )
+
+
+class MPCAlgorithm(Algorithm):
+    """Model-predictive control through the ``[model]`` dynamics and the ``[planner]``
+    section: the learner is the dynamics model, the agent an :class:`MPCAgent`."""
+
+    def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
+        model = build_model(config, task.obs_dim, task.action_dim)
+        p = config.planner
+        planner = PLANNERS[p.kind].from_config(p, task.action_low, task.action_high, generator)
+        evaluator = build_evaluator(config, model, task, generator)
+        return AlgorithmParts(
+            agent=MPCAgent(planner, evaluator, self.mode),
+            learner=model,
+            model=model,
+            refits_each_episode=self.mode != "v0.5",
+            title=f"{config.model.kind} + {p.kind}",
+        )
+
+
+for _mode, _summary in (
+    ("v0.5", "fit once on the random episodes, then run whole plans open loop"),
+    ("v1.0", "refit after every episode, run whole plans open loop"),
+    ("mpc", "refit after every episode, replan at every step (PETS-style MPC)"),
+):
+    ALGORITHMS.add(_mode, MPCAlgorithm, summary=_summary)

@@ -26,35 +26,43 @@ features, in expectation (:func:`saturating_cost_moments`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts
 from bayes_mbrl.algorithms.policies import MomentPolicy, RBFPolicy
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models.base import FitReport
 from bayes_mbrl.models.gp import ExactGPDynamics
+from bayes_mbrl.options import Options, at_least, one_of, option
+from bayes_mbrl.planning.belief import gp_belief_step
 from bayes_mbrl.planning.moment_matching import (
     SEGP,
     augment,
     check_finite_belief,
     saturating_cost_moments,
-    se_gp_moments,
     segp_from_exact,
     sin_moments,
 )
+
+if TYPE_CHECKING:
+    from bayes_mbrl.envs import TaskSpec
 
 __all__ = [
     "PILCO",
     "PILCO_TASKS",
     "PILCOAgent",
+    "PILCOAlgorithm",
+    "PILCOOptions",
     "PILCOTask",
     "PolicyReport",
     "StateMap",
@@ -250,6 +258,11 @@ def propagate(
 ) -> Trajectory:
     """Propagate ``N(mean0, cov0)`` through policy and GP for ``horizon`` steps.
 
+    Per step the joint belief over the state, its observation features and the
+    policy's action is built by :func:`~bayes_mbrl.planning.moment_matching.augment`;
+    the GP step itself is :func:`~bayes_mbrl.planning.belief.gp_belief_step`, the one
+    the rollout evaluator's moment matching uses.
+
     Args:
         gp: dynamics GP on ``[obs, action]`` predicting state deltas.
         policy: the policy on observations.
@@ -275,13 +288,10 @@ def propagate(
         n = z_m.shape[-1]
         z_m, z_s = augment(z_m, z_s, obs_idx, policy_moments)
         z_m, z_s = augment(z_m, z_s, list(range(n, n + a)), policy.squash_moments)
-        u_idx = list(range(n + a, n + 2 * a))
-        z_m, z_s = augment(z_m, z_s, obs_idx + u_idx, lambda mm, ss: se_gp_moments(gp, mm, ss))
-        k = n + 2 * a
-        m = z_m[:d] + z_m[k : k + d]
-        cross = z_s[:d, k : k + d]
-        s = z_s[:d, :d] + z_s[k : k + d, k : k + d] + cross + cross.T
-        s = 0.5 * (s + s.T)
+        # the GP reads x = [o, u], jointly Gaussian with the state s = z[:d]
+        x_idx = torch.as_tensor(obs_idx + list(range(n + a, n + 2 * a)))
+        x_mean, x_cov = z_m[x_idx], z_s[x_idx, :][:, x_idx]
+        m, s, _ = gp_belief_step(gp, z_m[:d], z_s[:d, :d], x_mean, x_cov, z_s[:d, x_idx])
         check_finite_belief(m, s, f"step {t + 1} of {horizon}")
         z_m, z_s = smap.with_features(m, s)  # the next step starts from these
         ec, vc = saturating_cost_moments(
@@ -532,8 +542,6 @@ class PILCOAgent:
         pilco: the :class:`PILCO` learner.
     """
 
-    refits_each_episode = True
-
     def __init__(self, pilco: PILCO) -> None:
         self.pilco = pilco
         self.plan_seconds = 0.0
@@ -566,7 +574,12 @@ class PILCOAgent:
             wall_seconds=time.perf_counter() - start,
         )
 
+    def progress_total(self) -> int:
+        """Progress calls of a fit: at most one per L-BFGS iteration."""
+        return self.pilco.opt_iterations
+
     def reset(self) -> None:
+        """Nothing to forget between episodes."""
         self.plan_seconds = 0.0
 
     def act(self, obs: np.ndarray | Tensor) -> Tensor:
@@ -594,3 +607,76 @@ class PILCOAgent:
             ) from exc
         self.pilco.gp_model.load_state_dict(state["gp"])
         self.pilco.gp = segp_from_exact(self.pilco.gp_model) if self.pilco.gp_model.fitted else None
+
+
+@dataclass
+class PILCOOptions(Options):
+    """PILCO's policy search (the ``[pilco]`` section, ``experiment.mode = "pilco"``).
+
+    The GP is the ``[model]`` section's exact GP (``model.kind = "gp"``,
+    ``model.kernel = "se"``): ``model.num_steps`` and ``model.learning_rate`` fit its
+    hyperparameters, ``model.max_train_points`` caps the transitions it conditions on
+    (the most recent are kept; 0 = all).
+    """
+
+    policy: str = option("rbf", one_of(("rbf", "linear")), "policy family")
+    num_basis: int = option(
+        50, at_least(1, "an integer"), "Gaussian basis functions of the RBF policy"
+    )
+    opt_iterations: int = option(
+        75, at_least(1, "an integer"), "L-BFGS iterations per policy optimization"
+    )
+
+
+@ALGORITHMS.register("pilco", options=PILCOOptions)
+class PILCOAlgorithm(Algorithm):
+    """PILCO: policy search by L-BFGS through a moment-matched exact SE GP."""
+
+    def check(self, config: Any) -> tuple[str, Any, str] | None:
+        m = config.model
+        if m.kind != "gp" or m.kernel != "se":
+            key = "model.kind" if m.kind != "gp" else "model.kernel"
+            return (
+                key,
+                m.kind if key == "model.kind" else m.kernel,
+                "'gp' with model.kernel = 'se' when experiment.mode = 'pilco' (moment matching "
+                "needs the exact squared-exponential GP)",
+            )
+        return None
+
+    def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
+        """PILCO for ``config.env.id``; the prediction horizon is ``env.episode_length``.
+
+        Raises:
+            ConfigError: PILCO has no task description for the environment.
+        """
+        if config.env.id not in PILCO_TASKS:
+            raise ConfigError(
+                f"experiment.mode = 'pilco' needs a PILCO task description (angles, start "
+                f"distribution, saturating cost) for env.id = {config.env.id!r}; known: "
+                f"{sorted(PILCO_TASKS)} (add one to bayes_mbrl.algorithms.pilco.PILCO_TASKS)"
+            )
+        m, p = config.model, config.pilco
+        ptask = dataclasses.replace(PILCO_TASKS[config.env.id], horizon=config.env.episode_length)
+        pilco = PILCO(
+            ptask,
+            task.action_low,
+            task.action_high,
+            policy=p.policy,
+            num_basis=p.num_basis,
+            gp_steps=m.num_steps,
+            gp_learning_rate=m.learning_rate,
+            max_points=m.max_train_points or None,
+            opt_iterations=p.opt_iterations,
+            generator=generator,
+        )
+        agent = PILCOAgent(pilco)
+        return AlgorithmParts(
+            agent=agent,
+            learner=agent,
+            model=None,
+            title=f"GP + {p.policy} policy",
+            fit_description="policy search (expected cost)",
+            no_model_reason="its GP models state deltas in PILCO's angle coordinates, not "
+            "the observation-to-observation dynamics that analyze reports on",
+        )

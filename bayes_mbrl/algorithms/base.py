@@ -1,0 +1,168 @@
+"""What the experiment runner sees of an algorithm: an :class:`Agent` that acts and
+a :class:`Learner` that is fitted after episodes and checkpointed, built by an
+:class:`Algorithm` registered in :data:`ALGORITHMS` under its ``experiment.mode``.
+
+MPC (PETS-style, modes ``mpc``, ``v1.0``, ``v0.5``) and PILCO are such pairs; a new
+algorithm is one module that defines its agent and learner, an :class:`Algorithm`
+whose :meth:`Algorithm.build` wires them from a config, and the registration::
+
+    @ALGORITHMS.register("my_mode", options=MyOptions)    # [my_mode] section of a config
+    class MyAlgorithm(Algorithm):
+        def build(self, config, task, generator):
+            ...
+            return AlgorithmParts(agent=agent, learner=learner, title="my method")
+
+Nothing else is edited: the config accepts ``experiment.mode = "my_mode"`` and a
+``[my_mode]`` section read into ``MyOptions``; the runner fits, checkpoints, resumes
+and plots it like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
+from bayes_mbrl.registry import Registry
+
+if TYPE_CHECKING:
+    from bayes_mbrl.envs import TaskSpec
+
+__all__ = [
+    "ALGORITHMS",
+    "Agent",
+    "Algorithm",
+    "AlgorithmParts",
+    "Learner",
+    "build_algorithm",
+    "build_model",
+]
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """Acts in the environment.
+
+    Attributes:
+        plan_seconds: wall time spent choosing actions since the last :meth:`reset`
+            (reported in ``timings.csv``).
+    """
+
+    plan_seconds: float
+
+    def reset(self) -> None:
+        """Start of an episode."""
+
+    def act(self, obs: np.ndarray | Tensor) -> Tensor:
+        """Action ``(action_dim,)`` for the observation ``(obs_dim,)``."""
+        ...
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """Fitted on the replay buffer between episodes and checkpointed by the runner.
+
+    A :class:`~bayes_mbrl.models.base.DynamicsModel` is a learner (the MPC modes fit
+    only their model); PILCO's learner fits its GP and optimizes its policy.
+    """
+
+    def fit(
+        self,
+        data: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> FitReport:
+        """Fit to every transition in ``data``; call ``progress`` after each step."""
+        ...
+
+    def progress_total(self) -> int | None:
+        """How many ``progress`` calls a fit makes at most (None: unknown)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain containers (``torch.load(weights_only=True)`` reads them)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
+
+
+@dataclass
+class AlgorithmParts:
+    """What an algorithm gives the runner.
+
+    Attributes:
+        agent: acts in the planned (non-random) episodes.
+        learner: fitted before each planned episode (or only before the first, see
+            ``refits_each_episode``) and checkpointed.
+        model: the dynamics model of observations, for ``bayes-mbrl analyze``
+            (None when the algorithm has none in those coordinates).
+        refits_each_episode: False to fit only once, before the first planned episode.
+        title: the method's name in plots ("ensemble + cem").
+        fit_description: what a fit does, for progress bars.
+        no_model_reason: why ``model`` is None (for the error of ``analyze``).
+    """
+
+    agent: Agent
+    learner: Learner
+    model: DynamicsModel | None = None
+    refits_each_episode: bool = True
+    title: str = ""
+    fit_description: str = "fit"
+    no_model_reason: str = ""
+
+
+class Algorithm(abc.ABC):
+    """Builds an agent/learner pair from a configuration (one per ``experiment.mode``).
+
+    Subclasses are registered in :data:`ALGORITHMS`; their options dataclass, given at
+    registration, is the config section named after the mode.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def check(self, config: Any) -> tuple[str, Any, str] | None:
+        """Checks of the whole config that this mode needs (e.g. the model kind it
+        requires): ``(key, value, expected)`` of the first problem, or None."""
+        return None
+
+    @abc.abstractmethod
+    def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
+        """The agent and learner for ``config`` on ``task``, seeded by ``generator``."""
+
+
+ALGORITHMS: Registry[Callable[[str], Algorithm]] = Registry("mode", "experiment.mode")
+"""Algorithms by ``experiment.mode``; each entry is an :class:`Algorithm` subclass
+(called with its mode name) with its options dataclass, the ``[mode]`` section."""
+
+
+def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
+    """The parts of ``config.experiment.mode`` (see :data:`ALGORITHMS`)."""
+    mode = config.experiment.mode
+    return ALGORITHMS[mode](mode).build(config, task, generator)
+
+
+def build_model(config: Any, obs_dim: int, action_dim: int) -> DynamicsModel:
+    """The dynamics model of ``config.model`` (its ``kind`` looked up in
+    :data:`~bayes_mbrl.models.base.MODELS`), seeded by ``experiment.seed``."""
+    section = config.model
+    cls = MODELS[section.kind]
+    options = MODELS.options(section.kind)
+    values = {k: getattr(section, k) for k in _field_names(options)} if options else {}
+    opts = options(**values) if options else None
+    return cls.from_options(opts, obs_dim, action_dim, seed=config.experiment.seed)  # type: ignore[arg-type]
+
+
+def _field_names(cls: type[Any]) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(cls)]

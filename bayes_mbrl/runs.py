@@ -1,0 +1,414 @@
+"""The run store: everything a run directory holds, apart from the loop that fills it.
+
+A run directory holds:
+
+- ``config.toml``: the resolved configuration;
+- ``transitions.f32``: every transition, appended and flushed as it is collected
+  (raw float32 rows, see :class:`TransitionLog`), so a killed run loses none;
+- ``metrics.csv``: one row per episode (:data:`METRIC_FIELDS`), deterministic given
+  config and seed;
+- ``timings.csv``: wall-clock seconds per episode (:data:`TIMING_FIELDS`; kept apart:
+  they vary);
+- ``learning_curve.png``: return per episode (written by a callback);
+- ``checkpoints/ckpt_NNNN.pt``: after each episode, written atomically: the learner's
+  state, RNG state, counters and the metrics so far, serialized by ``torch.save`` and
+  wrapped with its SHA-256 (:func:`save_checkpoint`). Reading (:func:`load_checkpoint`)
+  uses ``torch.load(weights_only=True)`` only, so a crafted file cannot run code (it is
+  refused with :class:`~bayes_mbrl.errors.UnsafeCheckpointError`), and a truncated or
+  corrupted file fails its checksum; :meth:`RunStore.read_checkpoint` then falls back
+  to the previous checkpoint with a warning.
+
+:func:`load_run` loads a run's newest fitted dynamics model and its data for analysis.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import pickle
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayes_mbrl import __version__
+from bayes_mbrl.algorithms.base import build_algorithm
+from bayes_mbrl.config import Config, dump_config, load_config
+from bayes_mbrl.data import TransitionBatch
+from bayes_mbrl.envs import get_task
+from bayes_mbrl.errors import CheckpointError, UnsafeCheckpointError
+from bayes_mbrl.models import DynamicsModel
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CONFIG_FILE",
+    "METRIC_FIELDS",
+    "TIMING_FIELDS",
+    "LoadedRun",
+    "RunStore",
+    "TransitionLog",
+    "load_checkpoint",
+    "load_run",
+    "read_run_config",
+    "save_checkpoint",
+]
+
+CONFIG_FILE = "config.toml"
+"""File whose presence marks a directory as a run directory."""
+CHECKPOINT_FORMAT = 2
+"""2: a SHA-256-checked payload (:func:`save_checkpoint`); format 1 (plain) is still read."""
+_READABLE_FORMATS = (1, 2)
+_CHECKPOINT_KEYS = (
+    "num_transitions",
+    "episodes_done",
+    "model",
+    "model_fitted_once",
+    "rng_torch",
+    "metrics",
+)
+METRIC_FIELDS = (
+    "episode",
+    "policy",
+    "env_steps",
+    "return",
+    "fit_epochs",
+    "train_loss",
+    "val_loss",
+)
+"""Columns of ``metrics.csv``: deterministic given config and seed (byte-identical
+across runs and resumes on CPU)."""
+TIMING_FIELDS = ("episode", "plan_seconds", "fit_seconds", "episode_seconds")
+"""Columns of ``timings.csv``: wall-clock seconds, which vary from run to run."""
+
+
+# ------------------------------------------------------------------------ files
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors and plain containers) atomically with its SHA-256.
+
+    The file is ``torch.save({"format_version", "sha256", "payload"})`` where
+    ``payload`` is ``torch.save(state)`` as bytes: loadable with
+    ``torch.load(weights_only=True)`` at both levels.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    wrapper = {
+        "format_version": CHECKPOINT_FORMAT,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": payload,
+    }
+    out = io.BytesIO()
+    torch.save(wrapper, out)
+    atomic_write_bytes(Path(path), out.getvalue())
+
+
+def _safe_torch_load(data: bytes | Path, path: Path) -> Any:
+    source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        return torch.load(source, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # the weights-only unpickler names the global a crafted file tries to import
+        culprit = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if culprit:
+            raise UnsafeCheckpointError(
+                f"{path} holds pickled Python objects that would run code when loaded "
+                f"({culprit[0][:200]}); bayes_mbrl loads checkpoints with weights_only=True "
+                "and refused it. Delete the file unless you trust and know its origin"
+            ) from exc
+        raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from exc
+    except Exception as exc:  # torch raises RuntimeError / EOFError / zip errors
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or ['no message'])[0][:200]}); it is truncated or "
+            "corrupted"
+        ) from exc
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a format-1 file).
+
+    Raises:
+        UnsafeCheckpointError: the file would execute code when unpickled.
+        CheckpointError: the file is truncated or corrupted (unreadable, or its
+            SHA-256 does not match), or of an unknown format.
+    """
+    path = Path(path)
+    outer = _safe_torch_load(path, path)
+    if not isinstance(outer, dict) or outer.get("format_version") not in _READABLE_FORMATS:
+        version = outer.get("format_version") if isinstance(outer, dict) else None
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}; this bayes_mbrl reads "
+            f"{list(_READABLE_FORMATS)}"
+        )
+    if outer["format_version"] == 1:
+        return dict(outer)
+    payload = outer.get("payload")
+    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != outer.get("sha256"):
+        raise CheckpointError(f"{path} fails its SHA-256 check; the file is corrupted")
+    state = _safe_torch_load(payload, path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dictionary")
+    return state
+
+
+class TransitionLog:
+    """Append-only file of transitions, one float32 row each, flushed per row.
+
+    Row layout: ``obs (obs_dim) | action (action_dim) | reward | next_obs (obs_dim) |
+    terminated | truncated | episode``. A partly written last row (a kill during
+    the write) is ignored on reading and cut off before appending.
+
+    Args:
+        path: the file.
+        obs_dim: observation size.
+        action_dim: action size.
+    """
+
+    def __init__(self, path: Path, obs_dim: int, action_dim: int) -> None:
+        self.path, self.obs_dim, self.action_dim = path, obs_dim, action_dim
+        self.width = 2 * obs_dim + action_dim + 4
+        self._file: io.BufferedWriter | None = None
+
+    def read(self) -> np.ndarray:
+        """All complete rows, ``(rows, width)`` float32."""
+        if not self.path.exists():
+            return np.zeros((0, self.width), dtype=np.float32)
+        raw = np.fromfile(self.path, dtype=np.float32)
+        rows = raw.size // self.width
+        return raw[: rows * self.width].reshape(rows, self.width)
+
+    def open(self, keep_rows: int) -> None:
+        """Open for appending after the first ``keep_rows`` complete rows."""
+        size = keep_rows * self.width * 4
+        mode = "r+b" if self.path.exists() else "wb"
+        f = open(self.path, mode)  # kept open for the run
+        f.truncate(size)
+        f.seek(size)
+        self._file = f  # type: ignore[assignment]
+
+    def append(self, row: np.ndarray) -> None:
+        """Write and flush one row."""
+        assert self._file is not None, "TransitionLog.open() first"
+        self._file.write(row.astype(np.float32).tobytes())
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (fsync first)."""
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def split_row(self, row: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(obs, action, reward, next_obs, terminated, truncated, episode)`` of a row or rows."""
+        d, a = self.obs_dim, self.action_dim
+        return (
+            row[..., :d],
+            row[..., d : d + a],
+            row[..., d + a],
+            row[..., d + a + 1 : 2 * d + a + 1],
+            row[..., 2 * d + a + 1] > 0.5,
+            row[..., 2 * d + a + 2] > 0.5,
+            row[..., 2 * d + a + 3],
+        )
+
+
+# ------------------------------------------------------------------------ the store
+class RunStore:
+    """Reads and writes one run directory (see the module docstring).
+
+    Args:
+        run_dir: the directory.
+        obs_dim: observation size (the transition log's row layout).
+        action_dim: action size.
+        checkpoint_keep: checkpoints kept (older ones are deleted).
+    """
+
+    def __init__(
+        self, run_dir: Path, obs_dim: int, action_dim: int, checkpoint_keep: int = 2
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.checkpoint_keep = checkpoint_keep
+        self.log = TransitionLog(self.run_dir / "transitions.f32", obs_dim, action_dim)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """``run_dir/checkpoints``."""
+        return self.run_dir / "checkpoints"
+
+    def checkpoint_path(self, episodes_done: int) -> Path:
+        """``checkpoints/ckpt_NNNN.pt`` after ``episodes_done`` episodes."""
+        return self.checkpoint_dir / f"ckpt_{episodes_done:04d}.pt"
+
+    def create(self, config: Config) -> None:
+        """Create the directory, write the config and open the transition log (new runs).
+
+        Raises:
+            CheckpointError: the directory already holds a run.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / CONFIG_FILE).exists():
+            raise CheckpointError(
+                f"{self.run_dir} already contains a run; resume it with "
+                f"'bayes-mbrl resume {self.run_dir}' or choose another directory"
+            )
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        dump_config(config, self.run_dir / CONFIG_FILE)
+        self.log.open(keep_rows=0)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write ``run_dir/name`` atomically (plots and other outputs of callbacks)."""
+        atomic_write_bytes(self.run_dir / name, data)
+
+    def write_metrics(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write ``metrics.csv`` and ``timings.csv`` from the episode rows."""
+        for name, fields in (("metrics.csv", METRIC_FIELDS), ("timings.csv", TIMING_FIELDS)):
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _fmt(row[k]) for k in fields})
+            atomic_write_bytes(self.run_dir / name, buf.getvalue().encode())
+
+    def write_checkpoint(self, episodes_done: int, state: dict[str, Any]) -> None:
+        """Write the checkpoint after ``episodes_done`` episodes (``state`` holds the
+        keys in ``_CHECKPOINT_KEYS``; versions are added) and delete old ones."""
+        full = {
+            "format_version": CHECKPOINT_FORMAT,
+            "bayes_mbrl_version": __version__,
+            "torch_version": str(torch.__version__),
+            **state,
+        }
+        save_checkpoint(self.checkpoint_path(episodes_done), full)
+        for old in sorted(self.checkpoint_dir.glob("ckpt_*.pt"))[: -self.checkpoint_keep]:
+            old.unlink(missing_ok=True)
+
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint's contents (None when there is none).
+
+        A truncated or corrupted checkpoint is skipped with a warning and the previous
+        one is used.
+
+        Raises:
+            UnsafeCheckpointError: a checkpoint would run code when unpickled.
+            CheckpointError: a checkpoint lacks required keys.
+        """
+        for path in sorted(self.checkpoint_dir.glob("ckpt_*.pt"), reverse=True):
+            try:
+                state = load_checkpoint(path)
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointError as exc:
+                warnings.warn(f"{exc}; using the previous checkpoint", RuntimeWarning, stacklevel=2)
+                continue
+            missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+            if missing:
+                raise CheckpointError(
+                    f"{path} is missing {missing}; it was not written by bayes_mbrl or is "
+                    "damaged. Remove it to resume from the previous checkpoint"
+                )
+            return state
+        return None
+
+
+def read_run_config(run_dir: Path | str) -> Config:
+    """The configuration of a run directory.
+
+    Raises:
+        CheckpointError: the directory has no ``config.toml``.
+    """
+    config_path = Path(run_dir) / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} has no config.toml; it is not a bayes_mbrl run directory")
+    return load_config(config_path)
+
+
+@dataclass
+class LoadedRun:
+    """A run's fitted model and its data, for analysis (``bayes-mbrl analyze``).
+
+    Attributes:
+        config: the run's configuration.
+        model: the model of the newest readable checkpoint.
+        train: transitions of every episode before the last one.
+        held_out: transitions of the last finished episode; the checkpointed
+            model was fitted before it was collected, so they are unseen data.
+        episodes_done: episodes finished at that checkpoint.
+    """
+
+    config: Config
+    model: DynamicsModel
+    train: TransitionBatch
+    held_out: TransitionBatch
+    episodes_done: int
+
+
+def load_run(run_dir: Path | str) -> LoadedRun:
+    """Load a run directory's newest fitted model and split its transitions for analysis.
+
+    Args:
+        run_dir: a directory written by :func:`run_experiment`.
+
+    Raises:
+        CheckpointError: not a run directory, no readable checkpoint, or no model
+            fitted yet (only random episodes so far).
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    task = get_task(config.env.id)
+    parts = build_algorithm(config, task, torch.Generator().manual_seed(config.experiment.seed))
+    if parts.model is None:
+        raise CheckpointError(
+            f"{run_dir} is a run of mode {config.experiment.mode!r}, which has no dynamics "
+            f"model of the observations to analyze ({parts.no_model_reason or 'none given'}); "
+            "analyze runs of the MPC modes"
+        )
+    store = RunStore(run_dir, task.obs_dim, task.action_dim)
+    state = store.read_checkpoint()
+    if state is None:
+        raise CheckpointError(
+            f"{run_dir} has no readable checkpoint yet; let the run finish an episode first"
+        )
+    if not state["model_fitted_once"]:
+        raise CheckpointError(
+            f"{run_dir}: no model has been fitted yet (only random episodes so far); "
+            "analyze the run after its first planned episode"
+        )
+    parts.learner.load_state_dict(state["model"])
+    model = parts.model
+    rows = store.log.read()[: int(state["num_transitions"])]
+    o, a, r, no, te, tr, ep = store.log.split_row(rows)
+    last = ep == ep.max()
+
+    def batch(mask: np.ndarray) -> TransitionBatch:
+        return TransitionBatch(
+            torch.from_numpy(o[mask].copy()),
+            torch.from_numpy(a[mask].copy()),
+            torch.from_numpy(r[mask].copy()),
+            torch.from_numpy(no[mask].copy()),
+            torch.from_numpy(te[mask].copy()),
+            torch.from_numpy(tr[mask].copy()),
+        )
+
+    return LoadedRun(config, model, batch(~last), batch(last), state["episodes_done"])
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
