@@ -22,8 +22,9 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bayes_mbrl.config import (
     DEFAULT_PRESET,
@@ -167,6 +168,16 @@ def _report(result_dir: Path, returns: Sequence[float]) -> None:
     print(f"results written to {result_dir}")
 
 
+def _run_and_report(run_dir: Path, run: Callable[[], Any]) -> int:
+    """Run (or resume) a run, print its summary; Ctrl-C says how to resume."""
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        return _interrupted(run_dir)
+    _report(result.run_dir, result.returns)
+    return 0
+
+
 def _check_out_dir(out: Path) -> None:
     """Raise ConfigError unless ``out`` can be a directory: it and each existing parent
     are directories (nothing is created here)."""
@@ -199,12 +210,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bayes_mbrl.experiment import run_experiment
 
     print(f"run directory: {run_dir}")
-    try:
-        result = run_experiment(config, run_dir)
-    except KeyboardInterrupt:
-        return _interrupted(run_dir)
-    _report(result.run_dir, result.returns)
-    return 0
+    return _run_and_report(run_dir, lambda: run_experiment(config, run_dir))
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -221,12 +227,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from bayes_mbrl.experiment import resume_experiment
 
     progress = False if args.no_progress else None
-    try:
-        result = resume_experiment(run_dir, progress=progress)
-    except KeyboardInterrupt:
-        return _interrupted(run_dir)
-    _report(result.run_dir, result.returns)
-    return 0
+    return _run_and_report(run_dir, lambda: resume_experiment(run_dir, progress=progress))
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -297,7 +298,9 @@ def components_help() -> str:
                 section = "model" if registry is MODELS else entry.name
                 docs = option_docs(entry.options)
                 for f in dataclasses.fields(entry.options):
-                    value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                    value: Any = f.default
+                    if value is dataclasses.MISSING and callable(f.default_factory):
+                        value = f.default_factory()
                     doc = docs.get(f.name, "")
                     out.append(
                         f"      {section}.{f.name} = {value!r}" + (f": {doc}" if doc else "")

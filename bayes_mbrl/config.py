@@ -303,9 +303,9 @@ def section_keys() -> dict[str, list[str]]:
     for e in MODELS.entries():
         model_keys += [k for k in _fields(e.options) if k not in model_keys]
     keys["model"] = model_keys
-    for e in ALGORITHMS.entries():
-        if e.options is not None:
-            keys[e.name] = _fields(e.options)
+    for mode in ALGORITHMS.entries():
+        if mode.options is not None:
+            keys[mode.name] = _fields(mode.options)
     return keys
 
 

@@ -141,16 +141,6 @@ class Experiment:
         """The algorithm's dynamics model (None when it has none)."""
         return self.parts.model
 
-    @property
-    def learner(self) -> Any:
-        """What is fitted between episodes and checkpointed."""
-        return self.parts.learner
-
-    @property
-    def agent(self) -> Agent:
-        """What acts in the planned episodes."""
-        return self.parts.agent
-
     # ----------------------------------------------------------------- running
     def start(self) -> None:
         """Create the run directory and write the resolved config (new runs only)."""

@@ -20,6 +20,8 @@ def test_doc_code_blocks_run(path: Path) -> None:
     namespace: dict[str, object] = {"__name__": f"doc_{path.stem}"}
     for i, code in enumerate(blocks):
         try:
-            exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)
+            # dont_inherit: the blocks run as a user would run them, not under this
+            # file's `from __future__ import annotations`
+            exec(compile(code, f"{path.name}[block {i}]", "exec", dont_inherit=True), namespace)
         except Exception as exc:  # report which block failed
             raise AssertionError(f"{path.name} block {i} failed: {exc!r}") from exc

@@ -180,7 +180,7 @@ def test_a_config_written_before_per_kind_sections_still_loads(tmp_path: Path) -
     assert not keys & {"num_members", "hidden_sizes", "guide", "num_inducing", "prior_scale"}
     # a bad value of the kind's own keys is still refused
     with pytest.raises(ConfigError, match=r"'model\.num_steps'"):
-        config_from_dict({"model": {**LEGACY_MODEL, "num_steps": 0}})
+        config_from_dict({"model": {**LEGACY_MODEL, "num_steps": -1}})
 
 
 def test_mode_sections_are_read_into_the_modes_options(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ class ExactGPDynamics(GPDynamicsBase):
         training_steps: int = 100,
         learning_rate: float = 0.05,
         num_features: int = 1024,
-        max_train_points: int | None = None,
+        max_train_points: int | None = 0,
         hyper_max_points: int = 512,
         min_noise: float = 1e-6,
         max_jitter: float = 1e-3,
