@@ -109,28 +109,30 @@ class ProgressBars(Callback):
             leave=True,
         )
 
+    @staticmethod
+    def _advance(bar: _Bar | None, text: str) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(text, refresh=False)
+
     def _on_step(self, experiment: Experiment, step: int, reward: float, total: float) -> None:
-        if self._episode is not None:
-            self._episode.update(1)
-            self._episode.set_postfix_str(f"return {total:.1f}", refresh=False)
+        self._advance(self._episode, f"return {total:.1f}")
 
     def _on_episode_finish(self, experiment: Experiment) -> None:
         if self._episode is not None:
             self._episode.close()
-            self._episode = None
+        self._episode = None
 
     def _on_fit_start(self, experiment: Experiment, total: int | None, description: str) -> None:
         self._fit = self._bar(total or 0, description, leave=False)
 
     def _on_fit_progress(self, experiment: Experiment, step: int, train: float, val: float) -> None:
-        if self._fit is not None:
-            self._fit.update(1)
-            self._fit.set_postfix_str(f"train {train:.3f} val {val:.3f}", refresh=False)
+        self._advance(self._fit, f"train {train:.3f} val {val:.3f}")
 
     def _on_fit_finish(self, experiment: Experiment) -> None:
         if self._fit is not None:
             self._fit.close()
-            self._fit = None
+        self._fit = None
 
 
 class LearningCurvePlot(Callback):

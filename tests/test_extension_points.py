@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bayes_mbrl.algorithms import ALGORITHMS, Agent, Learner
+from bayes_mbrl.algorithms.base import check_learner
 from bayes_mbrl.cli import components_help, main
 from bayes_mbrl.config import (
     config_from_dict,
@@ -18,7 +19,7 @@ from bayes_mbrl.config import (
     load_config,
     model_section,
 )
-from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.errors import ConfigError, ModelError
 from bayes_mbrl.experiment import Experiment, run_experiment
 from bayes_mbrl.models import MODELS
 from bayes_mbrl.options import OptionError, Options, at_least, option
@@ -281,3 +282,17 @@ def test_the_runner_sees_only_agent_and_learner() -> None:
         assert isinstance(exp.parts.learner, Learner)
         assert exp.parts.refits_each_episode == (mode != "v0.5")
         assert (exp.parts.model is None) == (mode == "pilco")
+
+
+def test_a_learner_whose_fit_takes_no_progress_is_named_before_the_run() -> None:
+    class OldModel:
+        def fit(self, data, generator=None):  # type: ignore[no-untyped-def]
+            return None
+
+    class AnyKeywords:
+        def fit(self, data, **kwargs):  # type: ignore[no-untyped-def]
+            return None
+
+    check_learner(AnyKeywords())
+    with pytest.raises(ModelError, match=r"OldModel\.fit takes no 'progress' argument"):
+        check_learner(OldModel())

@@ -20,6 +20,7 @@ and plots it like the built-in ones.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.errors import ModelError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.registry import Registry
 
@@ -43,6 +45,7 @@ __all__ = [
     "Learner",
     "build_algorithm",
     "build_model",
+    "check_learner",
 ]
 
 
@@ -146,9 +149,35 @@ ALGORITHMS: Registry[Callable[[str], Algorithm]] = Registry("mode", "experiment.
 
 
 def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
-    """The parts of ``config.experiment.mode`` (see :data:`ALGORITHMS`)."""
+    """The parts of ``config.experiment.mode`` (see :data:`ALGORITHMS`).
+
+    Raises:
+        ModelError: the learner's ``fit`` does not take ``progress`` (written for an
+            earlier version of the protocol).
+    """
     mode = config.experiment.mode
-    return ALGORITHMS[mode](mode).build(config, task, generator)
+    parts = ALGORITHMS[mode](mode).build(config, task, generator)
+    check_learner(parts.learner)
+    return parts
+
+
+def check_learner(learner: Any) -> None:
+    """Raise :class:`~bayes_mbrl.errors.ModelError` unless ``learner.fit`` accepts the
+    runner's call ``fit(data, generator, progress=...)``, before any episode runs."""
+    try:
+        params = inspect.signature(learner.fit).parameters
+    except (AttributeError, TypeError, ValueError):
+        raise ModelError(
+            f"{type(learner).__name__} has no fit(data, generator=None, progress=None); "
+            "a learner (or dynamics model) must implement it"
+        ) from None
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "progress" not in params and not takes_any:
+        raise ModelError(
+            f"{type(learner).__name__}.fit takes no 'progress' argument; the runner calls "
+            "fit(data, generator, progress=...): add 'progress=None' to its signature and "
+            "call progress(step, train_loss, val_loss) as it goes (or ignore it)"
+        )
 
 
 def build_model(config: Any, obs_dim: int, action_dim: int) -> DynamicsModel:
