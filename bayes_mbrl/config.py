@@ -124,6 +124,12 @@ class ExperimentConfig(Options):
     device: str = option("cpu", _device, "torch device: cpu, cuda, cuda:N or mps")
     checkpoint_keep: int = option(2, _INT1, "checkpoints kept in the run directory")
     progress: bool = option(True, None, "show progress bars")
+    threads: int = option(
+        0,
+        at_least(0, "an integer"),
+        "torch intra-op threads of this run (0: the cores available to the process); "
+        "give each of several runs on one machine its share, e.g. 1 each for 2 runs on 2 cores",
+    )
     plugins: list[str] = option(
         [],
         _plugin_list,

@@ -19,6 +19,7 @@ collected is lost.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -54,6 +55,8 @@ __all__ = [
     "LoadedRun",
     "RunResult",
     "TransitionLog",
+    "apply_threads",
+    "available_cores",
     "build_model",
     "load_checkpoint",
     "load_run",
@@ -102,6 +105,7 @@ class Experiment:
                 "set experiment.device = 'cpu'"
             )
         self.config = config
+        self.threads = apply_threads(config.experiment.threads)
         self.task = get_task(config.env.id)
         self.generator = torch.Generator().manual_seed(config.experiment.seed)
         self.parts = build_algorithm(config, self.task, self.generator)
@@ -289,6 +293,7 @@ class Experiment:
             "train_loss": fit_report.final_train_loss if fit_report else math.nan,
             "val_loss": fit_report.best_val_loss if fit_report else math.nan,
             "episode_seconds": time.perf_counter() - start,
+            "threads": self.threads,
         }
 
     def _learner_name(self) -> str:
@@ -346,6 +351,29 @@ class Experiment:
         self.metrics = [dict(r) for r in state["metrics"]]
         self.episodes_done = int(state["episodes_done"])
         self.log.open(keep_rows=len(rows))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity; the machine's count elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def apply_threads(threads: int) -> int:
+    """Set torch's intra-op threads: ``threads``, or (0) the cores available to the
+    process. Returns the number set.
+
+    Several runs on one machine must share its cores: each run spinning as many
+    threads as there are cores slows all of them many times over (on 2 cores, two
+    runs with 2 threads each took 10-60x longer per step than one alone). Give each
+    run its share (``experiment.threads = 1`` for two runs on 2 cores).
+    """
+    n = threads if threads > 0 else available_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def run_experiment(

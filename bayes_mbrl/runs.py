@@ -83,8 +83,10 @@ METRIC_FIELDS = (
 )
 """Columns of ``metrics.csv``: deterministic given config and seed (byte-identical
 across runs and resumes on CPU)."""
-TIMING_FIELDS = ("episode", "plan_seconds", "fit_seconds", "episode_seconds")
-"""Columns of ``timings.csv``: wall-clock seconds, which vary from run to run."""
+TIMING_FIELDS = ("episode", "plan_seconds", "fit_seconds", "episode_seconds", "threads")
+"""Columns of ``timings.csv``: wall-clock seconds, which vary from run to run, and the
+torch threads the episode ran with (empty for episodes of runs written before it was
+recorded)."""
 
 
 # ------------------------------------------------------------------------ files
@@ -282,7 +284,7 @@ class RunStore:
             writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: _fmt(row[k]) for k in fields})
+                writer.writerow({k: _fmt(row.get(k, "")) for k in fields})
             atomic_write_bytes(self.run_dir / name, buf.getvalue().encode())
 
     def write_checkpoint(self, episodes_done: int, state: dict[str, Any]) -> None:
