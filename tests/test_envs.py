@@ -395,3 +395,53 @@ def test_check_continuous_env_rejects_bad_spaces() -> None:
         check_continuous_env(_SpacesEnv(vector, ints))
     with pytest.raises(EnvError, match="1-D"):
         check_continuous_env(_SpacesEnv(vector, spaces.Box(-1.0, 1.0, shape=(2, 2))))
+
+
+# ------------------------------------------------------------ user envs
+
+
+class _NoRenderModeEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+    """An ordinary user env: its constructor takes no ``render_mode``."""
+
+    def __init__(self, goal: float = 0.0) -> None:
+        self.goal = goal
+        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: np.ndarray) -> Any:
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+NO_RENDER_MODE_ID = "bayes_mbrl_test_envs/NoRenderMode-v0"
+if NO_RENDER_MODE_ID not in gymnasium.registry:
+    gymnasium.register(NO_RENDER_MODE_ID, entry_point=_NoRenderModeEnv, max_episode_steps=12)
+
+
+def test_make_env_builds_env_without_render_mode() -> None:
+    """What gymnasium.make builds, make_env builds (issue 21, point 1)."""
+    reference = gymnasium.make(NO_RENDER_MODE_ID)
+    reference.close()
+    env = make_env(NO_RENDER_MODE_ID, goal=0.5)
+    assert isinstance(env.unwrapped, _NoRenderModeEnv)
+    assert env.unwrapped.goal == 0.5
+    assert env.spec is not None and env.spec.max_episode_steps == 12
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2,)
+    env.close()
+
+
+def test_make_env_render_mode_still_passed_when_asked() -> None:
+    env = make_env(SWINGUP_ID, render_mode="rgb_array")
+    assert env.unwrapped.render_mode == "rgb_array"
+    env.close()
+    assert make_env(SWINGUP_ID).unwrapped.render_mode is None
+    # asking an env without render_mode for one is a clear error, not a TypeError
+    with (
+        pytest.warns(UserWarning, match="not in the possible render_modes"),
+        pytest.raises(EnvError, match=r"cannot build .*NoRenderMode-v0.*render_mode"),
+    ):
+        make_env(NO_RENDER_MODE_ID, render_mode="rgb_array")

@@ -5,7 +5,9 @@ task's :class:`TaskSpec` reward and termination functions, which reproduce the
 environment's own. Supported tasks: ``Pendulum-v1``, ``MountainCarContinuous-v0``
 ``bayes_mbrl/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up) and
 ``bayes_mbrl/PendulumSwingUp-v0`` (``Pendulum-v1`` started hanging down), the
-last two registered with gymnasium on import of this package.
+last two registered with gymnasium on import of this package. For your own env,
+``TaskSpec.from_env(env, reward_fn)`` reads the sizes, action bounds and time limit
+from it (``docs/api_loop.md``).
 
 Example:
     >>> import torch
@@ -25,6 +27,7 @@ from bayes_mbrl.envs.cartpole_swingup import (
 from bayes_mbrl.envs.pendulum_swingup import PendulumSwingUpEnv, register_pendulum_swingup
 from bayes_mbrl.envs.rewards import RewardFn, TerminationFn
 from bayes_mbrl.envs.tasks import (
+    BoundLike,
     TaskSpec,
     check_continuous_env,
     get_task,
@@ -36,6 +39,7 @@ register_cartpole_swingup()
 register_pendulum_swingup()
 
 __all__ = [
+    "BoundLike",
     "CartPoleSwingUpEnv",
     "PendulumSwingUpEnv",
     "RewardFn",

@@ -3,13 +3,16 @@
 A :class:`TaskSpec` bundles what a model-based planner needs to imagine
 transitions of a gymnasium task in batches: the observation and action sizes,
 the action bounds, and batched torch reward and termination functions that
-reproduce the environment's own.
+reproduce the environment's own. :func:`get_task` gives the spec of a built-in task;
+:meth:`TaskSpec.from_env` builds one for any gymnasium env with a flat ``Box``
+observation and a bounded ``Box`` action space, from a reward function you write
+(``docs/api_loop.md``).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,7 @@ import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.wrappers import TimeLimit
 from torch import Tensor
 
 from bayes_mbrl.envs.cartpole_swingup import ENV_ID as CARTPOLE_SWINGUP_ID
@@ -37,6 +41,7 @@ from bayes_mbrl.envs.rewards import (
 from bayes_mbrl.errors import EnvError
 
 __all__ = [
+    "BoundLike",
     "TaskSpec",
     "check_continuous_env",
     "get_task",
@@ -45,26 +50,63 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, eq=False)
+BoundLike = Tensor | np.ndarray | Sequence[float] | float
+"""An action bound as :class:`TaskSpec` accepts it: a tensor, a numpy array, a list or
+tuple of numbers of shape ``(action_dim,)``, or one number for every coordinate."""
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class TaskSpec:
-    """What a planner needs to know about a task.
+    """What a planner needs to know about a task: sizes, action bounds, batched rewards.
 
-    Equality is identity (``eq=False``): the tensor fields have no single truth value.
+    Build one for a built-in task with :func:`get_task`, for your own gymnasium env
+    with :meth:`from_env` (it reads the sizes, bounds and time limit from the env), or
+    directly. Equality is identity (``eq=False``): the tensor fields have no single
+    truth value. ``docs/api_loop.md`` walks through a whole loop on a user-defined env.
 
-    Attributes:
-        env_id: Gymnasium id, e.g. ``"Pendulum-v1"``.
-        obs_dim: Observation size.
-        action_dim: Action size.
-        action_low: Lower action bound, float32, shape ``(action_dim,)``.
-        action_high: Upper action bound, float32, shape ``(action_dim,)``.
-        reward_fn: Batched reward ``(obs, action, next_obs) -> (...)``.
-        termination_fn: Batched termination ``(obs, action, next_obs) -> bool (...)``,
-            or ``None`` when the task never terminates (it only truncates).
-        max_episode_steps: Gymnasium's time limit, or ``None`` for none.
+    Args:
+        env_id: Gymnasium id of the env, e.g. ``"Pendulum-v1"`` (for an env that is
+            not registered, any name; only the runner builds envs from it).
+        obs_dim: Observation size ``D`` (observations are flat, shape ``(D,)``).
+        action_dim: Action size ``A``.
+        action_low: Lower action bound, shape ``(A,)`` (or a scalar, used for every
+            coordinate), in the env's action units: a tensor, a numpy array of any
+            float dtype (e.g. ``env.action_space.low``), a list or a tuple. Stored as a
+            float32 tensor (a copy).
+        action_high: Upper action bound, as ``action_low``; ``> action_low`` everywhere.
+        reward_fn: Batched reward ``reward_fn(obs, action, next_obs) -> reward`` with
+            ``obs`` and ``next_obs`` of shape ``(..., D)`` (``obs`` before the step),
+            ``action`` of shape ``(..., A)`` and the reward of shape ``(...)`` (the
+            leading dimensions broadcast; planners call it on
+            ``(population * particles,)`` batches of imagined transitions, float32).
+            It should return what the env's ``step`` returns as reward.
+        termination_fn: Batched termination ``termination_fn(obs, action, next_obs)``
+            with the arguments of ``reward_fn``, returning a ``torch.bool`` tensor of
+            shape ``(...)``: ``True`` where the env would end the episode
+            (``terminated``, not a time-limit ``truncated``). ``None`` (the default)
+            when the task never terminates.
+        max_episode_steps: The env's time limit in steps, or ``None`` (the default)
+            for none.
         expected_reward_fn: Exact ``E[reward]`` under a Gaussian belief,
-            ``(next_obs_mean (..., D), next_obs_cov (..., D, D), action (..., A)) -> (...)``,
-            for planners that propagate beliefs analytically (moment matching), or
-            ``None`` (they then approximate the expectation of ``reward_fn``).
+            ``expected_reward_fn(next_obs_mean (..., D), next_obs_cov (..., D, D),
+            action (..., A)) -> (...)``, for planners that propagate beliefs
+            analytically (moment matching), or ``None`` (the default; they then
+            approximate the expectation of ``reward_fn``).
+
+    Raises:
+        EnvError: If a size is not a positive int, a bound is not numbers, has the
+            wrong shape, is NaN or infinite, or ``action_low >= action_high`` in some
+            coordinate, a function is not callable, or ``max_episode_steps`` is not a
+            positive int or ``None``; the message says what was expected and what
+            was given.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> spec = TaskSpec("MyTask-v0", obs_dim=2, action_dim=1,
+        ...                 action_low=np.array([-1.0], dtype=np.float32), action_high=[1.0],
+        ...                 reward_fn=lambda obs, action, next_obs: -next_obs.square().sum(-1))
+        >>> spec.action_high, spec.termination_fn, spec.max_episode_steps
+        (tensor([1.]), None, None)
     """
 
     env_id: str
@@ -75,28 +117,228 @@ class TaskSpec:
     reward_fn: RewardFn
     termination_fn: TerminationFn | None
     max_episode_steps: int | None
-    expected_reward_fn: ExpectedRewardFn | None = None
+    expected_reward_fn: ExpectedRewardFn | None
 
-    def __post_init__(self) -> None:
-        """Check the sizes and the action bounds.
+    def __init__(
+        self,
+        env_id: str,
+        obs_dim: int,
+        action_dim: int,
+        action_low: BoundLike,
+        action_high: BoundLike,
+        reward_fn: RewardFn,
+        termination_fn: TerminationFn | None = None,
+        max_episode_steps: int | None = None,
+        expected_reward_fn: ExpectedRewardFn | None = None,
+    ) -> None:
+        if not isinstance(env_id, str):
+            raise EnvError(f"TaskSpec: env_id must be a str; got {env_id!r}")
+        where = f"TaskSpec {env_id!r}"
+        obs_dim = _positive_int(where, "obs_dim", obs_dim)
+        action_dim = _positive_int(where, "action_dim", action_dim)
+        low = _bound(where, "action_low", action_low, action_dim)
+        high = _bound(where, "action_high", action_high, action_dim)
+        bad = torch.nonzero(~(low < high)).flatten().tolist()
+        if bad:
+            i = bad[0]
+            raise EnvError(
+                f"{where}: action_low must be < action_high in every coordinate; got "
+                f"low {low[i].item():g} >= high {high[i].item():g} at index {i} "
+                f"(action_low={low.tolist()}, action_high={high.tolist()}). "
+                "Swapped bounds?"
+            )
+        if not callable(reward_fn):
+            raise EnvError(
+                f"{where}: reward_fn must be a callable (obs, action, next_obs) -> reward; "
+                f"got {reward_fn!r}"
+            )
+        for name, fn in (
+            ("termination_fn", termination_fn),
+            ("expected_reward_fn", expected_reward_fn),
+        ):
+            if fn is not None and not callable(fn):
+                raise EnvError(f"{where}: {name} must be a callable or None; got {fn!r}")
+        if max_episode_steps is not None:
+            max_episode_steps = _positive_int(where, "max_episode_steps", max_episode_steps)
+        # frozen dataclass: fields are set once, here
+        set_field = object.__setattr__
+        set_field(self, "env_id", env_id)
+        set_field(self, "obs_dim", obs_dim)
+        set_field(self, "action_dim", action_dim)
+        set_field(self, "action_low", low)
+        set_field(self, "action_high", high)
+        set_field(self, "reward_fn", reward_fn)
+        set_field(self, "termination_fn", termination_fn)
+        set_field(self, "max_episode_steps", max_episode_steps)
+        set_field(self, "expected_reward_fn", expected_reward_fn)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: gymnasium.Env[Any, Any] | str,
+        reward_fn: RewardFn,
+        termination_fn: TerminationFn | None = None,
+        expected_reward_fn: ExpectedRewardFn | None = None,
+        *,
+        env_id: str | None = None,
+        max_episode_steps: int | None = None,
+    ) -> TaskSpec:
+        """Spec of a gymnasium env: sizes, action bounds and time limit read from it.
+
+        Args:
+            env: A gymnasium env (wrapped or not) or a registered id (built with
+                :func:`make_env`, read, and closed).
+            reward_fn: Batched reward (see the class docstring).
+            termination_fn: Batched termination, or ``None`` if the task never terminates.
+            expected_reward_fn: Exact ``E[reward]`` under a Gaussian belief, or ``None``.
+            env_id: Name of the spec; by default the env's registered id (``env.spec.id``),
+                or its class name for an env built without ``gymnasium.make``.
+            max_episode_steps: Time limit; by default the env's
+                (``env.spec.max_episode_steps``, or that of a
+                :class:`gymnasium.wrappers.TimeLimit` around it), else ``None``.
+
+        Returns:
+            The :class:`TaskSpec`, with ``obs_dim = observation_space.shape[0]``,
+            ``action_dim = action_space.shape[0]`` and the action space's bounds as
+            float32 tensors.
 
         Raises:
-            EnvError: If a size is not positive or the bounds have the wrong
-                shape, dtype, or order.
+            EnvError: If ``env`` is neither an env nor a registered id, or its spaces do
+                not fit continuous, state-based planning (a discrete action space, image
+                observations; see :func:`check_continuous_env`), or an argument is
+                refused by :class:`TaskSpec`.
+
+        Example:
+            >>> from bayes_mbrl.envs.rewards import pendulum_reward
+            >>> spec = TaskSpec.from_env("Pendulum-v1", pendulum_reward)
+            >>> spec.obs_dim, spec.action_high, spec.max_episode_steps
+            (3, tensor([2.]), 200)
         """
-        if self.obs_dim < 1 or self.action_dim < 1:
-            raise EnvError(
-                f"TaskSpec {self.env_id!r}: obs_dim and action_dim must be >= 1; "
-                f"got {self.obs_dim} and {self.action_dim}"
-            )
-        for name, bound in (("action_low", self.action_low), ("action_high", self.action_high)):
-            if bound.shape != (self.action_dim,) or bound.dtype != torch.float32:
-                raise EnvError(
-                    f"TaskSpec {self.env_id!r}: {name} must be a float32 tensor of shape "
-                    f"({self.action_dim},); got {bound.dtype} {tuple(bound.shape)}"
+        if isinstance(env, str):
+            built = make_env(env)
+            try:
+                return cls.from_env(
+                    built,
+                    reward_fn,
+                    termination_fn,
+                    expected_reward_fn,
+                    env_id=env_id,
+                    max_episode_steps=max_episode_steps,
                 )
-        if not bool(torch.all(self.action_low < self.action_high)):
-            raise EnvError(f"TaskSpec {self.env_id!r}: action_low must be < action_high")
+            finally:
+                built.close()
+        if not isinstance(env, gymnasium.Env):
+            raise EnvError(
+                "TaskSpec.from_env needs a gymnasium.Env or a registered gymnasium id; "
+                f"got {type(env).__name__} {env!r}"
+            )
+        check_continuous_env(env)
+        if env_id is None:
+            env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        if max_episode_steps is None:
+            max_episode_steps = _env_time_limit(env)
+        act = env.action_space
+        assert isinstance(act, spaces.Box)  # check_continuous_env
+        return cls(
+            env_id=env_id,
+            obs_dim=int(env.observation_space.shape[0]),  # type: ignore[index]
+            action_dim=int(act.shape[0]),
+            action_low=act.low,
+            action_high=act.high,
+            reward_fn=reward_fn,
+            termination_fn=termination_fn,
+            max_episode_steps=max_episode_steps,
+            expected_reward_fn=expected_reward_fn,
+        )
+
+
+def _positive_int(where: str, name: str, value: object) -> int:
+    """``value`` as an int >= 1.
+
+    Args:
+        where: Prefix of the error message (``"TaskSpec 'id'"``).
+        name: Name of the argument.
+        value: The argument (a Python or numpy integer).
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        EnvError: If ``value`` is not an integer >= 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise EnvError(f"{where}: {name} must be an int >= 1; got {value!r}")
+    return int(value)
+
+
+def _bound(where: str, name: str, value: object, dim: int) -> Tensor:
+    """An action bound as a float32 tensor of shape ``(dim,)`` (a copy).
+
+    Args:
+        where: Prefix of the error message.
+        name: ``"action_low"`` or ``"action_high"``.
+        value: A tensor, numpy array, list/tuple of numbers, or one number.
+        dim: The action size.
+
+    Returns:
+        The bound, float32, shape ``(dim,)``, on the device of a tensor ``value``.
+
+    Raises:
+        EnvError: If ``value`` is not numbers, has another shape, or is NaN or infinite.
+    """
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise EnvError(f"{where}: {name} must hold real numbers; got dtype {value.dtype}")
+        bound = value.detach().to(torch.float32).clone()
+    else:
+        try:
+            array = np.asarray(value)
+            if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+                raise TypeError(f"dtype {array.dtype}")
+            if np.iscomplexobj(array):
+                raise TypeError("complex numbers")
+            with np.errstate(over="ignore"):  # too large for float32: inf, refused below
+                bound = torch.from_numpy(array.astype(np.float32, copy=True))
+        except (TypeError, ValueError) as exc:
+            raise EnvError(
+                f"{where}: {name} must be numbers (a tensor, numpy array, list or tuple of "
+                f"shape ({dim},)); got {value!r} ({exc})"
+            ) from exc
+    if bound.dim() == 0:
+        bound = bound.expand(dim).clone()
+    if tuple(bound.shape) != (dim,):
+        raise EnvError(
+            f"{where}: {name} must have shape ({dim},) (action_dim = {dim}); "
+            f"got shape {tuple(bound.shape)}"
+        )
+    finite = torch.isfinite(bound)
+    if not bool(finite.all()):
+        i = int(torch.nonzero(~finite).flatten()[0])
+        raise EnvError(
+            f"{where}: {name} must be finite; got {bound[i].item()} at index {i} "
+            f"({name}={bound.tolist()}). Planners sample actions within the bounds: wrap "
+            "an unbounded action space (gymnasium.wrappers.ClipAction / RescaleAction)."
+        )
+    return bound
+
+
+def _env_time_limit(env: gymnasium.Env[Any, Any]) -> int | None:
+    """Time limit of an env: its spec's, else that of a ``TimeLimit`` wrapper around it.
+
+    Args:
+        env: A gymnasium env, wrapped or not.
+
+    Returns:
+        ``max_episode_steps``, or ``None`` when the env has none.
+    """
+    if env.spec is not None and env.spec.max_episode_steps is not None:
+        return int(env.spec.max_episode_steps)
+    layer: gymnasium.Env[Any, Any] = env
+    while isinstance(layer, gymnasium.Wrapper):
+        if isinstance(layer, TimeLimit):
+            return int(layer._max_episode_steps)
+        layer = layer.env
+    return None
 
 
 def _time_limit(env_id: str) -> int | None:
@@ -310,7 +552,8 @@ def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gymn
     Args:
         env_id: A registered gymnasium id (``import bayes_mbrl.envs`` registers
             ``bayes_mbrl/CartPoleSwingUp-v0``).
-        render_mode: Passed to :func:`gymnasium.make`.
+        render_mode: Passed to :func:`gymnasium.make` when not ``None`` (so an env
+            whose constructor takes no ``render_mode`` builds as with ``gymnasium.make``).
         **kwargs: Passed to :func:`gymnasium.make` (env constructor arguments,
             ``max_episode_steps``, ...).
 
@@ -329,8 +572,12 @@ def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gymn
             f"unknown gymnasium env id {env_id!r}.{_suggest(env_id, known)} "
             f"Tasks with batched rewards: {', '.join(registered_task_ids())}."
         )
+    if render_mode is not None:
+        # only when asked: an env whose __init__ takes no render_mode is built as
+        # gymnasium.make builds it
+        kwargs["render_mode"] = render_mode
     try:
-        env = gymnasium.make(env_id, render_mode=render_mode, **kwargs)
+        env = gymnasium.make(env_id, **kwargs)
     except gymnasium.error.Error as exc:
         raise EnvError(f"cannot build {env_id!r}: {exc}") from exc
     except TypeError as exc:
