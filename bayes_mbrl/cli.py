@@ -1,8 +1,11 @@
-"""Command line interface: ``bayes-mbrl run | resume | analyze | presets | components``.
+"""Command line interface:
+``bayes-mbrl run | resume | analyze | presets | config | components``.
 
 Examples::
 
     bayes-mbrl presets
+    bayes-mbrl config                               # every config key: type, default, bounds
+    bayes-mbrl config pendulum-gp-mpc --toml        # a preset's resolved TOML
     bayes-mbrl components                           # model kinds, planners, modes, ...
     bayes-mbrl run                                  # the default preset
     bayes-mbrl run mountaincar-ensemble-mpc --seed 3 --set planner.horizon=40
@@ -13,28 +16,34 @@ Examples::
 Errors a user can cause (:class:`~bayes_mbrl.errors.BayesMBRLError`, and operating
 system errors such as a full disk or a denied permission) are printed as one line
 ``bayes-mbrl: error: ...`` and give exit status 2, as do usage errors. Ctrl-C gives
-exit status 130 and says how to resume.
+exit status 130 and says how to resume. Warnings of bayes_mbrl (a damaged checkpoint
+skipped on resume) print as one line ``bayes-mbrl: warning: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bayes_mbrl.config import (
     DEFAULT_PRESET,
+    KeyReference,
+    config_reference,
+    config_text,
     list_presets,
     load_config,
     source_name,
 )
-from bayes_mbrl.errors import BayesMBRLError, CheckpointError, ConfigError
+from bayes_mbrl.errors import BayesMBRLError, ConfigError
 
-__all__ = ["main"]
+__all__ = ["format_reference", "main"]
 
 PROG = "bayes-mbrl"
 EXIT_ERROR = 2
@@ -118,9 +127,58 @@ def _build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(func=_cmd_analyze)
 
     presets = sub.add_parser(
-        "presets", help="list the embedded presets", description="List the embedded presets."
+        "presets",
+        help="list the embedded presets",
+        description=f"List the embedded presets; '--show NAME' prints one's resolved TOML "
+        f"(the same as '{PROG} config NAME --toml').",
+    )
+    presets.add_argument(
+        "--show", default=None, metavar="NAME", help="print the resolved TOML of preset NAME"
     )
     presets.set_defaults(func=_cmd_presets)
+
+    config = sub.add_parser(
+        "config",
+        help="the config reference: every key with its type, default, bounds and meaning",
+        description="Print every key of a configuration, section by section, with its type, "
+        "value, default, bounds and meaning, read from the options of the config's sections: "
+        "[model] shows the options of the config's model.kind (or of --kind), and each mode "
+        "that has options has its own section. With --toml, print the resolved configuration "
+        "as TOML instead, as 'run' writes it to RUN_DIR/config.toml.",
+    )
+    config.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        metavar="CONFIG_OR_PRESET",
+        help=f"preset name or path to a TOML file (default: {DEFAULT_PRESET})",
+    )
+    config.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, as for 'run' (repeatable)",
+    )
+    config.add_argument(
+        "--kind",
+        default=None,
+        metavar="KIND",
+        help="show the [model] options of this model kind (the same as --set model.kind=KIND)",
+    )
+    config.add_argument(
+        "--toml", action="store_true", help="print the resolved configuration as TOML"
+    )
+    config.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module of yours to import first: path/to/file.py or package.module",
+    )
+    config.set_defaults(func=_cmd_config)
 
     components = sub.add_parser(
         "components",
@@ -209,20 +267,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from bayes_mbrl.experiment import run_experiment
 
-    print(f"run directory: {run_dir}")
-    return _run_and_report(run_dir, lambda: run_experiment(config, run_dir))
+    return _run_and_report(
+        run_dir, lambda: run_experiment(config, run_dir, callbacks=[_announce_run_dir()])
+    )
+
+
+def _announce_run_dir() -> Any:
+    """A callback printing ``run directory: DIR`` once the run has created it (a run
+    that fails before, e.g. on a bad env id, prints nothing of it)."""
+    from bayes_mbrl.callbacks import Callback
+
+    class AnnounceRunDir(Callback):
+        def _on_run_start(self, experiment: Any) -> None:
+            print(f"run directory: {experiment.run_dir}", flush=True)
+
+    return AnnounceRunDir()
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     """Run ``bayes-mbrl resume``: check the run directory, continue the run."""
     run_dir: Path = args.run_dir
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist")
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); "
-            f"start a new run with '{PROG} run'"
-        )
+    from bayes_mbrl.runs import check_run_dir
+
+    check_run_dir(run_dir)
 
     from bayes_mbrl.experiment import resume_experiment
 
@@ -233,8 +300,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     """Run ``bayes-mbrl analyze``: load the run's model and data, write the report."""
     run_dir: Path = args.run_dir
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist")
+    from bayes_mbrl.runs import check_run_dir
+
+    check_run_dir(run_dir)
     if args.num_draws is not None and args.num_draws < 2:
         raise ConfigError(f"--num-draws must be at least 2, got {args.num_draws}")
 
@@ -261,13 +329,73 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    """Run ``bayes-mbrl presets``: print each preset with its description."""
+    """Run ``bayes-mbrl presets``: print each preset with its description, or with
+    ``--show NAME`` the resolved TOML of one."""
     presets = list_presets()
+    if args.show is not None:
+        if args.show not in presets:
+            load_config(args.show)  # its error names the close matches
+            raise ConfigError(
+                f"{args.show!r} is not an embedded preset; presets are {', '.join(presets)} "
+                f"(a file is shown by '{PROG} config FILE --toml')"
+            )
+        print(config_text(load_config(args.show)), end="")
+        return 0
     width = max((len(name) for name in presets), default=0)
     for name, description in presets.items():
         mark = " (default)" if name == DEFAULT_PRESET else ""
         print(f"{name:<{width}}  {description}{mark}")
     return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl config``: print the config reference, or the resolved TOML."""
+    from bayes_mbrl.registry import import_plugins
+
+    import_plugins(args.plugins, "--plugin")
+    overrides = list(args.overrides)
+    if args.kind is not None:
+        overrides.append(f"model.kind={args.kind}")
+    config = load_config(args.config, overrides)
+    if args.toml:
+        print(config_text(config), end="")
+    else:
+        print(format_reference(config_reference(config), source_name(args.config)), end="")
+    return 0
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as written in TOML (and in ``--set``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def format_reference(rows: Sequence[KeyReference], source: str = DEFAULT_PRESET) -> str:
+    """The config reference as text: for each section its meaning, then each key as
+    ``key = value  (type; bounds; default D)`` and its meaning on the next line (the
+    default is shown where the value differs from it)."""
+    out = [
+        f"# configuration keys of {source}: key = value  (type; accepted values; default)",
+        f"# change one with --set KEY=VALUE; see '{PROG} config --help'",
+    ]
+    section = None
+    for r in rows:
+        name = r.key.split(".", 1)[0]
+        if name != section:
+            section = name
+            out += ["", f"[{name}]  {r.section_doc}"]
+        details = [r.type] + ([r.bounds] if r.bounds else [])
+        if r.value != r.default:
+            details.append(f"default {_toml_value(r.default)}")
+        out.append(f"  {r.key} = {_toml_value(r.value)}  ({'; '.join(details)})")
+        if r.doc:
+            out.append(f"      {r.doc}")
+    return "\n".join(out) + "\n"
 
 
 def _cmd_components(args: argparse.Namespace) -> int:
@@ -309,6 +437,46 @@ def components_help() -> str:
     return "\n".join(out)
 
 
+def _from_bayes_mbrl(filename: str) -> bool:
+    """True when a warning was raised in bayes_mbrl's own code."""
+    import bayes_mbrl
+
+    package = Path(bayes_mbrl.__file__).resolve().parent
+    try:
+        return Path(filename).resolve().is_relative_to(package)
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show bayes_mbrl's warnings as one line ``bayes-mbrl: warning: ...`` on stderr
+    (no file:line and source line, which read like a traceback); other warnings, and
+    the filters (``-W``, ``PYTHONWARNINGS``), are left as they are."""
+    shown = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if _from_bayes_mbrl(filename):
+            text = " ".join(str(message).split())
+            print(f"{PROG}: warning: {text}", file=file or sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show:
+            warnings.showwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bayes-mbrl`` console script.
 
@@ -327,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     try:
-        status: int = args.func(args)
+        with _one_line_warnings():
+            status: int = args.func(args)
     except BayesMBRLError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

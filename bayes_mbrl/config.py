@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import tomli_w
 
@@ -62,6 +62,8 @@ from bayes_mbrl.options import (
     OptionError,
     Options,
     at_least,
+    check_description,
+    described,
     greater_than,
     interval,
     non_empty,
@@ -72,13 +74,17 @@ from bayes_mbrl.planning import OBJECTIVES, PLANNERS, PRECISIONS, PROPAGATIONS
 from bayes_mbrl.registry import import_plugins
 
 __all__ = [
+    "CONFIG_HEADER",
     "DEFAULT_PRESET",
     "MAX_SEED",
     "Config",
     "EnvConfig",
     "ExperimentConfig",
+    "KeyReference",
     "PlannerConfig",
     "config_from_dict",
+    "config_reference",
+    "config_text",
     "config_to_dict",
     "dump_config",
     "list_presets",
@@ -98,15 +104,18 @@ _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 _INT1 = at_least(1, "an integer")
 
 
+@described("'cpu', 'cuda', 'cuda:N' or 'mps'")
 def _device(v: str) -> str | None:
     """Check a torch device string without importing torch."""
     return None if _DEVICE_RE.match(v) else "'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 
+@described(f"an integer in [0, {MAX_SEED}]")
 def _seed(v: int) -> str | None:
     return None if 0 <= v <= MAX_SEED else f"an integer in [0, {MAX_SEED}]"
 
 
+@described("a list of 'path/to/file.py' or 'package.module'")
 def _plugin_list(v: list[str]) -> str | None:
     return None if all(s.strip() for s in v) else "a list of 'path/to/file.py' or 'package.module'"
 
@@ -697,7 +706,7 @@ def dump_config(config: Config, path: str | Path) -> None:
         CheckpointError: If the file cannot be written.
     """
     path = Path(path)
-    text = "# bayes-mbrl experiment configuration\n" + tomli_w.dumps(config_to_dict(config))
+    text = config_text(config)
     tmp_name: str | None = None
     try:
         with tempfile.NamedTemporaryFile(
@@ -723,3 +732,114 @@ def dump_config(config: Config, path: str | Path) -> None:
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+# ------------------------------------------------------------------------ reference
+
+CONFIG_HEADER = "# bayes-mbrl experiment configuration"
+"""First line of every config file :func:`dump_config` writes (it marks run directories)."""
+
+
+def config_text(config: Config) -> str:
+    """``config`` as the TOML text :func:`dump_config` writes (header line first)."""
+    return CONFIG_HEADER + "\n" + tomli_w.dumps(config_to_dict(config))
+
+
+@dataclass(frozen=True)
+class KeyReference:
+    """One configuration key, for the reference (``bayes-mbrl config``).
+
+    Attributes:
+        key: the dotted key (``planner.horizon``).
+        type: its TOML type as a Python annotation (``int``, ``list[int]``).
+        value: its value in the configuration the reference was made from.
+        default: its default (the options dataclass's).
+        bounds: what it accepts ("an integer >= 1"; "" when any value of the type is).
+        doc: one line of meaning.
+        section_doc: what the key's section is (the same for every key of a section).
+    """
+
+    key: str
+    type: str
+    value: Any
+    default: Any
+    bounds: str
+    doc: str
+    section_doc: str
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def _section_reference(section: str, options: Any, section_doc: str) -> list[KeyReference]:
+    """The keys of one section, read from its options dataclass instance."""
+    cls = type(options)
+    hints = get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # pragma: no cover - options fields always have defaults
+            default = None
+        rows.append(
+            KeyReference(
+                key=f"{section}.{f.name}",
+                type=_type_name(hints.get(f.name, Any)),
+                value=getattr(options, f.name),
+                default=default,
+                bounds=check_description(f.metadata.get("check")),
+                doc=f.metadata.get("doc", ""),
+                section_doc=section_doc,
+            )
+        )
+    return rows
+
+
+def config_reference(config: Config | None = None) -> list[KeyReference]:
+    """Every key a configuration has, with its type, value, default, bounds and meaning,
+    read from the options dataclasses and the registries.
+
+    Args:
+        config: the configuration to describe (default: the defaults). Its model kind
+            decides the keys of ``[model]``; every mode that has options is included.
+
+    Returns:
+        The keys by section: ``experiment``, ``env``, ``model``, ``planner``, then the
+        modes' sections, each in field order.
+    """
+    config = config if config is not None else Config()
+    kind = config.model.kind
+    model_summary = MODELS.entry(kind).summary
+    rows: list[KeyReference] = []
+    for name, options in (
+        ("experiment", config.experiment),
+        ("env", config.env),
+        ("model", config.model),
+        ("planner", config.planner),
+    ):
+        if name == "model":
+            doc = f"The dynamics model, model.kind = {kind!r}: {model_summary}".rstrip(": ")
+            rows.append(
+                KeyReference(
+                    key="model.kind",
+                    type="str",
+                    value=kind,
+                    default=model_section().kind,
+                    bounds=MODELS.expected(),
+                    doc="the model family; the other [model] keys are its options",
+                    section_doc=doc,
+                )
+            )
+            rows += [r for r in _section_reference(name, options, doc) if r.key != "model.kind"]
+        else:
+            doc = (type(options).__doc__ or "").strip().splitlines()[0].strip()
+            doc = re.sub(r"\s*\(``\[\w+\]``\)\.?$", "", doc)
+            rows += _section_reference(name, options, doc)
+    for mode, options in config.modes.items():
+        entry = ALGORITHMS.entry(mode)
+        doc = f"Options of experiment.mode = {mode!r}: {entry.summary}".rstrip(": ")
+        rows += _section_reference(mode, options, doc)
+    return rows

@@ -28,7 +28,7 @@ import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from bayes_mbrl.errors import ConfigError
 
@@ -38,18 +38,53 @@ __all__ = [
     "Options",
     "at_least",
     "at_most",
+    "check_description",
     "check_options",
+    "described",
     "greater_than",
     "interval",
     "non_empty",
     "one_of",
     "option",
+    "option_bounds",
     "option_docs",
     "positive_list",
 ]
 
 Check = Callable[[Any], "str | None"]
-"""A value check: None when fine, else what is expected."""
+"""A value check: None when fine, else what is expected.
+
+A check may carry a ``description`` attribute: what it accepts, as a phrase ("an
+integer >= 1"), or a function returning it (for choices read from a registry). The
+factories below set it; :func:`check_description` reads it for the configuration
+reference (``bayes-mbrl config``)."""
+
+CheckT = TypeVar("CheckT", bound=Callable[..., Any])
+
+
+def described(description: str | Callable[[], str]) -> Callable[[CheckT], CheckT]:
+    """Decorator: give a check its ``description`` (what it accepts, e.g. "an integer
+    >= 1", or a function returning that); the check itself is unchanged."""
+
+    def decorate(check: CheckT) -> CheckT:
+        check.description = description  # type: ignore[attr-defined]
+        return check
+
+    return decorate
+
+
+def check_description(check: Check | None) -> str:
+    """What ``check`` accepts, as a phrase: its ``description`` attribute, else the first
+    line of its docstring, else "" (also for no check)."""
+    if check is None:
+        return ""
+    description = getattr(check, "description", None)
+    if callable(description):
+        description = description()
+    if isinstance(description, str):
+        return description
+    doc = (getattr(check, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip().rstrip(".") if doc else ""
 
 
 class OptionError(ConfigError):
@@ -70,7 +105,10 @@ class OptionError(ConfigError):
 
 
 def option(default: Any, check: Check | None = None, doc: str = "") -> Any:
-    """A dataclass field with its check and help text (mutable defaults are copied)."""
+    """A dataclass field with its check and help text (mutable defaults are copied).
+
+    The field's metadata holds ``check`` and ``doc``; :func:`option_bounds` and
+    :func:`option_docs` read them for every field of a dataclass."""
     metadata = {"check": check, "doc": doc}
     if isinstance(default, list | dict | set):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
@@ -79,23 +117,24 @@ def option(default: Any, check: Check | None = None, doc: str = "") -> Any:
 
 def at_least(bound: float, what: str = "a number") -> Check:
     """``value >= bound``."""
-    return lambda v: None if v >= bound else f"{what} >= {bound}"
+    return described(f"{what} >= {bound}")(lambda v: None if v >= bound else f"{what} >= {bound}")
 
 
 def at_most(bound: float, what: str = "a number") -> Check:
     """``value <= bound``."""
-    return lambda v: None if v <= bound else f"{what} <= {bound}"
+    return described(f"{what} <= {bound}")(lambda v: None if v <= bound else f"{what} <= {bound}")
 
 
 def greater_than(bound: float, what: str = "a number") -> Check:
     """``value > bound``."""
-    return lambda v: None if v > bound else f"{what} > {bound}"
+    return described(f"{what} > {bound}")(lambda v: None if v > bound else f"{what} > {bound}")
 
 
 def interval(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Check:
     """A number in an interval with the given open or closed ends."""
     left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
 
+    @described(f"a number in {left}{lo:g}, {hi:g}{right}")
     def check(v: float) -> str | None:
         ok_lo = v > lo if lo_open else v >= lo
         ok_hi = v < hi if hi_open else v <= hi
@@ -108,6 +147,11 @@ def one_of(choices: Sequence[str] | Callable[[], Sequence[str]]) -> Check:
     """Membership in ``choices`` (or in what a callable returns, read at check time,
     for choices that come from a registry); the message lists them all."""
 
+    def describe() -> str:
+        names = choices() if callable(choices) else choices
+        return "one of " + ", ".join(repr(c) for c in names)
+
+    @described(describe)
     def check(v: str) -> str | None:
         names = list(choices() if callable(choices) else choices)
         if v in names:
@@ -119,11 +163,13 @@ def one_of(choices: Sequence[str] | Callable[[], Sequence[str]]) -> Check:
     return check
 
 
+@described("a non-empty string")
 def non_empty(v: str) -> str | None:
     """A non-empty, non-blank string."""
     return None if v.strip() else "a non-empty string"
 
 
+@described("a non-empty list of integers >= 1")
 def positive_list(v: list[int]) -> str | None:
     """A non-empty list of integers >= 1."""
     if v and all(x >= 1 for x in v):
@@ -177,6 +223,12 @@ def check_options(obj: Any, owner: str | None = None) -> None:
 def option_docs(cls: type[Any]) -> dict[str, str]:
     """Field name -> help text of an options dataclass."""
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+
+
+def option_bounds(cls: type[Any]) -> dict[str, str]:
+    """Field name -> what its check accepts (:func:`check_description`; "" for a field
+    without a check) of an options dataclass."""
+    return {f.name: check_description(f.metadata.get("check")) for f in dataclasses.fields(cls)}
 
 
 @dataclass

@@ -27,7 +27,8 @@ import csv
 import hashlib
 import io
 import os
-import pickle
+import pickletools
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ import torch
 
 from bayes_mbrl import __version__
 from bayes_mbrl.algorithms.base import build_algorithm
-from bayes_mbrl.config import Config, dump_config, load_config
+from bayes_mbrl.config import CONFIG_HEADER, Config, dump_config, load_config
 from bayes_mbrl.data import TransitionBatch
 from bayes_mbrl.envs import get_task
 from bayes_mbrl.errors import CheckpointError, UnsafeCheckpointError
@@ -53,6 +54,7 @@ __all__ = [
     "LoadedRun",
     "RunStore",
     "TransitionLog",
+    "check_run_dir",
     "load_checkpoint",
     "load_run",
     "read_run_config",
@@ -119,26 +121,75 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), out.getvalue())
 
 
+_TORCH_ADVICE = ("weights_only", "weights only", "file an issue", "documentation of torch.load")
+"""Phrases of torch's own advice in its load errors: never relayed (its advice, retry with
+``weights_only=False``, runs the code of a crafted file)."""
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The cause in one of torch's load errors, without torch's advice (see _TORCH_ADVICE)."""
+    kept: list[str] = []
+    for line in str(exc).splitlines():
+        for sentence in re.split(r"(?<=\.)\s+", line.strip()):
+            if sentence and not any(a in sentence.lower() for a in _TORCH_ADVICE):
+                kept.append(sentence)
+    reason = kept[0] if kept else "no message"
+    return f"{type(exc).__name__}: {reason[:200]}"
+
+
+def _pickle_imports(raw: bytes) -> list[str]:
+    """The globals (``module.name``) a raw pickle imports, found by reading its opcodes
+    (nothing is unpickled); [] when ``raw`` is not a pickle that imports any."""
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(raw)):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a pickle, or a truncated one: whatever was read so far
+        pass
+    return found
+
+
+def _unsafe(path: Path, culprit: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{path} holds pickled Python objects that would run code when loaded "
+        f"({culprit[:200]}); bayes_mbrl loads checkpoints with weights_only=True "
+        "and refused it. Delete the file unless you trust and know its origin"
+    )
+
+
 def _safe_torch_load(data: bytes | Path, path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of a file or bytes, its errors turned into
+    ours: :class:`UnsafeCheckpointError` for a pickle that imports a global (a
+    ``torch.save`` file or a raw pickle alike), else :class:`CheckpointError`."""
     source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        return torch.load(source, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # the weights-only unpickler names the global a crafted file tries to import
-        culprit = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
-        if culprit:
-            raise UnsafeCheckpointError(
-                f"{path} holds pickled Python objects that would run code when loaded "
-                f"({culprit[0][:200]}); bayes_mbrl loads checkpoints with weights_only=True "
-                "and refused it. Delete the file unless you trust and know its origin"
-            ) from exc
-        raise CheckpointError(f"{path} is not a readable checkpoint ({exc})") from exc
-    except Exception as exc:  # torch raises RuntimeError / EOFError / zip errors
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a raw pickle before refusing it
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(source, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError / RuntimeError / EOFError / zip errors
+        # the weights-only unpickler names the global a crafted torch.save file imports
+        named = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        if named:
+            raise _unsafe(path, f"it imports {named.group(1)}") from None
+        # a raw pickle (not torch.save's zip) is refused before its globals are read
+        try:
+            raw = data if isinstance(data, bytes) else Path(data).read_bytes()
+        except OSError:
+            raw = b""
+        imports = [] if raw.startswith(b"PK") else _pickle_imports(raw)
+        if imports:
+            raise _unsafe(path, f"it imports {', '.join(dict.fromkeys(imports))}") from None
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(exc).__name__}: "
-            f"{(str(exc).splitlines() or ['no message'])[0][:200]}); it is truncated or "
+            f"{path} is not a readable checkpoint ({_torch_reason(exc)}); it is truncated or "
             "corrupted"
-        ) from exc
+        ) from None
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -328,16 +379,50 @@ class RunStore:
         return None
 
 
-def read_run_config(run_dir: Path | str) -> Config:
-    """The configuration of a run directory.
+def check_run_dir(run_dir: Path | str) -> None:
+    """Check that ``run_dir`` is a directory written by bayes_mbrl.
+
+    A run directory holds a ``config.toml`` that bayes_mbrl wrote: it begins with
+    :data:`~bayes_mbrl.config.CONFIG_HEADER`, or (a config edited by hand) has the
+    run's ``checkpoints/`` or ``transitions.f32`` beside it. Both are written when
+    the run starts, so a run killed before its first checkpoint passes.
 
     Raises:
-        CheckpointError: the directory has no ``config.toml``.
+        CheckpointError: the directory does not exist, has no ``config.toml``, or its
+            ``config.toml`` is some other program's file.
     """
-    config_path = Path(run_dir) / CONFIG_FILE
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise CheckpointError(f"{run_dir} has no config.toml; it is not a bayes_mbrl run directory")
-    return load_config(config_path)
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); "
+            "start a new run with 'bayes-mbrl run'"
+        )
+    try:
+        with config_path.open("r", encoding="utf-8", errors="replace") as fh:
+            first = fh.readline().strip()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {config_path}: {exc.strerror or exc}") from exc
+    has_run_files = (run_dir / "checkpoints").is_dir() or (run_dir / "transitions.f32").is_file()
+    if first != CONFIG_HEADER and not has_run_files:
+        raise CheckpointError(
+            f"{run_dir} is not a bayes_mbrl run directory: its {CONFIG_FILE} was not written "
+            f"by bayes_mbrl (it does not begin with {CONFIG_HEADER!r}, and there is no "
+            "checkpoints/ or transitions.f32 beside it); start a new run with 'bayes-mbrl run'"
+        )
+
+
+def read_run_config(run_dir: Path | str) -> Config:
+    """The configuration of a run directory (checked by :func:`check_run_dir` first).
+
+    Raises:
+        CheckpointError: ``run_dir`` is not a bayes_mbrl run directory.
+        ConfigError: its ``config.toml`` is not a valid configuration.
+    """
+    check_run_dir(run_dir)
+    return load_config(Path(run_dir) / CONFIG_FILE)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -538,6 +539,28 @@ def _(ctx: Ctx) -> list[str]:
     return ["resume", str(ctx.tmp)]
 
 
+@cli_case(
+    CheckpointError,
+    r"is not a bayes_mbrl run directory: its config\.toml was not written by bayes_mbrl",
+    id="cli-resume-unrelated-config-toml",
+)
+def _(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "config.toml").write_text('[tool]\nname = "x"\n')
+    ctx.keep_tree(ctx.tmp)
+    return ["resume", str(ctx.tmp)]
+
+
+@cli_case(
+    CheckpointError,
+    r"is not a bayes_mbrl run directory: its config\.toml was not written by bayes_mbrl",
+    id="cli-analyze-unrelated-config-toml",
+)
+def _(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "config.toml").write_text('[tool]\nname = "x"\n')
+    ctx.keep_tree(ctx.tmp)
+    return ["analyze", str(ctx.tmp)]
+
+
 @cli_case(CheckpointError, r"run directory .*nowhere does not exist", id="cli-resume-missing-dir")
 def _(ctx: Ctx) -> list[str]:
     return ["resume", str(ctx.tmp / "nowhere")]
@@ -1037,6 +1060,24 @@ def _(ctx: Ctx) -> None:
     finally:
         os.chdir(cwd)
         assert not (ctx.tmp / "PWNED").exists()  # the code did not run
+
+
+@case(
+    UnsafeCheckpointError,
+    r"would run code when loaded \(it imports \w+\.system\); .*weights_only=True and refused it",
+    id="checkpoint-raw-pickle",
+)
+def _(ctx: Ctx) -> None:
+    path = ctx.tmp / "ckpt_0001.pt"
+    path.write_bytes(pickle.dumps(Evil()))  # not torch.save's zip: a plain pickle
+    ctx.keep_tree(ctx.tmp)
+    cwd = os.getcwd()
+    os.chdir(ctx.tmp)
+    try:
+        load_checkpoint(path)
+    finally:
+        os.chdir(cwd)
+        assert not (ctx.tmp / "PWNED").exists()
 
 
 @case(UnsafeCheckpointError, r"would run code when loaded", id="checkpoint-crafted-pickle-resume")

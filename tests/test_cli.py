@@ -127,7 +127,7 @@ def test_run_passes_config_and_default_run_dir(
     experiment = _experiment_module()
     calls: list[tuple[Config, Path]] = []
 
-    def fake_run(config: Config, run_dir: Path) -> _FakeResult:
+    def fake_run(config: Config, run_dir: Path, callbacks: Any = ()) -> _FakeResult:
         calls.append((config, run_dir))
         return _FakeResult(run_dir=run_dir, returns=[-1200.0, -150.5])
 
@@ -151,7 +151,7 @@ def test_run_interrupted_says_how_to_resume(
 ) -> None:
     experiment = _experiment_module()
 
-    def fake_run(config: Config, run_dir: Path) -> _FakeResult:
+    def fake_run(config: Config, run_dir: Path, callbacks: Any = ()) -> _FakeResult:
         run_dir.mkdir(parents=True)
         dump_config(config, run_dir / "config.toml")
         raise KeyboardInterrupt
@@ -178,3 +178,92 @@ def test_resume_passes_progress(
     assert main(["resume", str(tmp_path), "--no-progress"]) == 0
     assert calls == [(tmp_path, None), (tmp_path, False)]
     assert str(tmp_path) in capsys.readouterr().out
+
+
+# ------------------------------------------- run directories, one-line warnings (issue 21)
+
+UNRELATED_CONFIG = '[tool]\nname = "x"\n'
+
+
+@pytest.mark.parametrize("command", ["resume", "analyze"])
+def test_dir_with_unrelated_config_toml_is_not_a_run_directory(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.toml").write_text(UNRELATED_CONFIG)
+    assert main([command, str(tmp_path)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "is not a bayes_mbrl run directory" in line and "config.toml" in line
+    assert "tool" not in line  # not a complaint about the file's sections
+    assert not (tmp_path / "analysis").exists()
+
+
+def test_run_dirs_are_recognised_without_a_checkpoint(tmp_path: Path) -> None:
+    from bayes_mbrl.runs import check_run_dir
+
+    written = tmp_path / "written"
+    written.mkdir()
+    dump_config(Config(), written / "config.toml")  # its header marks it
+    check_run_dir(written)
+    edited = tmp_path / "edited"  # a config edited by hand, beside the run's files
+    (edited / "checkpoints").mkdir(parents=True)
+    (edited / "config.toml").write_text("[planner]\nhorizon = 5\n")
+    check_run_dir(edited)
+
+
+def test_run_directory_not_printed_when_the_run_fails_before_creating_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "r"
+    argv = ["run", "--out", str(out_dir), "--no-progress", "--set", "env.id=NoSuchEnv-v0"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "run directory" not in captured.out + captured.err
+    _one_error_line(captured.err)
+    assert not out_dir.exists()
+
+
+TINY_RUN = [
+    "--no-progress",
+    "--set",
+    "env.episode_length=30",
+    "--set",
+    "experiment.episodes=2",
+    "--set",
+    "model.num_members=2",
+    "--set",
+    "model.hidden_sizes=[8]",
+    "--set",
+    "model.max_epochs=2",
+    "--set",
+    "planner.population=10",
+    "--set",
+    "planner.iterations=1",
+    "--set",
+    "planner.particles=2",
+    "--set",
+    "planner.horizon=3",
+]
+
+
+def test_resume_fallback_warning_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    _experiment_module()
+    run_dir = tmp_path / "run"
+    assert main(["run", "--out", str(run_dir), *TINY_RUN]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"run directory: {run_dir}"
+    newest = run_dir / "checkpoints" / "ckpt_0002.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RuntimeWarning)
+        assert main(["resume", str(run_dir), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bayes-mbrl: warning: ")
+    assert "ckpt_0002.pt is not a readable checkpoint" in lines[0]
+    assert "using the previous checkpoint" in lines[0]
+    assert ".py:" not in err and "warnings.warn" not in err and "weights_only" not in err

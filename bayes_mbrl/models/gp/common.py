@@ -50,7 +50,7 @@ from bayes_mbrl.models.gp.kernels import (
 )
 from bayes_mbrl.models.gp.numerics import MAX_CHOLESKY, with_jitter_escalation
 from bayes_mbrl.models.gp.paths import GPFunctionSample, ModulePathSample
-from bayes_mbrl.options import OptionError, Options, greater_than, one_of, option
+from bayes_mbrl.options import OptionError, Options, described, greater_than, one_of, option
 from bayes_mbrl.user_code import load_user_function
 
 __all__ = ["PATH_DTYPES", "PREDICT_BLOCK", "GPDynamicsBase", "GPPriorOptions"]
@@ -61,6 +61,7 @@ PREDICT_BLOCK = 1024
 PATH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+@described("a positive even integer (sine/cosine pairs)")
 def _even_features(v: int) -> str | None:
     return None if v >= 2 and v % 2 == 0 else "a positive even integer (sine/cosine pairs)"
 

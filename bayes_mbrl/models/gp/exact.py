@@ -33,7 +33,7 @@ from bayes_mbrl.models.gp.common import (
 from bayes_mbrl.models.gp.kernels import ModuleFactory, is_se_ard
 from bayes_mbrl.models.gp.numerics import MAX_CHOLESKY, fit_hyperparameters
 from bayes_mbrl.models.gp.se_posterior import SEGP, se_gp_from_data
-from bayes_mbrl.options import at_least, option
+from bayes_mbrl.options import at_least, described, option
 
 __all__ = ["EXACT_GP_MAX_POINTS", "ExactGPDynamics", "GPOptions"]
 
@@ -41,6 +41,7 @@ __all__ = ["EXACT_GP_MAX_POINTS", "ExactGPDynamics", "GPOptions"]
 EXACT_GP_MAX_POINTS = 8192
 
 
+@described(f"0 (all) or an integer in [2, {EXACT_GP_MAX_POINTS}]")
 def _max_train_points(v: int) -> str | None:
     ok = v == 0 or 2 <= v <= EXACT_GP_MAX_POINTS
     return None if ok else f"0 (all) or an integer in [2, {EXACT_GP_MAX_POINTS}]"

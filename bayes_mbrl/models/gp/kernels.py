@@ -27,7 +27,7 @@ from gpytorch.means import ConstantMean, Mean
 from torch import Tensor
 
 from bayes_mbrl.errors import ConfigError, ModelError
-from bayes_mbrl.options import Check
+from bayes_mbrl.options import Check, described
 
 __all__ = [
     "FEATURE_MAP_KERNELS",
@@ -59,14 +59,17 @@ ModuleFactory = Callable[[int, torch.Size], Any]
 def _spec_or(names: tuple[str, ...] | list[str], what: str) -> Check:
     """Check: a name of ``names`` or a ``'file.py:function'`` / ``'module:function'`` spec."""
 
+    expected = (
+        f"one of {', '.join(repr(n) for n in names)}, or a {what} factory "
+        "'path/to/file.py:function' or 'package.module:function'"
+    )
+
+    @described(expected)
     def check(v: str) -> str | None:
         target, _, fn = v.rpartition(":")
         if v in names or (target.strip() and fn.strip().isidentifier()):
             return None
-        return (
-            f"one of {', '.join(repr(n) for n in names)}, or a {what} factory "
-            "'path/to/file.py:function' or 'package.module:function'"
-        )
+        return expected
 
     return check
 
