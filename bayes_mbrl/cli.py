@@ -170,14 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--toml", action="store_true", help="print the resolved configuration as TOML"
     )
-    config.add_argument(
-        "--plugin",
-        dest="plugins",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="a module of yours to import first: path/to/file.py or package.module",
-    )
+    _add_plugin_option(config)
     config.set_defaults(func=_cmd_config)
 
     components = sub.add_parser(
@@ -187,7 +180,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "kinds and modes, its options (defaults and help). Components of your own modules "
         "appear when the modules are named with --plugin (experiment.plugins in a config).",
     )
-    components.add_argument(
+    _add_plugin_option(components)
+    components.set_defaults(func=_cmd_components)
+    return parser
+
+
+def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE`` (repeatable): the user's registering modules to import first."""
+    parser.add_argument(
         "--plugin",
         dest="plugins",
         action="append",
@@ -195,8 +195,6 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="a module of yours to import first: path/to/file.py or package.module",
     )
-    components.set_defaults(func=_cmd_components)
-    return parser
 
 
 def _default_run_dir(name: str, seed: int) -> Path:
