@@ -12,6 +12,7 @@ import pytest
 
 from bayes_mbrl.cli import main
 from bayes_mbrl.config import DEFAULT_PRESET, Config, dump_config, list_presets
+from bayes_mbrl.errors import CheckpointError
 
 
 def _experiment_module() -> Any:
@@ -198,16 +199,23 @@ def test_dir_with_unrelated_config_toml_is_not_a_run_directory(
 
 
 def test_run_dirs_are_recognised_without_a_checkpoint(tmp_path: Path) -> None:
-    from bayes_mbrl.runs import check_run_dir
+    from bayes_mbrl.runs import check_run_dir, read_run_config
 
     written = tmp_path / "written"
     written.mkdir()
     dump_config(Config(), written / "config.toml")  # its header marks it
-    check_run_dir(written)
     edited = tmp_path / "edited"  # a config edited by hand, beside the run's files
     (edited / "checkpoints").mkdir(parents=True)
     (edited / "config.toml").write_text("[planner]\nhorizon = 5\n")
-    check_run_dir(edited)
+    alone = tmp_path / "alone"  # the same hand-written config with nothing of a run beside it
+    alone.mkdir()
+    (alone / "config.toml").write_text("[planner]\nhorizon = 5\n")
+    for run_dir in (written, edited):
+        check_run_dir(run_dir)  # accepted: no error
+        assert read_run_config(run_dir).experiment.mode == "mpc"
+    assert read_run_config(edited).planner.horizon == 5
+    with pytest.raises(CheckpointError, match="is not a bayes_mbrl run directory"):
+        check_run_dir(alone)
 
 
 def test_run_directory_not_printed_when_the_run_fails_before_creating_it(

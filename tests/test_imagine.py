@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from test_planning import A, B, LinearGaussianModel  # s' = A s + B a (+ noise), by hand
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
 
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, DataError
@@ -35,44 +35,6 @@ F64 = torch.float64
 
 
 # ------------------------------------------------------------------------- models
-class _LinearFunctions(FunctionSample):
-    """s' = A s + B a + sigma * eps, the same for every function."""
-
-    def __init__(self, n: int, a: Tensor, b: Tensor, sigma: float) -> None:
-        self.n, self.a, self.b, self.sigma = n, a, b, sigma
-
-    def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
-        mean = obs @ self.a.T + action @ self.b.T
-        return Independent(Normal(mean, torch.full_like(mean, self.sigma), validate_args=False), 1)
-
-
-class LinearModel(DynamicsModel):
-    """A known linear system (no noise with ``sigma = 0``)."""
-
-    def __init__(self, a: Tensor, b: Tensor, sigma: float = 0.0) -> None:
-        self.a, self.b, self.sigma = a, b, sigma
-        self.obs_dim, self.action_dim = a.shape[0], b.shape[1]
-
-    def fit(self, data: ReplayBuffer, generator: Any = None, progress: Any = None) -> FitReport:
-        return FitReport()
-
-    def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:
-        return _LinearFunctions(n, self.a, self.b, self.sigma)
-
-    def predict(self, obs: Tensor, action: Tensor, num_functions: int | None = None) -> Predictive:
-        mean = obs @ self.a.T + action @ self.b.T
-        return Predictive(mean, torch.zeros_like(mean), torch.full_like(mean, self.sigma**2))
-
-    def log_likelihood(
-        self, obs: Tensor, action: Tensor, next_obs: Tensor, num_functions: int | None = None
-    ) -> Tensor:
-        return self.sample_functions(1)(obs[None], action[None]).log_prob(next_obs[None])
-
-
-A = torch.tensor([[1.0, 0.1], [-0.2, 0.9]])
-B = torch.tensor([[0.0], [0.5]])
-
-
 def random_ensemble(members: int = 4) -> ProbabilisticEnsemble:
     """A randomly initialized ensemble (distinct members, real noise) on 2-D obs, 1-D actions."""
     model = ProbabilisticEnsemble(2, 1, num_members=members, hidden_sizes=[16], seed=3)
@@ -133,7 +95,7 @@ def test_imagined_returns_are_the_evaluators_particle_returns(propagation: str) 
 
 
 def test_deterministic_linear_model_gives_the_closed_form_states() -> None:
-    model = LinearModel(A, B)
+    model = LinearGaussianModel(A, B, sigma=0.0)
     start = torch.tensor([[1.0, -0.5], [0.0, 2.0], [-1.0, 0.3]])
     gain = torch.tensor([[0.4, 0.8]])
     horizon, particles = 7, 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -53,7 +54,9 @@ class LinearGaussianModel(DynamicsModel):
         self.a, self.b, self.sigma = a, b, sigma
         self.obs_dim, self.action_dim = a.shape[0], b.shape[1]
 
-    def fit(self, data: ReplayBuffer, generator: torch.Generator | None = None) -> FitReport:
+    def fit(
+        self, data: ReplayBuffer, generator: torch.Generator | None = None, progress: Any = None
+    ) -> FitReport:
         return FitReport()
 
     def sample_functions(self, n: int, generator: torch.Generator | None = None) -> FunctionSample:

@@ -9,23 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_extension_points import TINY  # the tiny ensemble MPC run
 
 from bayes_mbrl.config import load_config
 from bayes_mbrl.errors import ConfigError
 from bayes_mbrl.experiment import apply_threads, available_cores, run_experiment
-
-TINY = [
-    "env.episode_length=10",
-    "experiment.episodes=2",
-    "experiment.progress=false",
-    "model.num_members=2",
-    "model.hidden_sizes=[8]",
-    "model.max_epochs=2",
-    "planner.population=10",
-    "planner.iterations=1",
-    "planner.particles=2",
-    "planner.horizon=3",
-]
 
 
 @pytest.fixture(autouse=True)
