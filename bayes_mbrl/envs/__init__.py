@@ -5,7 +5,13 @@ task's :class:`TaskSpec` reward and termination functions, which reproduce the
 environment's own. Supported tasks: ``Pendulum-v1``, ``MountainCarContinuous-v0``
 ``bayes_mbrl/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up) and
 ``bayes_mbrl/PendulumSwingUp-v0`` (``Pendulum-v1`` started hanging down), the
-last two registered with gymnasium on import of this package. For your own env,
+last two registered with gymnasium on import of this package. For latent models,
+``bayes_mbrl/PendulumPartial-v0`` (noisy ``[cos theta, sin theta]``, no velocity) and
+``bayes_mbrl/PendulumPixels-v0`` (flattened 32 x 32 frames), also registered here,
+observe ``Pendulum-v1`` through :class:`PartialObservation` and
+:class:`PixelObservation` (``bayes_mbrl.envs.observations``); their reward is not a
+function of the observation (``TaskSpec.observation`` is ``"partial"`` /
+``"pixels"``). For your own env,
 ``TaskSpec.from_env(env, reward_fn)`` reads the sizes, action bounds and time limit
 from it (``docs/api_loop.md``).
 
@@ -24,9 +30,17 @@ from bayes_mbrl.envs.cartpole_swingup import (
     CartPoleSwingUpEnv,
     register_cartpole_swingup,
 )
+from bayes_mbrl.envs.observations import (
+    PENDULUM_PARTIAL_ID,
+    PENDULUM_PIXELS_ID,
+    PartialObservation,
+    PixelObservation,
+    register_observation_envs,
+)
 from bayes_mbrl.envs.pendulum_swingup import PendulumSwingUpEnv, register_pendulum_swingup
 from bayes_mbrl.envs.rewards import RewardFn, TerminationFn
 from bayes_mbrl.envs.tasks import (
+    OBSERVATION_KINDS,
     BoundLike,
     TaskSpec,
     check_continuous_env,
@@ -37,11 +51,17 @@ from bayes_mbrl.envs.tasks import (
 
 register_cartpole_swingup()
 register_pendulum_swingup()
+register_observation_envs()
 
 __all__ = [
+    "OBSERVATION_KINDS",
+    "PENDULUM_PARTIAL_ID",
+    "PENDULUM_PIXELS_ID",
     "BoundLike",
     "CartPoleSwingUpEnv",
+    "PartialObservation",
     "PendulumSwingUpEnv",
+    "PixelObservation",
     "RewardFn",
     "TaskSpec",
     "TerminationFn",

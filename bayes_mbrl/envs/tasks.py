@@ -25,6 +25,11 @@ from torch import Tensor
 
 from bayes_mbrl.envs.cartpole_swingup import ENV_ID as CARTPOLE_SWINGUP_ID
 from bayes_mbrl.envs.cartpole_swingup import register_cartpole_swingup
+from bayes_mbrl.envs.observations import (
+    PENDULUM_PARTIAL_ID,
+    PENDULUM_PIXELS_ID,
+    register_observation_envs,
+)
 from bayes_mbrl.envs.pendulum_swingup import ENV_ID as PENDULUM_SWINGUP_ID
 from bayes_mbrl.envs.pendulum_swingup import register_pendulum_swingup
 from bayes_mbrl.envs.rewards import (
@@ -41,6 +46,7 @@ from bayes_mbrl.envs.rewards import (
 from bayes_mbrl.errors import EnvError
 
 __all__ = [
+    "OBSERVATION_KINDS",
     "BoundLike",
     "TaskSpec",
     "check_continuous_env",
@@ -49,6 +55,10 @@ __all__ = [
     "registered_task_ids",
 ]
 
+
+OBSERVATION_KINDS = ("state", "partial", "pixels")
+"""What a task's observation is (:attr:`TaskSpec.observation`): the full state, a
+noisy part of it, or rendered frames."""
 
 BoundLike = Tensor | np.ndarray | Sequence[float] | float
 """An action bound as :class:`TaskSpec` accepts it: a tensor, a numpy array, a list or
@@ -92,21 +102,36 @@ class TaskSpec:
             action (..., A)) -> (...)``, for planners that propagate beliefs
             analytically (moment matching), or ``None`` (the default; they then
             approximate the expectation of ``reward_fn``).
+        observation: What the observation is, one of :data:`OBSERVATION_KINDS`:
+            ``"state"`` (the default) when it is the env's full state, so that
+            ``reward_fn`` and ``termination_fn`` are functions of it and state models
+            and planners apply; ``"partial"`` when it is a noisy part of the state
+            (e.g. ``[cos theta, sin theta]`` without the velocity) and ``"pixels"``
+            when it is flattened rendered frames: then the reward is not a function
+            of the observation and a latent model (``experiment.mode = 'latent_mpc'``)
+            must infer the state and learn the reward; ``reward_fn`` of the built-in
+            such tasks raises :class:`~bayes_mbrl.errors.EnvError` saying so.
+        frame_shape: ``(frame_stack, height, width)`` of a ``"pixels"`` observation,
+            whose flat vector of size ``obs_dim = frame_stack * height * width``
+            reshapes to it (most recent frame last); required for ``"pixels"``,
+            ``None`` (the default) for the other kinds.
 
     Raises:
         EnvError: If a size is not a positive int, a bound is not numbers, has the
             wrong shape, is NaN or infinite, or ``action_low >= action_high`` in some
             coordinate, a function is not callable, or ``max_episode_steps`` is not a
-            positive int or ``None``; the message says what was expected and what
-            was given.
+            positive int or ``None``, ``observation`` is not one of
+            :data:`OBSERVATION_KINDS`, or ``frame_shape`` is missing for ``"pixels"``,
+            given for another kind, not three positive ints or not of size
+            ``obs_dim``; the message says what was expected and what was given.
 
     Example:
         >>> import numpy as np, torch
         >>> spec = TaskSpec("MyTask-v0", obs_dim=2, action_dim=1,
         ...                 action_low=np.array([-1.0], dtype=np.float32), action_high=[1.0],
         ...                 reward_fn=lambda obs, action, next_obs: -next_obs.square().sum(-1))
-        >>> spec.action_high, spec.termination_fn, spec.max_episode_steps
-        (tensor([1.]), None, None)
+        >>> spec.action_high, spec.termination_fn, spec.max_episode_steps, spec.observation
+        (tensor([1.]), None, None, 'state')
     """
 
     env_id: str
@@ -118,6 +143,8 @@ class TaskSpec:
     termination_fn: TerminationFn | None
     max_episode_steps: int | None
     expected_reward_fn: ExpectedRewardFn | None
+    observation: str
+    frame_shape: tuple[int, int, int] | None
 
     def __init__(
         self,
@@ -130,6 +157,8 @@ class TaskSpec:
         termination_fn: TerminationFn | None = None,
         max_episode_steps: int | None = None,
         expected_reward_fn: ExpectedRewardFn | None = None,
+        observation: str = "state",
+        frame_shape: tuple[int, int, int] | None = None,
     ) -> None:
         if not isinstance(env_id, str):
             raise EnvError(f"TaskSpec: env_id must be a str; got {env_id!r}")
@@ -160,6 +189,7 @@ class TaskSpec:
                 raise EnvError(f"{where}: {name} must be a callable or None; got {fn!r}")
         if max_episode_steps is not None:
             max_episode_steps = _positive_int(where, "max_episode_steps", max_episode_steps)
+        frame_shape = _frame_shape(where, observation, frame_shape, obs_dim)
         # frozen dataclass: fields are set once, here
         set_field = object.__setattr__
         set_field(self, "env_id", env_id)
@@ -171,6 +201,8 @@ class TaskSpec:
         set_field(self, "termination_fn", termination_fn)
         set_field(self, "max_episode_steps", max_episode_steps)
         set_field(self, "expected_reward_fn", expected_reward_fn)
+        set_field(self, "observation", observation)
+        set_field(self, "frame_shape", frame_shape)
 
     @classmethod
     def from_env(
@@ -269,6 +301,62 @@ def _positive_int(where: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise EnvError(f"{where}: {name} must be an int >= 1; got {value!r}")
     return int(value)
+
+
+def _frame_shape(
+    where: str, observation: object, frame_shape: object, obs_dim: int
+) -> tuple[int, int, int] | None:
+    """Check ``observation`` and ``frame_shape`` together.
+
+    Args:
+        where: Prefix of the error message.
+        observation: The observation kind, one of :data:`OBSERVATION_KINDS`.
+        frame_shape: ``(frame_stack, height, width)`` for ``"pixels"``, else ``None``.
+        obs_dim: The observation size, ``frame_stack * height * width`` for pixels.
+
+    Returns:
+        ``frame_shape`` as a tuple of three ints, or ``None``.
+
+    Raises:
+        EnvError: If ``observation`` is not a known kind, or ``frame_shape`` does not
+            fit it or ``obs_dim``.
+    """
+    if not isinstance(observation, str) or observation not in OBSERVATION_KINDS:
+        raise EnvError(
+            f"{where}: observation must be one of {', '.join(map(repr, OBSERVATION_KINDS))} "
+            f"(the full state, a noisy part of it, or rendered frames); got {observation!r}"
+        )
+    if observation != "pixels":
+        if frame_shape is not None:
+            raise EnvError(
+                f"{where}: frame_shape is only for observation='pixels'; got frame_shape="
+                f"{frame_shape!r} with observation={observation!r}. Leave it None."
+            )
+        return None
+    if frame_shape is None:
+        raise EnvError(
+            f"{where}: observation='pixels' needs frame_shape=(frame_stack, height, width), "
+            f"whose product is obs_dim = {obs_dim}"
+        )
+    if (
+        not isinstance(frame_shape, tuple | list)
+        or len(frame_shape) != 3
+        or not all(
+            isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1
+            for n in frame_shape
+        )
+    ):
+        raise EnvError(
+            f"{where}: frame_shape must be three ints >= 1, (frame_stack, height, width); "
+            f"got {frame_shape!r}"
+        )
+    shape = (int(frame_shape[0]), int(frame_shape[1]), int(frame_shape[2]))
+    if shape[0] * shape[1] * shape[2] != obs_dim:
+        raise EnvError(
+            f"{where}: frame_shape {shape} holds {shape[0] * shape[1] * shape[2]} values but "
+            f"obs_dim is {obs_dim}; a pixel observation is the flattened frames"
+        )
+    return shape
 
 
 def _bound(where: str, name: str, value: object, dim: int) -> Tensor:
@@ -423,11 +511,85 @@ def _cartpole_swingup() -> TaskSpec:
     )
 
 
+class _UnobservedReward:
+    """The ``reward_fn`` of a task whose reward is not a function of the observation.
+
+    Calling it raises :class:`EnvError` pointing to the latent-model mode. A class,
+    not a closure, so that a :class:`TaskSpec` holding it pickles.
+
+    Args:
+        env_id: The task.
+        seen_through: What the observation is, e.g. ``"pixels"``.
+    """
+
+    def __init__(self, env_id: str, seen_through: str) -> None:
+        self.env_id = env_id
+        self.seen_through = seen_through
+
+    def __call__(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        """Raise: the reward cannot be computed from observations.
+
+        Args:
+            obs: Observations before the step (unused).
+            action: Actions (unused).
+            next_obs: Observations after the step (unused).
+
+        Raises:
+            EnvError: Always.
+        """
+        raise EnvError(
+            f"{self.env_id} is observed through {self.seen_through}; its reward is not a "
+            "function of the observation: use experiment.mode = 'latent_mpc', whose "
+            "latent model learns the reward"
+        )
+
+    def __repr__(self) -> str:
+        return f"_UnobservedReward({self.env_id!r}, {self.seen_through!r})"
+
+
+def _pendulum_partial() -> TaskSpec:
+    """Spec of ``bayes_mbrl/PendulumPartial-v0`` (noisy ``[cos theta, sin theta]``)."""
+    register_observation_envs()
+    low, high = _bounds(-PENDULUM_MAX_TORQUE, PENDULUM_MAX_TORQUE, 1)
+    return TaskSpec(
+        env_id=PENDULUM_PARTIAL_ID,
+        obs_dim=2,
+        action_dim=1,
+        action_low=low,
+        action_high=high,
+        reward_fn=_UnobservedReward(PENDULUM_PARTIAL_ID, "partial observations"),
+        termination_fn=None,
+        max_episode_steps=_time_limit(PENDULUM_PARTIAL_ID),
+        observation="partial",
+    )
+
+
+def _pendulum_pixels() -> TaskSpec:
+    """Spec of ``bayes_mbrl/PendulumPixels-v0`` (one 32 x 32 frame per observation)."""
+    register_observation_envs()
+    low, high = _bounds(-PENDULUM_MAX_TORQUE, PENDULUM_MAX_TORQUE, 1)
+    frame_shape = (1, 32, 32)
+    return TaskSpec(
+        env_id=PENDULUM_PIXELS_ID,
+        obs_dim=frame_shape[0] * frame_shape[1] * frame_shape[2],
+        action_dim=1,
+        action_low=low,
+        action_high=high,
+        reward_fn=_UnobservedReward(PENDULUM_PIXELS_ID, "pixels"),
+        termination_fn=None,
+        max_episode_steps=_time_limit(PENDULUM_PIXELS_ID),
+        observation="pixels",
+        frame_shape=frame_shape,
+    )
+
+
 _TASKS: dict[str, Callable[[], TaskSpec]] = {
     "Pendulum-v1": _pendulum,
     "MountainCarContinuous-v0": _mountain_car,
     CARTPOLE_SWINGUP_ID: _cartpole_swingup,
     PENDULUM_SWINGUP_ID: _pendulum_swingup,
+    PENDULUM_PARTIAL_ID: _pendulum_partial,
+    PENDULUM_PIXELS_ID: _pendulum_pixels,
 }
 
 
@@ -566,6 +728,7 @@ def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gymn
             :func:`check_continuous_env`.
     """
     register_cartpole_swingup()
+    register_observation_envs()
     if env_id not in gymnasium.registry:
         known = list(gymnasium.registry)
         raise EnvError(
