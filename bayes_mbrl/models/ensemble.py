@@ -52,6 +52,7 @@ __all__ = [
     "EnsembleOptions",
     "GaussianMLPEnsemble",
     "ProbabilisticEnsemble",
+    "stratified_members",
 ]
 
 #: activations for training (out of place, differentiable)
@@ -125,6 +126,24 @@ def fold_normalizers(
     ws[-1] = ws[-1] * scale
     bs[-1] = bs[-1] * scale + shift
     return ws, bs
+
+
+def stratified_members(n: int, num_members: int, generator: torch.Generator | None) -> Tensor:
+    """``n`` member indices out of ``num_members``: each member ``n // E`` times in
+    order, the rest at random (all members in order when ``n == E``).
+
+    Raises:
+        DataError: ``n < 1``.
+    """
+    if n < 1:
+        raise DataError(f"number of functions must be >= 1, got {n}")
+    base = torch.arange(n) % num_members
+    extra = n % num_members
+    if extra and n > num_members:
+        base[-extra:] = torch.randperm(num_members, generator=generator)[:extra]
+    elif n < num_members:
+        base = torch.randperm(num_members, generator=generator)[:n]
+    return base
 
 
 class GaussianMLPEnsemble(nn.Module):
@@ -470,16 +489,7 @@ class ProbabilisticEnsemble(DynamicsModel):
 
     # ----------------------------------------------------------------- functions
     def _member_index(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """Stratified member draws: each member ``n // E`` times, the rest at random."""
-        if n < 1:
-            raise DataError(f"number of functions must be >= 1, got {n}")
-        base = torch.arange(n) % self.num_members
-        extra = n % self.num_members
-        if extra and n > self.num_members:
-            base[-extra:] = torch.randperm(self.num_members, generator=generator)[:extra]
-        elif n < self.num_members:
-            base = torch.randperm(self.num_members, generator=generator)[:n]
-        return base
+        return stratified_members(n, self.num_members, generator)
 
     def _folded(self) -> tuple[list[Tensor], list[Tensor]]:
         return fold_normalizers(
