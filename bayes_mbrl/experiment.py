@@ -110,7 +110,12 @@ class Experiment:
         self.generator = torch.Generator().manual_seed(config.experiment.seed)
         self.parts = build_algorithm(config, self.task, self.generator)
         builtin: list[Callback] = [ProgressBars()] if config.experiment.progress else []
-        self.callbacks: list[Callback] = [*builtin, LearningCurvePlot(), *callbacks]
+        self.callbacks: list[Callback] = [
+            *builtin,
+            LearningCurvePlot(),
+            *self.parts.callbacks,
+            *callbacks,
+        ]
         self.random_agent = RandomAgent(self.task.action_low, self.task.action_high, self.generator)
         self.buffer = ReplayBuffer(
             self.task.obs_dim,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.errors import ModelError
+from bayes_mbrl.errors import ConfigError, ModelError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.registry import Registry
 
@@ -112,6 +112,8 @@ class AlgorithmParts:
         title: the method's name in plots ("ensemble + cem").
         fit_description: what a fit does, for progress bars.
         no_model_reason: why ``model`` is None (for the error of ``analyze``).
+        callbacks: the algorithm's own :class:`~bayes_mbrl.callbacks.Callback` hooks
+            (diagnostics it writes into the run directory), run after the runner's.
     """
 
     agent: Agent
@@ -121,6 +123,7 @@ class AlgorithmParts:
     title: str = ""
     fit_description: str = "fit"
     no_model_reason: str = ""
+    callbacks: list[Any] = field(default_factory=list)
 
 
 class Algorithm(abc.ABC):
@@ -129,6 +132,11 @@ class Algorithm(abc.ABC):
     Subclasses are registered in :data:`ALGORITHMS`; their options dataclass, given at
     registration, is the config section named after the mode.
     """
+
+    #: the kinds of observation (``TaskSpec.observation``) this algorithm can act on;
+    #: a task observed otherwise (partial observations, pixels) is refused when the
+    #: run is built, naming the modes that can
+    observations: tuple[str, ...] = ("state",)
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -152,11 +160,26 @@ def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> 
     """The parts of ``config.experiment.mode`` (see :data:`ALGORITHMS`).
 
     Raises:
+        ConfigError: the mode cannot act on the task's kind of observation.
         ModelError: the learner's ``fit`` does not take ``progress`` (written for an
             earlier version of the protocol).
     """
     mode = config.experiment.mode
-    parts = ALGORITHMS[mode](mode).build(config, task, generator)
+    algorithm = ALGORITHMS[mode](mode)
+    observation = getattr(task, "observation", "state")
+    if observation not in algorithm.observations:
+        able = [
+            name
+            for name in ALGORITHMS.names()
+            if observation in getattr(ALGORITHMS[name], "observations", ("state",))
+        ]
+        raise ConfigError(
+            f"env.id = {task.env_id!r} is observed through {observation} (its reward and "
+            f"dynamics are not functions of one observation); experiment.mode = {mode!r} "
+            f"plans on states. Set experiment.mode to one of {able} (with its model kind, "
+            "e.g. model.kind = 'latent')"
+        )
+    parts = algorithm.build(config, task, generator)
     check_learner(parts.learner)
     return parts
 
