@@ -297,7 +297,7 @@ def _(ctx: Ctx) -> None:
 
 @case(
     ConfigError,
-    r"unknown key 'model\.horizon'; did you mean 'planner\.horizon'\?",
+    r"unknown key 'model\.horizon'; did you mean 'planner\.horizon'",
     id="config-key-in-wrong-section",
 )
 def _(ctx: Ctx) -> None:
@@ -1117,7 +1117,11 @@ def _(ctx: Ctx) -> None:
 def _(ctx: Ctx) -> None:
     path = ctx.copy_run() / "checkpoints" / "ckpt_0001.pt"
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x10
+    # torch.save pickles the payload bytes as latin-1 text in UTF-8: flip an ASCII byte
+    # into another ASCII byte (a multi-byte character flipped may no longer decode, which
+    # is refused earlier, as unreadable)
+    pos = next(i for i in range(len(raw) // 2, len(raw)) if 0x20 <= raw[i] < 0x7E)
+    raw[pos] ^= 0x01
     path.write_bytes(bytes(raw))
     load_checkpoint(path)
 

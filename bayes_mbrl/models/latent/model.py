@@ -53,6 +53,7 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,7 +272,7 @@ class LatentStateSpaceModel(DynamicsModel):
         latent_dim: int = 6,
         encoder: str = "filtering",
         num_members: int = 5,
-        hidden_sizes: list[int] | None = None,
+        hidden_sizes: Sequence[int] = (128, 128),
         embed_dim: int = 64,
         seq_len: int = 32,
         batch_size: int = 40,
@@ -288,7 +289,7 @@ class LatentStateSpaceModel(DynamicsModel):
             latent_dim=latent_dim,
             encoder=encoder,
             num_members=num_members,
-            hidden_sizes=list(hidden_sizes) if hidden_sizes is not None else [128, 128],
+            hidden_sizes=list(hidden_sizes),
             embed_dim=embed_dim,
             seq_len=seq_len,
             batch_size=batch_size,
