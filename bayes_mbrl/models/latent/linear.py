@@ -5,6 +5,10 @@ the encoders' posteriors can be compared with exact inference
 (:func:`~bayes_mbrl.models.latent.kalman.kalman_filter`,
 :func:`~bayes_mbrl.models.latent.kalman.rts_smoother`): the check that the filtering
 encoder becomes the Kalman filter and the smoothing encoder the RTS smoother.
+
+Only the methods the encoders and the ELBO use are replaced (``_transition``,
+``_transition_all``, ``_init``, ``_decode``, ``_obs_scale``): ``sample_functions`` still
+draws the (untrained) ensemble, so do not plan through this model.
 """
 
 from __future__ import annotations
