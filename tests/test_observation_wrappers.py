@@ -416,3 +416,25 @@ def test_registration_is_idempotent() -> None:
     assert caught == []
     for env_id in (PENDULUM_PARTIAL_ID, PENDULUM_PIXELS_ID):
         assert gymnasium.spec(env_id).max_episode_steps == 200
+
+
+def test_state_modes_refuse_partial_and_pixel_tasks_naming_the_latent_modes() -> None:
+    """A mode that plans on states cannot act on a task observed otherwise: the run is
+    refused when it is built, with the modes that can (and the model kind they need)."""
+    import re
+
+    from bayes_mbrl.algorithms.base import build_algorithm
+    from bayes_mbrl.config import load_config
+    from bayes_mbrl.errors import ConfigError
+
+    for env_id, seen in (
+        (PENDULUM_PARTIAL_ID, "partial observations"),
+        (PENDULUM_PIXELS_ID, "pixels"),
+    ):
+        config = load_config(None, [f"env.id={env_id}"])
+        with pytest.raises(ConfigError) as err:
+            build_algorithm(config, get_task(env_id), torch.Generator().manual_seed(0))
+        message = str(err.value)
+        assert f"is observed through {seen}" in message
+        assert re.search(r"'latent_mpc'.*'latent_ac'|'latent_ac'.*'latent_mpc'", message)
+        assert "model.kind = 'latent'" in message

@@ -151,6 +151,8 @@ class Algorithm(abc.ABC):
         """The agent and learner for ``config`` on ``task``, seeded by ``generator``."""
 
 
+_OBSERVED_THROUGH = {"partial": "partial observations", "pixels": "pixels"}
+
 ALGORITHMS: Registry[Callable[[str], Algorithm]] = Registry("mode", "experiment.mode")
 """Algorithms by ``experiment.mode``; each entry is an :class:`Algorithm` subclass
 (called with its mode name) with its options dataclass, the ``[mode]`` section."""
@@ -174,7 +176,8 @@ def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> 
             if observation in getattr(ALGORITHMS[name], "observations", ("state",))
         ]
         raise ConfigError(
-            f"env.id = {task.env_id!r} is observed through {observation} (its reward and "
+            f"env.id = {task.env_id!r} is observed through "
+            f"{_OBSERVED_THROUGH.get(observation, observation)} (its reward and "
             f"dynamics are not functions of one observation); experiment.mode = {mode!r} "
             f"plans on states. Set experiment.mode to one of {able} (with its model kind, "
             "e.g. model.kind = 'latent')"
