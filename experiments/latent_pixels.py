@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--episode-len", type=int, default=200, help="steps per episode")
     parser.add_argument("--steps", type=int, default=1500, help="gradient steps per fit")
     parser.add_argument("--latent-dim", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=20, help="sequences per step")
+    parser.add_argument("--seq-len", type=int, default=24, help="steps per training sequence")
     parser.add_argument("--encoders", default=",".join(ENCODERS))
     parser.add_argument("--context", type=int, default=10, help="frames filtered before open loop")
     parser.add_argument("--elbo-samples", type=int, default=4)
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "episode_len": args.episode_len,
             "steps": args.steps,
             "latent_dim": args.latent_dim,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
             "num_members": 5,
             "context": args.context,
             "elbo_samples": args.elbo_samples,
@@ -306,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             frame_shape=task.frame_shape,
             encoder=enc,
             latent_dim=args.latent_dim,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
             first_fit_steps=args.steps,
             seed=args.seed,
         )

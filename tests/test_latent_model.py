@@ -489,6 +489,41 @@ def test_fit_is_seeded(pendulum_buffer: ReplayBuffer) -> None:
     assert not same(one, fitted(0, torch.Generator().manual_seed(7)))
 
 
+def test_fresh_refit_starts_over_and_keeps_the_old_model_when_it_fails(
+    pendulum_buffer: ReplayBuffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``refit = "fresh"``: every later fit re-initializes the parameters (a new seed per
+    fit), the optimizer and the normalizers and runs ``first_fit_steps``; a fresh fit
+    that fails leaves the previously fitted model in place."""
+    model = LatentStateSpaceModel(2, 1, encoder="filtering", seed=0, refit="fresh", **TINY)
+    model.fit(pendulum_buffer)
+    first_nets = _nets(model)
+    assert model.progress_total() == 2  # first_fit_steps again, not train_steps
+    # the refit sees a different buffer: half the episodes, other normalizers
+    half = ReplayBuffer(2, 1, 50)
+    b = pendulum_buffer.all()
+    half.add(b.obs[50:], b.action[50:], b.reward[50:], b.next_obs[50:], b.terminated[50:],
+             b.truncated[50:])  # fmt: skip
+    report = model.fit(half)
+    assert model.fits == 2 and report.epochs == 2  # first_fit_steps / 50
+    step = model.optimizer.state_dict()["state"][0]["step"]
+    assert float(step) == TINY["first_fit_steps"]  # a new Adam, not the first fit's
+    torch.testing.assert_close(model.obs_mean, b.obs[50:].mean(0))
+    assert any(not torch.equal(first_nets[k], v) for k, v in model.nets.state_dict().items())
+
+    # a fresh refit whose ELBO turns non-finite keeps the model fitted before it
+    kept = _nets(model)
+    obs, acts = _history(pendulum_buffer)
+    belief = model.encode(obs, acts[:-1])
+    monkeypatch.setattr(model, "_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(ModelError):
+        model.fit(pendulum_buffer)
+    assert all(torch.equal(kept[k], v) for k, v in model.nets.state_dict().items())
+    torch.testing.assert_close(model.obs_mean, b.obs[50:].mean(0))
+    again = model.encode(obs, acts[:-1])
+    assert torch.equal(again.mean, belief.mean) and torch.equal(again.cov, belief.cov)
+
+
 # ------------------------------------------------------------------ frames, bad input
 FRAME = (1, 16, 16)
 CONV = {**TINY, "seq_len": 6, "batch_size": 4, "first_fit_steps": 50}
@@ -531,6 +566,37 @@ def test_conv_model_fits_and_decodes_frames(conv_model: LatentStateSpaceModel) -
     out = conv_model.decode(torch.randn(2, 5, 3) * 3)
     assert out.shape == (2, 5, 256)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_conv_autoencoder_learns_sparse_frames() -> None:
+    """The convolutional embedding and decoder can represent a frame that is mostly
+    black with a small bright mark (as a pendulum frame is): an autoencoder through
+    a 2-d bottleneck fitted on marks at angles around a circle reconstructs them far
+    better than the mean frame does (a sigmoid decoder stayed at the all-black frame)."""
+    from bayes_mbrl.models.latent.networks import ConvDecoder, ConvEmbedding
+
+    g = torch.Generator().manual_seed(0)
+    angles = torch.rand(256, generator=g) * 2 * math.pi
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    cy, cx = 7.5 - 5 * torch.cos(angles), 7.5 + 5 * torch.sin(angles)
+    d2 = (yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2
+    frames = (d2 < 2.0).float().reshape(256, 256)  # ~6 bright pixels of 256
+    baseline = float((frames - frames.mean(0)).pow(2).mean())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        enc, dec = ConvEmbedding(FRAME, 16, 8), ConvDecoder(2, FRAME, 32, 8)
+        head = torch.nn.Linear(16, 2)
+    params = [*enc.parameters(), *dec.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    for _ in range(400):
+        rows = torch.randint(256, (64,), generator=g)
+        loss = (dec(head(enc(frames[rows]))) - frames[rows]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mse = float((dec(head(enc(frames))) - frames).pow(2).mean())
+    assert mse < 0.3 * baseline, (mse, baseline)
 
 
 def test_uint8_frames_are_scaled(conv_model: LatentStateSpaceModel) -> None:

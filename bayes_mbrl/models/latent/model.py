@@ -142,6 +142,12 @@ class LatentOptions(Options):
         at_least(STEPS_PER_REPORT, "an integer"),
         "gradient steps of every later fit (warm-started from the last)",
     )
+    refit: str = option(
+        "warm",
+        one_of(("warm", "fresh")),
+        "later fits: 'warm' continues from the last parameters for train_steps; 'fresh' "
+        "re-initializes every parameter and runs first_fit_steps on all the data",
+    )
     learning_rate: float = option(1e-3, greater_than(0), "Adam step size")
     min_obs_std: float = option(
         0.02, interval(0.0, 1.0, lo_open=True), "floor of the observation noise scale"
@@ -246,7 +252,7 @@ class LatentStateSpaceModel(DynamicsModel):
             ``C * H * W``); the protocol's ``obs_dim`` attribute is the latent size.
         action_dim: action size.
         latent_dim, encoder, num_members, hidden_sizes, embed_dim, seq_len, batch_size,
-        first_fit_steps, train_steps, learning_rate, min_obs_std, conv_channels: see
+        first_fit_steps, train_steps, refit, learning_rate, min_obs_std, conv_channels: see
             :class:`LatentOptions`.
         frame_shape: ``(C, H, W)`` when the observations are flattened frames in
             ``[0, 1]`` (convolutional encoder and decoder); None for vectors.
@@ -278,6 +284,7 @@ class LatentStateSpaceModel(DynamicsModel):
         batch_size: int = 40,
         first_fit_steps: int = 1500,
         train_steps: int = 300,
+        refit: str = "warm",
         learning_rate: float = 1e-3,
         min_obs_std: float = 0.02,
         conv_channels: int = 16,
@@ -295,6 +302,7 @@ class LatentStateSpaceModel(DynamicsModel):
             batch_size=batch_size,
             first_fit_steps=first_fit_steps,
             train_steps=train_steps,
+            refit=refit,
             learning_rate=learning_rate,
             min_obs_std=min_obs_std,
             conv_channels=conv_channels,
@@ -318,21 +326,7 @@ class LatentStateSpaceModel(DynamicsModel):
         self.num_members = opts.num_members
         self.num_functions_hint = opts.num_members
         self.seed = seed
-        gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.nets = _Nets(
-                obs_dim,
-                action_dim,
-                opts.latent_dim,
-                opts.num_members,
-                opts.hidden_sizes,
-                opts.embed_dim,
-                frame_shape,
-                gen,
-                opts.conv_channels,
-            )
-        self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=opts.learning_rate)
+        self._initialize(seed)
         self.obs_mean = torch.zeros(obs_dim)
         self.obs_std = torch.ones(obs_dim)
         self.reward_mean = torch.zeros(())
@@ -341,6 +335,32 @@ class LatentStateSpaceModel(DynamicsModel):
         self.fits = 0
         # fits without a generator continue one stream (each fit draws new batches)
         self._default_generator = torch.Generator().manual_seed(seed + 1)
+
+    def _initialize(self, seed: int) -> None:
+        """Fresh parameters (seeded by ``seed``) and a fresh optimizer."""
+        opts = self.options
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.nets = _Nets(
+                self.observation_dim,
+                self.action_dim,
+                opts.latent_dim,
+                opts.num_members,
+                opts.hidden_sizes,
+                opts.embed_dim,
+                self.frame_shape,
+                gen,
+                opts.conv_channels,
+            )
+        self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=opts.learning_rate)
+
+    #: what a fresh refit replaces (and restores when it fails)
+    _FIT_STATE = ("nets", "optimizer", "obs_mean", "obs_std", "reward_mean", "reward_std")
+
+    def _warm(self) -> bool:
+        """Whether the next fit continues from the current parameters."""
+        return self.fitted and self.options.refit == "warm"
 
     @classmethod
     def from_options(
@@ -562,18 +582,27 @@ class LatentStateSpaceModel(DynamicsModel):
 
         The first fit sets the observation and reward normalizers and runs
         ``first_fit_steps``; later fits continue from the current parameters (and
-        Adam's state) for ``train_steps``. Each step draws ``batch_size`` windows of
-        ``seq_len`` steps (block ``e`` of the batch trains transition member ``e``).
+        Adam's state) for ``train_steps`` (``refit = "warm"``), or start again from
+        fresh parameters, normalizers and optimizer and run ``first_fit_steps``
+        (``refit = "fresh"``; a new initialization seed per fit). Each step draws
+        ``batch_size`` windows of ``seq_len`` steps (block ``e`` of the batch trains
+        transition member ``e``).
 
         Raises:
             DataError: the buffer does not fit the model (sizes, no trajectory of 2
                 steps, frames outside ``[0, 1]``).
-            ModelError: the ELBO turned non-finite; the last good parameters are kept.
+            ModelError: the ELBO turned non-finite; the last good parameters are kept (for
+                a fresh refit: the previously fitted model).
         """
         start_time = time.perf_counter()
         bounds = self._check_data(data)
         gen = generator if generator is not None else self._default_generator
-        if not self.fitted:
+        warm = self._warm()
+        previous: dict[str, Any] | None = None
+        if self.fitted and not warm:  # keep the fitted model until the fresh one succeeds
+            previous = {k: getattr(self, k) for k in self._FIT_STATE}
+            self._initialize(self.seed + 7919 * self.fits)
+        if not warm:
             batch = data.all()
             if self.frame_shape is None:
                 self.obs_mean = batch.obs.mean(0)
@@ -581,7 +610,7 @@ class LatentStateSpaceModel(DynamicsModel):
             self.reward_mean = batch.reward.mean()
             self.reward_std = batch.reward.std().clamp_min(1e-3)
         starts, length = self._windows(data, bounds)
-        steps = self.options.train_steps if self.fitted else self.options.first_fit_steps
+        steps = self.options.train_steps if warm else self.options.first_fit_steps
         bsz = self._batch_size()
         windows = self.sequences(data, starts, length)
         params = list(self.nets.parameters())
@@ -597,26 +626,31 @@ class LatentStateSpaceModel(DynamicsModel):
             per_step = loss / (len(rows) * length)
             return StepLoss(per_step, per_step.detach(), len(rows))
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            report = train_early_stopped(
-                params,
-                self.optimizer,
-                batches,
-                step_loss,
-                max_epochs=max(1, steps // STEPS_PER_REPORT),
-                progress=progress,
-                what="latent model fit",
-                loss_name="ELBO",
-                fix="Lower model.learning_rate or check the observations",
-            )
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                report = train_early_stopped(
+                    params,
+                    self.optimizer,
+                    batches,
+                    step_loss,
+                    max_epochs=max(1, steps // STEPS_PER_REPORT),
+                    progress=progress,
+                    what="latent model fit",
+                    loss_name="ELBO",
+                    fix="Lower model.learning_rate or check the observations",
+                )
+        except ModelError:
+            for k, v in (previous or {}).items():
+                setattr(self, k, v)
+            raise
         self.fitted = True
         self.fits += 1
         report.wall_seconds = time.perf_counter() - start_time
         return report
 
     def progress_total(self) -> int:
-        steps = self.options.train_steps if self.fitted else self.options.first_fit_steps
+        steps = self.options.train_steps if self._warm() else self.options.first_fit_steps
         return max(1, steps // STEPS_PER_REPORT)
 
     # ------------------------------------------------------------------ observations
@@ -847,9 +881,12 @@ class LatentStateSpaceModel(DynamicsModel):
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
-        """Mean observation ``(..., observation_dim)`` of latent states ``(..., dz)``."""
+        """Mean observation ``(..., observation_dim)`` of latent states ``(..., dz)``
+        (frames: clipped to the intensity range ``[0, 1]``)."""
         out = self._decode(z)
-        return out if self.frame_shape is not None else out * self.obs_std + self.obs_mean
+        if self.frame_shape is not None:
+            return out.clamp(0.0, 1.0)
+        return out * self.obs_std + self.obs_mean
 
     # ------------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
