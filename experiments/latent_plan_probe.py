@@ -1,0 +1,182 @@
+"""Why does latent MPC fail at an episode? Probe the model a run would plan with next.
+
+Restores a latent-MPC run directory (a scratch copy), refits its latent model once
+(the fit the next episode would start with), then reports:
+
+* the latent transition's aleatoric variance against the spread of the filtered
+  beliefs and their one-step changes, and the members' (epistemic) spread;
+* open-loop accuracy of the quantity the planner ranks plans by: from the filtered
+  belief at every 10th step of every recorded episode, the 30-step reward sum
+  predicted with the recorded actions (members' means, and with sampled noise)
+  against the observed sum;
+* planned episodes from fixed starts (env seeds that no run uses) under planner
+  variants, each with the plan's predicted 30-step value against the realized
+  reward sum every 10 steps and ``|theta|`` from ``info["state"]`` (evaluation only).
+
+    python experiments/latent_plan_probe.py runs/prefix-s1 --variants base,noise_free \\
+        --starts 7001 7002 7003
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayes_mbrl.algorithms.latent_mpc import LatentMPCAgent
+from bayes_mbrl.envs import make_env
+from bayes_mbrl.experiment import Experiment
+from bayes_mbrl.models.latent.model import Sequences
+from bayes_mbrl.planning import PLANNERS, RolloutEvaluator, make_objective
+from bayes_mbrl.planning.propagation import PROPAGATIONS, TSInf
+from bayes_mbrl.runs import read_run_config
+
+__all__ = ["main"]
+
+
+@PROPAGATIONS.register("ts_inf_noise_free")
+class TSInfNoiseFree(TSInf):
+    """TS-inf with each member's mean transition (no aleatoric draws)."""
+
+    def step(self, fs: Any, obs: Any, action: Any, generator: Any) -> Any:
+        return fs.mean(obs, action)
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "noise_free": {"propagation": "ts_inf_noise_free"},
+    "expectation": {"propagation": "expectation"},
+    "pessimistic": {"objective": "mean_minus_std"},
+    "iterations10": {"iterations": 10},
+    "horizon40": {"horizon": 40},
+}
+
+
+@torch.no_grad()
+def model_report(model: Any, buffer: Any, horizon: int) -> None:
+    bounds = [(a, b) for a, b in Sequences.episodes(buffer) if b - a == bounds_len(buffer)]
+    batch = buffer.all()
+    obs = torch.stack([batch.obs[a:b] for a, b in bounds])
+    act = torch.stack([batch.action[a:b] for a, b in bounds])
+    rew = torch.stack([batch.reward[a:b] for a, b in bounds])
+    m, c = model.posterior_marginals(obs, act)
+    fs = model.sample_functions(model.num_members)
+    z, a = m.reshape(-1, m.shape[-1]), act.reshape(-1, act.shape[-1])
+    d = fs(z.expand(fs.n, -1, -1), a.expand(fs.n, -1, -1))
+    np.set_printoptions(precision=4, suppress=True)
+    print("latent variance of the filtered means   ", z.var(0).numpy())
+    print(
+        "variance of their one-step changes      ",
+        (m[:, 1:] - m[:, :-1]).flatten(0, 1).var(0).numpy(),
+    )
+    print("transition noise variance (aleatoric)   ", d.variance.mean((0, 1)).numpy())
+    print("members' spread of the mean (epistemic) ", d.mean.var(0).mean(0).numpy())
+    diag = torch.diagonal(c, dim1=-2, dim2=-1).flatten(0, 1).mean(0)
+    print("filter posterior variance               ", diag.numpy())
+    reward_fn = model.reward_function()
+    rows = []
+    steps = obs.shape[1]
+    for ep in range(obs.shape[0]):
+        for t in range(10, steps - horizon, 10):
+            g = torch.Generator().manual_seed(ep * 1000 + t)
+            zm = m[ep, t].expand(fs.n, 1, -1).clone()
+            zs = zm.clone()
+            pm = ps = torch.zeros(fs.n, 1)
+            for k in range(horizon):
+                ak = act[ep, t + k].expand(fs.n, 1, -1)
+                pm, ps = pm + reward_fn(zm, ak, None), ps + reward_fn(zs, ak, None)
+                zm, zs = fs.mean(zm, ak), fs.sample(zs, ak, g)
+            true = float(rew[ep, t : t + horizon].sum())
+            rows.append((true, pm.mean().item(), ps.mean().item(), pm.std().item()))
+    r = np.array(rows)
+    for name, col in (("members' means", 1), ("with noise", 2)):
+        err = r[:, col] - r[:, 0]
+        corr = np.corrcoef(r[:, col], r[:, 0])[0, 1]
+        print(
+            f"{horizon}-step reward sums, {name}: bias {err.mean():.1f}, "
+            f"MAE {np.abs(err).mean():.1f}, corr {corr:.3f} (sd of the true sums "
+            f"{r[:, 0].std():.1f}, members' sd {r[:, 3].mean():.1f}, {len(r)} windows)"
+        )
+
+
+def bounds_len(buffer: Any) -> int:
+    return max(b - a for a, b in Sequences.episodes(buffer))
+
+
+def planned_episodes(exp: Experiment, model: Any, variant: str, starts: list[int]) -> None:
+    cfg = exp.config
+    p = copy.deepcopy(cfg.planner)
+    for k, v in VARIANTS[variant].items():
+        setattr(p, k, v)
+    returns = []
+    begin = time.perf_counter()
+    for start in starts:
+        gen = torch.Generator().manual_seed(start)
+        planner = PLANNERS[p.kind].from_config(p, exp.task.action_low, exp.task.action_high, gen)
+        objective = make_objective(p.objective, p.risk_beta, p.cvar_alpha)
+        evaluator = RolloutEvaluator(
+            model, model.reward_function(), p.horizon, particles=p.particles,
+            propagation=p.propagation, objective=objective, precision=p.precision, generator=gen,
+        )  # fmt: skip
+        agent = LatentMPCAgent(model, planner, evaluator, "mean", gen)
+        env = make_env(cfg.env.id, max_episode_steps=cfg.env.episode_length)
+        obs, info = env.reset(seed=start)
+        agent.reset()
+        values, rewards, thetas = [], [], []
+        for _ in range(cfg.env.episode_length):
+            action = agent.act(obs)
+            assert agent.last_plan is not None
+            values.append(agent.last_plan.value)
+            thetas.append(float(info["state"][0]))
+            obs, reward, terminated, truncated, info = env.step(action.numpy().astype(np.float32))
+            rewards.append(float(reward))
+            if terminated or truncated:
+                break
+        env.close()
+        rew, h = np.array(rewards), p.horizon
+        marks = range(0, len(rew) - h, 10)
+        theta = np.abs((np.array(thetas) + np.pi) % (2 * np.pi) - np.pi)
+        print(f"  {variant} start {start}: return {rew.sum():.1f}")
+        print("    predicted", [round(values[t]) for t in marks])
+        print("    realized ", [round(float(rew[t : t + h].sum())) for t in marks])
+        print("    |theta|  ", theta[::10].round(1).tolist(), flush=True)
+        returns.append(rew.sum())
+    print(
+        f"{variant}: mean return {np.mean(returns):.1f} over {len(starts)} starts "
+        f"({time.perf_counter() - begin:.0f} s)",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--variants", default="base", help=f"comma-separated, of {list(VARIANTS)}")
+    parser.add_argument("--starts", type=int, nargs="+", default=[7001, 7002, 7003])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy_dir = Path(scratch) / "run"
+        shutil.copytree(args.run, copy_dir)
+        config = read_run_config(copy_dir)
+        config.experiment.threads = args.threads
+        exp = Experiment(config, copy_dir)
+        exp.restore()
+        model = exp.parts.learner
+        begin = time.perf_counter()
+        model.fit(exp.buffer, exp.generator)
+        print(f"refit on {len(exp.buffer)} transitions: {time.perf_counter() - begin:.0f} s")
+        model_report(model, exp.buffer, config.planner.horizon)
+        for variant in args.variants.split(","):
+            planned_episodes(exp, model, variant, args.starts)
+
+
+if __name__ == "__main__":
+    main()
