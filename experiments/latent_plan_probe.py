@@ -61,7 +61,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 @torch.no_grad()
 def model_report(model: Any, buffer: Any, horizon: int) -> None:
-    bounds = [(a, b) for a, b in Sequences.episodes(buffer) if b - a == bounds_len(buffer)]
+    episodes = Sequences.episodes(buffer)
+    longest = max(b - a for a, b in episodes)
+    bounds = [(a, b) for a, b in episodes if b - a == longest]  # stacked: equal lengths
     batch = buffer.all()
     obs = torch.stack([batch.obs[a:b] for a, b in bounds])
     act = torch.stack([batch.action[a:b] for a, b in bounds])
@@ -104,10 +106,6 @@ def model_report(model: Any, buffer: Any, horizon: int) -> None:
             f"MAE {np.abs(err).mean():.1f}, corr {corr:.3f} (sd of the true sums "
             f"{r[:, 0].std():.1f}, members' sd {r[:, 3].mean():.1f}, {len(r)} windows)"
         )
-
-
-def bounds_len(buffer: Any) -> int:
-    return max(b - a for a, b in Sequences.episodes(buffer))
 
 
 def planned_episodes(exp: Experiment, model: Any, variant: str, starts: list[int]) -> None:

@@ -140,7 +140,7 @@ class LatentOptions(Options):
     train_steps: int = option(
         300,
         at_least(STEPS_PER_REPORT, "an integer"),
-        "gradient steps of every later fit (warm-started from the last)",
+        "gradient steps of every later fit with refit = 'warm' (it continues from the last)",
     )
     refit: str = option(
         "warm",
