@@ -11,10 +11,18 @@ Restores a latent-MPC run directory (a scratch copy), refits its latent model on
   against the observed sum;
 * planned episodes from fixed starts (env seeds that no run uses) under planner
   variants, each with the plan's predicted 30-step value against the realized
-  reward sum every 10 steps and ``|theta|`` from ``info["state"]`` (evaluation only).
+  reward sum every 10 steps and ``|theta|`` from ``info["state"]`` (evaluation only);
+* with ``--states``, planned stretches of ``--state-steps`` steps from set true states
+  ``theta,theta_dot`` (e.g. ``0.1,0``: at rest near the top), which ask whether the
+  planner believes the pendulum can be held there.
 
     python experiments/latent_plan_probe.py runs/prefix-s1 --variants base,noise_free \\
         --starts 7001 7002 7003
+    python experiments/latent_plan_probe.py runs/prefix-s1 --variants base,horizon15 \\
+        --starts --states 0.1,0 0.3,-1 -0.5,2 --save-model /tmp/s1.pt
+
+``--save-model`` keeps the refitted model; ``--load-model`` probes it again without
+refitting (the same numbers for the same variant).
 """
 
 from __future__ import annotations
@@ -56,6 +64,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pessimistic": {"objective": "mean_minus_std"},
     "iterations10": {"iterations": 10},
     "horizon40": {"horizon": 40},
+    "horizon15": {"horizon": 15},
+    "horizon20": {"horizon": 20},
+    "horizon15_expectation": {"horizon": 15, "propagation": "expectation"},
+    "horizon20_expectation": {"horizon": 20, "propagation": "expectation"},
 }
 
 
@@ -108,14 +120,25 @@ def model_report(model: Any, buffer: Any, horizon: int) -> None:
         )
 
 
-def planned_episodes(exp: Experiment, model: Any, variant: str, starts: list[int]) -> None:
+def planned_episodes(
+    exp: Experiment,
+    model: Any,
+    variant: str,
+    starts: list[int],
+    states: list[tuple[float, float]] | None = None,
+    steps: int | None = None,
+) -> None:
+    """Planned episodes from env seeds ``starts``, or (``states``) from set true states."""
     cfg = exp.config
     p = copy.deepcopy(cfg.planner)
     for k, v in VARIANTS[variant].items():
         setattr(p, k, v)
     returns = []
     begin = time.perf_counter()
-    for start in starts:
+    begins: list[tuple[int, tuple[float, float] | None]] = (
+        [(3, s) for s in states] if states else [(s, None) for s in starts]
+    )
+    for start, state in begins:
         gen = torch.Generator().manual_seed(start)
         planner = PLANNERS[p.kind].from_config(p, exp.task.action_low, exp.task.action_high, gen)
         objective = make_objective(p.objective, p.risk_beta, p.cvar_alpha)
@@ -126,9 +149,16 @@ def planned_episodes(exp: Experiment, model: Any, variant: str, starts: list[int
         agent = LatentMPCAgent(model, planner, evaluator, "mean", gen)
         env = make_env(cfg.env.id, max_episode_steps=cfg.env.episode_length)
         obs, info = env.reset(seed=start)
+        if state is not None:  # the wrapper observes the set state (with its noise)
+            env.unwrapped.state = np.array(state, dtype=np.float64)
+            wrapper = env
+            while not hasattr(wrapper, "observation"):
+                wrapper = wrapper.env
+            obs = wrapper.observation(env.unwrapped._get_obs())
+            info = {"state": env.unwrapped.state.copy()}
         agent.reset()
         values, rewards, thetas = [], [], []
-        for _ in range(cfg.env.episode_length):
+        for _ in range(steps if state is not None and steps else cfg.env.episode_length):
             action = agent.act(obs)
             assert agent.last_plan is not None
             values.append(agent.last_plan.value)
@@ -139,25 +169,44 @@ def planned_episodes(exp: Experiment, model: Any, variant: str, starts: list[int
                 break
         env.close()
         rew, h = np.array(rewards), p.horizon
-        marks = range(0, len(rew) - h, 10)
         theta = np.abs((np.array(thetas) + np.pi) % (2 * np.pi) - np.pi)
-        print(f"  {variant} start {start}: return {rew.sum():.1f}")
-        print("    predicted", [round(values[t]) for t in marks])
-        print("    realized ", [round(float(rew[t : t + h].sum())) for t in marks])
-        print("    |theta|  ", theta[::10].round(1).tolist(), flush=True)
+        if state is not None:
+            every = 8
+            print(f"  {variant} from theta, theta_dot = {state}: {len(rew)} steps, return "
+                  f"{rew.sum():.1f}")  # fmt: skip
+            print("    plan value", [round(v) for v in values[::every]])
+            print("    |theta|   ", theta[::every].round(2).tolist(), flush=True)
+        else:
+            marks = range(0, len(rew) - h, 10)
+            print(f"  {variant} start {start}: return {rew.sum():.1f}")
+            print("    predicted", [round(values[t]) for t in marks])
+            print("    realized ", [round(float(rew[t : t + h].sum())) for t in marks])
+            print("    |theta|  ", theta[::10].round(1).tolist(), flush=True)
         returns.append(rew.sum())
     print(
-        f"{variant}: mean return {np.mean(returns):.1f} over {len(starts)} starts "
-        f"({time.perf_counter() - begin:.0f} s)",
+        f"{variant}: mean return {np.mean(returns):.1f} over {len(begins)} "
+        f"{'states' if states else 'starts'} ({time.perf_counter() - begin:.0f} s)",
         flush=True,
     )
+
+
+def _state(text: str) -> tuple[float, float]:
+    theta, theta_dot = (float(x) for x in text.split(","))
+    return theta, theta_dot
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--variants", default="base", help=f"comma-separated, of {list(VARIANTS)}")
-    parser.add_argument("--starts", type=int, nargs="+", default=[7001, 7002, 7003])
+    parser.add_argument("--starts", type=int, nargs="*", default=[7001, 7002, 7003])
+    parser.add_argument(
+        "--states", type=_state, nargs="*", default=[], help="set true states theta,theta_dot"
+    )
+    parser.add_argument("--state-steps", type=int, default=80)
+    parser.add_argument("--save-model", type=Path, help="save the refitted model's state here")
+    parser.add_argument("--load-model", type=Path, help="probe this saved state (no refit)")
+    parser.add_argument("--no-report", action="store_true", help="skip the model report")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
@@ -169,11 +218,20 @@ def main(argv: list[str] | None = None) -> None:
         exp.restore()
         model = exp.parts.learner
         begin = time.perf_counter()
-        model.fit(exp.buffer, exp.generator)
-        print(f"refit on {len(exp.buffer)} transitions: {time.perf_counter() - begin:.0f} s")
-        model_report(model, exp.buffer, config.planner.horizon)
+        if args.load_model:
+            model.load_state_dict(torch.load(args.load_model, weights_only=False))
+        else:
+            model.fit(exp.buffer, exp.generator)
+            print(f"refit on {len(exp.buffer)} transitions: {time.perf_counter() - begin:.0f} s")
+        if args.save_model:
+            torch.save(model.state_dict(), args.save_model)
+        if not args.no_report:
+            model_report(model, exp.buffer, config.planner.horizon)
         for variant in args.variants.split(","):
-            planned_episodes(exp, model, variant, args.starts)
+            if args.starts:
+                planned_episodes(exp, model, variant, args.starts)
+            if args.states:
+                planned_episodes(exp, model, variant, [], args.states, args.state_steps)
 
 
 if __name__ == "__main__":

@@ -284,6 +284,42 @@ def test_runs_end_to_end_and_resumes_identically(tmp_path: Path) -> None:
     ).read_bytes()
 
 
+def test_latent_mpc_with_a_critic_plans_with_its_value_and_resumes_identically(
+    tmp_path: Path,
+) -> None:
+    """latent_mpc.terminal_value = "critic": the learner is the latent actor-critic, the
+    evaluator adds gamma^H v(z_H) of its critic, and a resumed run repeats the reference."""
+    tiny = [s for s in TINY if not s.startswith(("experiment.mode", "latent_ac.diagnostics"))] + [
+        'experiment.mode="latent_mpc"',
+        'latent_mpc.terminal_value="critic"',
+        "latent_mpc.diagnostics_every=0",
+        "planner.horizon=3",
+        "planner.population=16",
+        "planner.iterations=2",
+        "planner.particles=2",
+    ]
+    config = load_config(None, tiny, seed=0)
+    run_dir = tmp_path / "run"
+    first = run_experiment(config, run_dir, callbacks=[StopAfter(2)])
+    assert len(first.returns) == 2
+    exp = Experiment(config, tmp_path / "probe")
+    learner, agent = exp.parts.learner, exp.parts.agent
+    assert isinstance(learner, LatentActorCritic)
+    evaluator = agent.evaluator
+    assert evaluator.discount == config.latent_ac.discount
+    z = torch.randn(5, 2)
+    assert torch.equal(evaluator.terminal_value(z), learner.value(z))
+    reference = run_experiment(config, tmp_path / "ref")
+    assert [r["policy"] for r in reference.metrics] == ["random", "latent_mpc", "latent_mpc"]
+    assert all(math.isfinite(r) for r in reference.returns)
+    resumed = resume_experiment(run_dir, progress=False)
+    assert len(resumed.returns) == 3
+    assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+    # the critic needs particles: moment matching is refused before anything runs
+    with pytest.raises(ConfigError, match="propagation"):
+        load_config(None, [*tiny, 'planner.propagation="moment_matching"'])
+
+
 def test_needs_a_latent_model_and_acts_within_bounds() -> None:
     with pytest.raises(ConfigError, match=r"model\.kind"):
         load_config(None, ['experiment.mode="latent_ac"', 'model.kind="ensemble"'])

@@ -151,6 +151,45 @@ def test_discount_and_termination_mask_rewards() -> None:
     torch.testing.assert_close(returns[1], torch.full((2,), sum(0.5**t for t in range(6))))
 
 
+def test_terminal_value_adds_the_discounted_value_of_the_last_state() -> None:
+    """s' = s + a, reward 1 per step, V(s) = 10 s: the return is
+    sum_t gamma^t + gamma^H * 10 * s_H, and a particle that terminated adds no value."""
+    model = LinearGaussianModel(torch.eye(1), torch.ones(1, 1), sigma=0.0)
+
+    def reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        return torch.ones(next_obs.shape[:-1])
+
+    def terminated(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        return next_obs[..., 0] <= -1.5
+
+    def value(states: Tensor) -> Tensor:
+        return 10.0 * states[..., 0]
+
+    actions = torch.stack([torch.full((4, 1), 0.5), torch.full((4, 1), -1.0)])
+    ev = RolloutEvaluator(
+        model, reward, 4, particles=2, termination_fn=terminated, discount=0.9,
+        terminal_value=value,
+    )  # fmt: skip
+    returns = ev.particle_returns(torch.zeros(1), actions)
+    # sequence 0 ends at s_4 = 2 (never terminates); sequence 1 terminates on step 2
+    torch.testing.assert_close(returns[0], torch.full((2,), 1 + 0.9 + 0.81 + 0.729 + 0.9**4 * 20))
+    torch.testing.assert_close(returns[1], torch.full((2,), 1.9))
+    # without the value the first sequence scores its rewards only
+    plain = RolloutEvaluator(model, reward, 4, particles=2, discount=0.9)
+    assert float(plain.particle_returns(torch.zeros(1), actions)[0, 0]) == pytest.approx(3.439)
+    # a value of the wrong shape, or NaN, is a clear error; moment matching refuses it
+    with pytest.raises(DataError, match="terminal_value must map"):
+        RolloutEvaluator(
+            model, reward, 2, particles=2, terminal_value=lambda s: s
+        ).particle_returns(torch.zeros(1), actions[:, :2])
+    with pytest.raises(DataError, match="NaN"):
+        RolloutEvaluator(
+            model, reward, 2, particles=2, terminal_value=lambda s: s[..., 0] * math.nan
+        ).particle_returns(torch.zeros(1), actions[:, :2])
+    with pytest.raises(ConfigError, match="particle propagation"):
+        RolloutEvaluator(model, reward, 2, propagation="moment_matching", terminal_value=value)
+
+
 # ------------------------------------------------ a two-member ensemble of known functions
 def known_two_member_ensemble() -> ProbabilisticEnsemble:
     """Member 0: s' = s + 1, member 1: s' = s - 1 (noise std ~3e-7)."""

@@ -14,6 +14,16 @@ function. Nothing in the planner knows it is in a latent space.
 The plan starts from the belief's mean (``[latent_mpc] start = "mean"``) or, with
 ``start = "sample"``, from one draw of the belief per planning call (a cheap way to
 let the belief's spread perturb the plans).
+
+With ``terminal_value = "critic"`` (TD-MPC-style; Hansen et al. 2022, and Lowrey et
+al.'s POLO), the learner is the latent actor-critic of ``experiment.mode =
+"latent_ac"`` (its ``[latent_ac]`` section): after every model fit a critic ``v(z)``
+is trained on imagined latent rollouts, and a plan's particles score
+``sum_{t<H} gamma^t r_t + gamma^H v(z_H)`` with the critic's discount ``gamma``. Open-loop
+predictions in a learned latent space grow ill-conditioned with the horizon (near an
+unstable equilibrium such as the pendulum's top, the members' small disagreements
+grow several hundredfold over 30 steps), so a short horizon with a value beyond it
+plans better than a long one without.
 """
 
 from __future__ import annotations
@@ -51,6 +61,10 @@ __all__ = [
 ]
 
 
+#: what ``[latent_mpc] terminal_value`` may name
+TERMINAL_VALUES = ("none", "critic")
+
+
 @dataclass
 class LatentMPCOptions(Options):
     """Options of latent MPC (the ``[latent_mpc]`` section)."""
@@ -62,6 +76,12 @@ class LatentMPCOptions(Options):
         1,
         at_least(0, "an integer"),
         "write latent diagnostics into the run directory every k episodes (0: never)",
+    )
+    terminal_value: str = option(
+        "none",
+        one_of(TERMINAL_VALUES),
+        "value of the latent state after the horizon: none, or a critic trained on imagined "
+        "rollouts with the [latent_ac] options (returns sum gamma^t r_t + gamma^H v(z_H))",
     )
 
 
@@ -227,7 +247,20 @@ class LatentMPCAlgorithm(Algorithm):
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
         model = build_latent_model(config, task)
         p = config.planner
+        opts: LatentMPCOptions = config.mode_options
         planner = PLANNERS[p.kind].from_config(p, task.action_low, task.action_high, generator)
+        learner: Any = model
+        value_kw: dict[str, Any] = {}
+        title, fit_description = f"latent ({model.encoder}) + {p.kind}", "latent model SVI"
+        if opts.terminal_value == "critic":
+            from bayes_mbrl.algorithms.latent_actor_critic import LatentActorCritic
+
+            ac = config.latent_ac
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            learner = LatentActorCritic(model, task.action_low, task.action_high, ac, seed=seed)
+            value_kw = {"terminal_value": learner.value, "discount": ac.discount}
+            title += " + critic"
+            fit_description += ", then a critic in imagination"
         evaluator = RolloutEvaluator(
             model,
             model.reward_function(),
@@ -237,15 +270,15 @@ class LatentMPCAlgorithm(Algorithm):
             objective=make_objective(p.objective, p.risk_beta, p.cvar_alpha),
             precision=p.precision,
             generator=generator,
+            **value_kw,
         )
-        opts: LatentMPCOptions = config.mode_options
         agent = LatentMPCAgent(model, planner, evaluator, opts.start, generator)
         return AlgorithmParts(
             agent=agent,
-            learner=model,
+            learner=learner,
             model=None,
-            title=f"latent ({model.encoder}) + {p.kind}",
-            fit_description="latent model SVI",
+            title=title,
+            fit_description=fit_description,
             no_model_reason=(
                 "a latent state-space model predicts observations from a belief over its "
                 "latent state, not from the previous observation; its diagnostics "

@@ -40,6 +40,7 @@ __all__ = [
     "PRECISIONS",
     "ImaginedTransitions",
     "Policy",
+    "TerminalValueFn",
     "draw_functions",
     "imagine",
     "rollout",
@@ -49,6 +50,8 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Compute precisions of the model's matmuls during planning and imagination."""
 
 Policy = Callable[[Tensor], Tensor]
+TerminalValueFn = Callable[[Tensor], Tensor]
+"""``states (N, obs_dim) -> values (N,)``: the value of the state after a plan's horizon."""
 """A batched policy ``obs (N, obs_dim) -> action (N, action_dim)`` of torch tensors."""
 
 REWARD_SIGNATURE = "(obs (..., D), action (..., A), next_obs (..., D)) -> reward (...)"
@@ -206,11 +209,17 @@ class ImaginedTransitions:
         ended = torch.cat([before, self.done[:-1]]).cumsum(0) > 0
         return ~ended
 
-    def returns(self, discount: float = 1.0) -> Tensor:
-        """``(N,)`` discounted sums of the rewards of the :meth:`alive` transitions.
+    def returns(
+        self, discount: float = 1.0, terminal_value: TerminalValueFn | None = None
+    ) -> Tensor:
+        """``(N,)`` discounted sums of the rewards of the :meth:`alive` transitions, plus
+        ``discount^H * terminal_value(next_obs[-1])`` for the particles that did not
+        terminate (a value of the state after the horizon, e.g. a learned critic:
+        ``sum_t gamma^t r_t + gamma^H V(s_H)``).
 
         Raises:
             ConfigError: no reward function was given to the rollout.
+            DataError: ``terminal_value`` did not return one finite value per particle.
         """
         if self.reward is None:
             raise ConfigError("these imagined transitions have no rewards; pass a reward_fn")
@@ -221,6 +230,17 @@ class ImaginedTransitions:
             returns.add_(torch.where(alive, self.reward[t], 0.0), alpha=weight)
             alive &= ~self.done[t]
             weight *= discount
+        if terminal_value is not None:
+            value = terminal_value(self.next_obs[-1])
+            if not isinstance(value, Tensor) or value.shape != returns.shape:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise DataError(
+                    f"terminal_value must map states (N, obs_dim) to values (N,) = "
+                    f"({self.num_particles},), got {shape}"
+                )
+            if not bool(torch.isfinite(value).all()):
+                raise DataError("terminal_value returned NaN or inf; check the value function")
+            returns.add_(torch.where(alive, value.to(returns.dtype), 0.0), alpha=weight)
         return returns
 
     def per_start(self, values: Tensor) -> Tensor:

@@ -209,7 +209,8 @@ class ParticlePropagation(abc.ABC):
             evaluator.reward_fn,
             evaluator.termination_fn,
         )
-        return imagined.per_start(imagined.returns(evaluator.discount))
+        returns = imagined.returns(evaluator.discount, evaluator.terminal_value)
+        return imagined.per_start(returns)
 
 
 @PROPAGATIONS.register("ts_inf")

@@ -33,7 +33,7 @@ from bayes_mbrl.envs.rewards import ExpectedRewardFn
 from bayes_mbrl.errors import ConfigError, DataError
 from bayes_mbrl.models.base import DynamicsModel
 from bayes_mbrl.planning.belief import sigma_points, unscented_expected_reward
-from bayes_mbrl.planning.imagine import PRECISIONS
+from bayes_mbrl.planning.imagine import PRECISIONS, TerminalValueFn
 from bayes_mbrl.planning.moment_matching import SEGP
 from bayes_mbrl.planning.objectives import Mean, Objective
 from bayes_mbrl.planning.propagation import MM_CHUNK_BYTES, PROPAGATIONS, make_propagation
@@ -71,6 +71,10 @@ class RolloutEvaluator:
             belief of ``(obs, next_obs)`` (:func:`unscented_expected_reward`).
         chunk_size: ``moment_matching`` only: sequences propagated together (None:
             as many as keep the GP's pairwise terms under :data:`MM_CHUNK_BYTES`).
+        terminal_value: particle propagations only: ``states (N, obs_dim) -> (N,)``, the
+            value of the state after the horizon (e.g. a learned critic, as in TD-MPC):
+            each particle that did not terminate adds ``discount^H * terminal_value(s_H)``
+            to its return, so a short, well-conditioned horizon still sees beyond itself.
 
     Moment matching needs a model with the ``supports_moment_matching`` capability (an
     :class:`~bayes_mbrl.models.gp.ExactGPDynamics` with the ``"se"`` kernel); it
@@ -97,8 +101,15 @@ class RolloutEvaluator:
         generator: torch.Generator | None = None,
         expected_reward_fn: ExpectedRewardFn | None = None,
         chunk_size: int | None = None,
+        terminal_value: TerminalValueFn | None = None,
     ) -> None:
         strategy = make_propagation(propagation, horizon, particles, precision)
+        if terminal_value is not None and strategy.particle_step() is None:
+            raise ConfigError(
+                f"terminal_value needs a particle propagation (ts_inf, ts_1, expectation); "
+                f"{propagation!r} propagates a Gaussian belief, whose expected value under "
+                "a learned critic has no closed form here"
+            )
         if not 0.0 < discount <= 1.0:
             raise ConfigError(f"discount must be in (0, 1], got {discount}")
         if chunk_size is not None and chunk_size < 1:
@@ -117,6 +128,7 @@ class RolloutEvaluator:
         self.generator = generator
         self.expected_reward_fn = expected_reward_fn
         self.chunk_size = chunk_size
+        self.terminal_value = terminal_value
 
     def num_functions(self) -> int:
         """Functions drawn per evaluation: the model's finite support when it divides ``P``
