@@ -19,7 +19,7 @@ Restores a latent-MPC run directory (a scratch copy), refits its latent model on
     python experiments/latent_plan_probe.py runs/prefix-s1 --variants base,noise_free \\
         --starts 7001 7002 7003
     python experiments/latent_plan_probe.py runs/prefix-s1 --variants base,horizon15 \\
-        --starts --states 0.1,0 0.3,-1 -0.5,2 --save-model /tmp/s1.pt
+        --starts --states 0.1,0 0.3,-1 0.5,-2 --save-model /tmp/s1.pt
 
 ``--save-model`` keeps the refitted model; ``--load-model`` probes it again without
 refitting (the same numbers for the same variant).
