@@ -64,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pessimistic": {"objective": "mean_minus_std"},
     "iterations10": {"iterations": 10},
     "horizon40": {"horizon": 40},
+    "cem_large": {"population": 1000, "iterations": 10},
     "horizon15": {"horizon": 15},
     "horizon20": {"horizon": 20},
     "horizon15_expectation": {"horizon": 15, "propagation": "expectation"},
