@@ -21,8 +21,10 @@ Restores a latent-MPC run directory (a scratch copy), refits its latent model on
     python experiments/latent_plan_probe.py runs/prefix-s1 --variants base,horizon15 \\
         --starts --states 0.1,0 0.3,-1 0.5,-2 --save-model /tmp/s1.pt
 
-``--save-model`` keeps the refitted model; ``--load-model`` probes it again without
-refitting (the same numbers for the same variant).
+``--set model.overshooting=8`` (any ``SECTION.KEY=VALUE``) changes the config for the
+refit and the plans. ``--hold`` reports what the model predicts from a pendulum held
+at rest at the top. ``--save-model`` keeps the refitted model; ``--load-model`` probes
+it again without refitting (the same numbers for the same variant).
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from bayes_mbrl.algorithms.latent_mpc import LatentMPCAgent
+from bayes_mbrl.config import dump_config, load_config
 from bayes_mbrl.envs import make_env
 from bayes_mbrl.experiment import Experiment
 from bayes_mbrl.models.latent.model import Sequences
@@ -119,6 +123,81 @@ def model_report(model: Any, buffer: Any, horizon: int) -> None:
             f"MAE {np.abs(err).mean():.1f}, corr {corr:.3f} (sd of the true sums "
             f"{r[:, 0].std():.1f}, members' sd {r[:, 3].mean():.1f}, {len(r)} windows)"
         )
+
+
+def _angle(model: Any, z: Tensor) -> Tensor:
+    """The angle of the decoded observation mean ``(cos, sin)`` (the partial pendulum)."""
+    o = model.decode(z.reshape(-1, z.shape[-1]))
+    return torch.atan2(o[:, 1], o[:, 0])
+
+
+def top_passages(buffer: Any, dt: float, near: float = 0.3, window: int = 4) -> None:
+    """How often the recorded episodes pass near the top, and how fast: the angle of
+    the observed (noisy) ``(cos, sin)``, unwrapped, its velocity by differences over
+    ``window`` steps (noise about 0.05 rad / (window dt))."""
+    obs = buffer.all().obs.numpy()
+    for ep, (a, b) in enumerate(Sequences.episodes(buffer), 1):
+        theta = np.unwrap(np.arctan2(obs[a:b, 1], obs[a:b, 0]))
+        vel = (theta[window:] - theta[:-window]) / (window * dt)
+        mid = theta[window // 2 : len(theta) - window // 2][: len(vel)]
+        top = np.abs((mid + np.pi) % (2 * np.pi) - np.pi) < near
+        speed = np.abs(vel[top])
+        median = f"{np.median(speed):.1f}" if top.any() else "-"
+        print(f"  episode {ep}: {int(top.sum())} steps with |theta| < {near}, median speed "
+              f"there {median} rad/s, {int((speed < 2).sum())} slower than 2 rad/s")  # fmt: skip
+
+
+@torch.no_grad()
+def hold_report(exp: Experiment, model: Any, steps: int = 20, ahead: int = 10) -> None:
+    """What the model believes about a pendulum held at rest at the top.
+
+    A PD controller on the true state holds the pendulum near the top for ``steps``
+    steps while the filter follows the noisy observations; then, from the belief,
+    every member predicts ``ahead`` steps under constant torques, against the true
+    pendulum from the same state. Also the velocity the belief implies (the decoded
+    angle's one-step change under zero torque, averaged over members) as the filter
+    sees more of the held pendulum."""
+    env = make_env(exp.config.env.id, max_episode_steps=steps + 1)
+    env.reset(seed=5)
+    env.unwrapped.state = np.array([0.15, 0.0])
+    wrapper = env
+    while not hasattr(wrapper, "observation"):
+        wrapper = wrapper.env
+    obs_hist, act_hist = [wrapper.observation(env.unwrapped._get_obs())], []
+    for _ in range(steps):
+        th, thd = env.unwrapped.state
+        th = (th + np.pi) % (2 * np.pi) - np.pi
+        u = float(np.clip(-10.0 * th - 2.0 * thd, -2.0, 2.0))
+        obs, *_ = env.step(np.array([u], np.float32))
+        obs_hist.append(obs)
+        act_hist.append([u])
+    state, dt = env.unwrapped.state.copy(), float(env.unwrapped.dt)
+    env.close()
+    print("the recorded episodes near the top:")
+    top_passages(exp.buffer, dt)
+    fs = model.sample_functions(model.num_members)
+    zero = torch.zeros(fs.n, 1, model.action_dim)
+    print(f"held at the top {steps} steps: true (theta, theta_dot) = {state.round(3).tolist()}")
+    for t in (2, 5, 10, steps + 1):
+        b = model.encode(np.array(obs_hist[:t]), np.array(act_hist[: t - 1]))
+        now = _angle(model, b.mean[None])
+        nxt = _angle(model, fs.mean(b.mean.expand(fs.n, 1, -1).clone(), zero))
+        vel = float((nxt - now).mean()) / dt
+        print(f"  after {t:2d} observations: decoded theta {float(now):+.3f}, velocity the "
+              f"belief implies {vel:+.2f} rad/s (true {state[1]:+.2f})")  # fmt: skip
+    b = model.encode(np.array(obs_hist), np.array(act_hist))
+    for u in (-2.0, -1.0, 0.0, 1.0, 2.0):
+        sim = make_env(exp.config.env.id, max_episode_steps=ahead + 1)
+        sim.reset(seed=0)
+        sim.unwrapped.state = state.copy()
+        z, a = b.mean.expand(fs.n, 1, -1).clone(), torch.full((fs.n, 1, model.action_dim), u)
+        for _ in range(ahead):
+            z = fs.mean(z, a)
+            sim.step(np.array([u], np.float32))
+        true = (sim.unwrapped.state[0] + np.pi) % (2 * np.pi) - np.pi
+        sim.close()
+        print(f"  torque {u:+.0f} for {ahead} steps: true theta {true:+.2f}, members' "
+              f"{[round(float(x), 2) for x in _angle(model, z)]}")  # fmt: skip
 
 
 def planned_episodes(
@@ -208,12 +287,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-model", type=Path, help="save the refitted model's state here")
     parser.add_argument("--load-model", type=Path, help="probe this saved state (no refit)")
     parser.add_argument("--no-report", action="store_true", help="skip the model report")
+    parser.add_argument(
+        "--hold", action="store_true", help="report what the model predicts from a held top"
+    )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override the run's config for the refit and the plans (e.g. model.overshooting=8)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         copy_dir = Path(scratch) / "run"
         shutil.copytree(args.run, copy_dir)
         config = read_run_config(copy_dir)
+        if args.set:
+            dump_config(config, Path(scratch) / "probe.toml")
+            config = load_config(Path(scratch) / "probe.toml", args.set)
         config.experiment.threads = args.threads
         exp = Experiment(config, copy_dir)
         exp.restore()
@@ -228,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
             torch.save(model.state_dict(), args.save_model)
         if not args.no_report:
             model_report(model, exp.buffer, config.planner.horizon)
+        if args.hold:
+            hold_report(exp, model)
         for variant in args.variants.split(","):
             if args.starts:
                 planned_episodes(exp, model, variant, args.starts)

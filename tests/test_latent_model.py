@@ -45,6 +45,7 @@ from bayes_mbrl.models.latent.kalman import LinearGaussianSSM, kalman_filter, rt
 from bayes_mbrl.models.latent.linear import KnownLinearModel
 from bayes_mbrl.models.latent.model import ENCODERS, LatentStateSpaceModel
 from bayes_mbrl.models.latent.sequences import BackwardMarkovGaussian, MarkovPrior
+from bayes_mbrl.options import OptionError
 
 F64 = torch.float64
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "latent_kalman.py"
@@ -358,6 +359,42 @@ def test_single_step_encoder_cannot_infer_the_velocity(kalman_task: dict[str, An
     assert single["mean_error_vel_in_sd"] > 0.5, single
 
 
+def test_overshooting_kl_is_the_kl_to_the_d_step_linear_gaussian_prediction() -> None:
+    """Latent overshooting on a known linear system: the term for distance ``d`` is
+    ``KL(q_{t+d} || N(A^d m_t + sum_k A^(d-1-k) B a_{t+k}, A^d P_t A^dT + sum_k A^k Q A^kT))``
+    summed over ``t``, and the loss is the mean over ``d = 2..D``."""
+    g = torch.Generator().manual_seed(3)
+    ssm = random_ssm(g, dz=3, da=2, do=2)
+    model = KnownLinearModel(ssm, "filtering")
+    model.options.overshooting = 4
+    b, t_len, dz = 2, 7, 3
+    mean = torch.randn(b, t_len, dz, generator=g)
+    cov = random_spd(b * t_len, dz, g).float().reshape(b, t_len, dz, dz)
+    acts = torch.randn(b, t_len, 2, generator=g)
+    a, bm = model.f["A"].double(), model.f["B"].double()
+    q = torch.diag(model.f["Q"].diagonal()).double()
+    want = torch.zeros((), dtype=F64)
+    for d in (2, 3, 4):
+        for i in range(b):
+            for t in range(t_len - d):
+                m, p = mean[i, t].double(), cov[i, t].double()
+                for k in range(d):
+                    m, p = a @ m + bm @ acts[i, t + k].double(), a @ p @ a.T + q
+                post = MultivariateNormal(mean[i, t + d].double(), cov[i, t + d].double())
+                want += torch.distributions.kl_divergence(post, MultivariateNormal(m, p))
+    got = model._overshooting_kl(mean, cov, acts)
+    torch.testing.assert_close(got.double(), want / 3, rtol=2e-3, atol=1e-3)
+    # the targets get no gradient: the last two beliefs (targets only) none at all
+    mean.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model._overshooting_kl(mean, cov, acts), mean)
+    assert grad[:, t_len - 2 :].abs().sum() == 0 and (grad[:, : t_len - 2].abs() > 0).all()
+
+
+def test_overshooting_needs_a_belief_with_a_covariance() -> None:
+    with pytest.raises(OptionError, match=r"overshooting.*deterministic"):
+        LatentStateSpaceModel(2, 1, encoder="deterministic", overshooting=3)
+
+
 # ------------------------------------------------------------ end to end on a pendulum
 TINY = {
     "latent_dim": 3,
@@ -467,6 +504,35 @@ def test_model_end_to_end(encoder: str, pendulum_buffer: ReplayBuffer, tmp_path:
     assert model.fits == 2 and second.epochs == 1 and len(second.train_losses) == 1
     assert second.train_losses[0] < first.train_losses[0]
     assert any(not torch.equal(before[k], v) for k, v in model.nets.state_dict().items())
+
+
+def test_min_transition_std_adds_its_square_to_every_transition_variance() -> None:
+    """The floor enters the filter's transition, the planner's functions and the actor-critic's
+    imagination alike: each member's variance plus ``min_transition_std ** 2``."""
+    plain = LatentStateSpaceModel(2, 1, seed=4, **TINY)
+    floored = LatentStateSpaceModel(2, 1, seed=4, min_transition_std=0.3, **TINY)
+    plain.fitted = floored.fitted = True
+    z, a = torch.randn(1, 6, 3), torch.rand(1, 6, 1) * 4 - 2
+    with torch.no_grad():
+        mu0, var0 = plain._transition_all(z, a)
+        mu1, var1 = floored._transition_all(z, a)
+        torch.testing.assert_close(mu1, mu0, atol=0, rtol=0)
+        torch.testing.assert_close(var1, var0 + 0.09)
+        x = torch.cat([z, a], -1).expand(2, -1, -1)
+        torch.testing.assert_close(floored.member_heads(x)[1], plain.member_heads(x)[1] + 0.09)
+    for model, floor in ((plain, 0.0), (floored, 0.09)):
+        fs = model.sample_functions(4, torch.Generator().manual_seed(0))
+        zz, aa = z.expand(4, -1, -1), a.expand(4, -1, -1)
+        mean, var = fs(zz, aa).mean, fs(zz, aa).variance
+        want = var0.reshape(2, 6, 3)[fs.member_index] + floor
+        torch.testing.assert_close(var, want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            mean, mu0.reshape(2, 6, 3)[fs.member_index], atol=1e-5, rtol=1e-5
+        )
+        g = torch.Generator().manual_seed(1)
+        draws = torch.stack([fs.sample(zz, aa, g) for _ in range(4000)])
+        emp = draws.var(0)
+        assert ((emp / want - 1).abs() < 0.15).all(), emp / want
 
 
 def test_fit_is_seeded(pendulum_buffer: ReplayBuffer) -> None:

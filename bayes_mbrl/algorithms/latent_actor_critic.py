@@ -453,8 +453,8 @@ class LatentActorCritic:
             with torch.set_grad_enabled(pathwise and torch.is_grad_enabled()):
                 rewards.append(model.nets.reward(z, a))
                 x = torch.cat([z, a], dim=-1).reshape(e, b // e, dz + da)
-                mean, logvar = model.nets.transition(x)
-                step = mean + torch.exp(0.5 * logvar) * state_noise[t]
+                mean, var = model.member_heads(x)
+                step = mean + var.sqrt() * state_noise[t]
                 z = z + step.reshape(b, dz)
             states.append(z)
             us.append(u)

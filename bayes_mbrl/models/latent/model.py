@@ -91,6 +91,7 @@ from bayes_mbrl.models.latent.networks import (
 from bayes_mbrl.models.latent.sequences import BackwardMarkovGaussian, MarkovPrior
 from bayes_mbrl.models.training import StepLoss, train_early_stopped
 from bayes_mbrl.options import (
+    OptionError,
     Options,
     at_least,
     greater_than,
@@ -156,6 +157,21 @@ class LatentOptions(Options):
         16,
         at_least(1, "an integer"),
         "frames: width of the first convolution (doubling per layer, at most 8x)",
+    )
+    min_transition_std: float = option(
+        0.0,
+        at_least(0.0, "a number"),
+        "floor of the latent transition noise: its variance is the member's own plus "
+        "this squared (PlaNet and Dreamer floor their state std at 0.1)",
+    )
+    overshooting: int = option(
+        1,
+        at_least(1, "an integer"),
+        "latent overshooting distance D (PlaNet): for d = 2..D, also fit the d-step "
+        "open-loop prediction from the belief at t to the belief at t + d (1: none)",
+    )
+    overshooting_scale: float = option(
+        1.0, at_least(0.0, "a number"), "weight of the overshooting KL terms (all d together)"
     )
 
 
@@ -238,6 +254,21 @@ class _Nets(nn.Module):
         self.reward = RewardHead(latent_dim, action_dim, hidden_sizes)
 
 
+class _LatentFunctionSample(EnsembleFunctionSample):
+    """Latent transition members whose noise variance has a floor added
+    (``min_transition_std ** 2``), as in :meth:`LatentStateSpaceModel.member_heads`."""
+
+    def __init__(self, *args: Any, floor_var: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.floor_var = floor_var
+
+    def _head(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = super()._head(obs, action)
+        if self.floor_var > 0:
+            log_std = 0.5 * torch.log(torch.exp(2.0 * log_std) + self.floor_var)
+        return mean, log_std
+
+
 @MODELS.register(
     "latent",
     options=LatentOptions,
@@ -252,8 +283,8 @@ class LatentStateSpaceModel(DynamicsModel):
             ``C * H * W``); the protocol's ``obs_dim`` attribute is the latent size.
         action_dim: action size.
         latent_dim, encoder, num_members, hidden_sizes, embed_dim, seq_len, batch_size,
-        first_fit_steps, train_steps, refit, learning_rate, min_obs_std, conv_channels: see
-            :class:`LatentOptions`.
+        first_fit_steps, train_steps, refit, learning_rate, min_obs_std, conv_channels,
+        min_transition_std, overshooting, overshooting_scale: see :class:`LatentOptions`.
         frame_shape: ``(C, H, W)`` when the observations are flattened frames in
             ``[0, 1]`` (convolutional encoder and decoder); None for vectors.
         seed: seeds the initialization.
@@ -288,6 +319,9 @@ class LatentStateSpaceModel(DynamicsModel):
         learning_rate: float = 1e-3,
         min_obs_std: float = 0.02,
         conv_channels: int = 16,
+        min_transition_std: float = 0.0,
+        overshooting: int = 1,
+        overshooting_scale: float = 1.0,
         frame_shape: tuple[int, int, int] | None = None,
         seed: int = 0,
     ) -> None:
@@ -306,7 +340,18 @@ class LatentStateSpaceModel(DynamicsModel):
             learning_rate=learning_rate,
             min_obs_std=min_obs_std,
             conv_channels=conv_channels,
+            min_transition_std=min_transition_std,
+            overshooting=overshooting,
+            overshooting_scale=overshooting_scale,
         )
+        if opts.overshooting > 1 and opts.encoder == "deterministic":
+            raise OptionError(
+                type(self).__name__,
+                "overshooting",
+                opts.overshooting,
+                "1 with encoder = 'deterministic' (a point belief has no covariance to "
+                "predict from; use the filtering, smoothing or single-step encoder to overshoot)",
+            )
         self.options = opts
         if frame_shape is not None:
             frame_shape = (int(frame_shape[0]), int(frame_shape[1]), int(frame_shape[2]))
@@ -385,8 +430,14 @@ class LatentStateSpaceModel(DynamicsModel):
         if shape[0] % e:
             raise DataError(f"grouped transition needs a batch divisible by {e}, got {shape[0]}")
         x = torch.cat([z, action], dim=-1).reshape(e, -1, self.latent_dim + self.action_dim)
+        mean, var = self.member_heads(x)
+        return z + mean.reshape(shape), var.reshape(shape)
+
+    def member_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's step ``(E, N, dz + da) -> (delta mean, variance)``, both
+        ``(E, N, dz)``; the variance includes the floor ``min_transition_std ** 2``."""
         mean, logvar = self.nets.transition(x)
-        return z + mean.reshape(shape), logvar.exp().reshape(shape)
+        return mean, logvar.exp() + self.options.min_transition_std**2
 
     def _transition_all(self, z: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Every member on every row: ``(B, S, dz) -> (B, E * S, dz)`` means and variances
@@ -394,9 +445,9 @@ class LatentStateSpaceModel(DynamicsModel):
         b, s, _ = z.shape
         e = self.num_members
         x = torch.cat([z, action], dim=-1).reshape(1, b * s, -1).expand(e, -1, -1)
-        mean, logvar = self.nets.transition(x)
+        mean, var = self.member_heads(x)
         mean = (z.reshape(1, b * s, -1) + mean).reshape(e, b, s, -1).transpose(0, 1)
-        var = logvar.exp().reshape(e, b, s, -1).transpose(0, 1)
+        var = var.reshape(e, b, s, -1).transpose(0, 1)
         return mean.reshape(b, e * s, -1), var.reshape(b, e * s, -1)
 
     def _init(self) -> tuple[Tensor, Tensor]:
@@ -451,8 +502,10 @@ class LatentStateSpaceModel(DynamicsModel):
 
     def _guide_and_prior(
         self, emb: Tensor, actions: Tensor
-    ) -> tuple[dist.TorchDistribution, dist.TorchDistribution]:
-        """The guide's and the model's distributions over ``z`` (event ``(T, dz)``)."""
+    ) -> tuple[dist.TorchDistribution, dist.TorchDistribution, tuple[Tensor, Tensor]]:
+        """The guide's and the model's distributions over ``z`` (event ``(T, dz)``), and the
+        beliefs ``q(z_t | o_{1:t})`` (the filter's; the single-step encoder's
+        ``q(z_t | o_t)``) as ``(mean (B, T, dz), cov (B, T, dz, dz))``."""
         m0, p0 = self._init()
         prior: dist.TorchDistribution = MarkovPrior(
             m0, safe_cholesky(p0), actions, self._transition
@@ -464,7 +517,7 @@ class LatentStateSpaceModel(DynamicsModel):
                     f["pred_mean"], scale_tril=safe_cholesky(f["pred_cov"])
                 )
                 post = dist.MultivariateNormal(f["mean"], scale_tril=safe_cholesky(f["cov"]))
-                return post.to_event(1), pred.to_event(1)
+                return post.to_event(1), pred.to_event(1), (f["mean"], f["cov"])
             gain, offset, back = backward_kernels(
                 f["mean"], f["cov"], f["pred_mean"], f["pred_cov"], f["cross"]
             )
@@ -475,11 +528,12 @@ class LatentStateSpaceModel(DynamicsModel):
                 offset,
                 safe_cholesky(back),
             )
-            return guide, prior
+            return guide, prior, (f["mean"], f["cov"])
         m, p = self._single_step(emb)
         if self.encoder == "single_step":
-            return dist.MultivariateNormal(m, scale_tril=safe_cholesky(p)).to_event(1), prior
-        return dist.Delta(m, event_dim=2), prior
+            post = dist.MultivariateNormal(m, scale_tril=safe_cholesky(p))
+            return post.to_event(1), prior, (m, p)
+        return dist.Delta(m, event_dim=2), prior, (m, torch.zeros_like(p))
 
     def model(
         self,
@@ -525,11 +579,41 @@ class LatentStateSpaceModel(DynamicsModel):
         summed over the batch."""
         obs_n = self._normalize_obs(obs)
         rewards_n = None if rewards is None else (rewards - self.reward_mean) / self.reward_std
-        posterior, prior = self._guide_and_prior(self._embed(obs_n), actions)
-        return TraceMeanField_ELBO().differentiable_loss(
+        posterior, prior, beliefs = self._guide_and_prior(self._embed(obs_n), actions)
+        loss = TraceMeanField_ELBO().differentiable_loss(
             lambda: self.model(obs_n, actions, rewards_n, prior),
             lambda: self.guide(obs_n, actions, rewards_n, posterior),
         )
+        if self.options.overshooting > 1 and obs.shape[1] > 2:
+            loss = loss + self.options.overshooting_scale * self._overshooting_kl(*beliefs, actions)
+        return loss
+
+    def _overshooting_kl(self, mean: Tensor, cov: Tensor, actions: Tensor) -> Tensor:
+        """Latent overshooting (PlaNet, Hafner et al. 2019): the mean over ``d = 2..D`` of
+        ``sum_t KL(q(z_{t+d} | o_{1:t+d}) || p_d(z_{t+d} | q(z_t | o_{1:t}), a_{t:t+d-1}))``,
+        summed over the batch.
+
+        ``p_d`` pushes the belief at ``t`` through ``d`` steps of the sequence's own
+        transition member with the recorded actions and no observation (the cubature
+        rule, as in the filter), so the transition is trained on the open-loop
+        predictions a planner makes. The later beliefs are targets only (no gradient),
+        so the encoder is not pulled towards the worse multi-step prior.
+        """
+        t_len = mean.shape[1]
+        depth = min(self.options.overshooting, t_len - 1)
+        target_m, target_l = mean.detach(), safe_cholesky(cov.detach())
+        m, p = mean, cov
+        total = mean.new_zeros(())
+        for d in range(1, depth + 1):
+            # afterwards m[:, i] is the belief over z_{i + d} predicted from the one at i
+            act = actions[:, d - 1 : -1]
+            m, p, _ = unscented_predict(m[:, :-1], p[:, :-1], act, self._transition)
+            if d == 1:
+                continue  # the bound already holds the one-step term
+            pred = dist.MultivariateNormal(m, scale_tril=safe_cholesky(p))
+            post = dist.MultivariateNormal(target_m[:, d:], scale_tril=target_l[:, d:])
+            total = total + torch.distributions.kl_divergence(post, pred).sum()
+        return total / max(1, depth - 1)
 
     # --------------------------------------------------------------------------- fit
     def _check_data(self, data: ReplayBuffer) -> list[tuple[int, int]]:
@@ -837,7 +921,7 @@ class LatentStateSpaceModel(DynamicsModel):
         """One-sample ELBO per sequence (normalized units), ``(B,)``."""
         obs_n = self._normalize_obs(obs)
         rewards_n = None if rewards is None else (rewards - self.reward_mean) / self.reward_std
-        posterior, prior = self._guide_and_prior(self._embed(obs_n), actions)
+        posterior, prior, _ = self._guide_and_prior(self._embed(obs_n), actions)
         z = posterior.rsample()
         lp = prior.log_prob(z) - (posterior.log_prob(z) if self.encoder != "deterministic" else 0)
         scale = self._obs_scale().expand(obs_n.shape)
@@ -857,7 +941,7 @@ class LatentStateSpaceModel(DynamicsModel):
         net = self.nets.transition
         ws = [w.detach()[idx] for w in net.weights]
         bs = [b.detach()[idx] for b in net.biases]
-        return EnsembleFunctionSample(
+        return _LatentFunctionSample(
             ws,
             bs,
             net.min_logvar.detach(),
@@ -866,6 +950,7 @@ class LatentStateSpaceModel(DynamicsModel):
             self.latent_dim,
             net.activation,
             idx,
+            floor_var=self.options.min_transition_std**2,
         )
 
     def reward_function(self) -> Any:
