@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from bayes_mbrl.options import OptionError
 
 
 def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return dict(v)
     return list(v) if isinstance(v, tuple) else v
 
 

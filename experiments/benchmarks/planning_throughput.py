@@ -5,7 +5,11 @@ particles x horizon 15, ``ts_inf``, through a 5-member ensemble of Gaussian MLPs
 with 4 hidden layers of 200 units (obs 3, action 1; the Pendulum-v1 reward).
 ``--model bnn`` runs the same workload through a Bayesian neural network of the same
 architecture (one weight draw per particle: 20 functions x 350 rows per matmul instead
-of 5 members x 1400 rows, the same FLOPs).
+of 5 members x 1400 rows, the same FLOPs). ``--model distilled`` runs it through a
+student distilled from that ensemble (``model.kind = "distilled"``, hidden widths
+``--student-hidden``; one network for every particle). Several models in one call
+(``--model ensemble distilled``) are timed in the same run, each against the same
+matmul reference, and their speeds compared with the first.
 
 Prints imagined transitions per second and the achieved FLOP/s of the model's
 matmuls as a fraction of this machine's batched-matmul FLOP/s at the same shapes,
@@ -16,7 +20,7 @@ is kept, so a machine whose speed drifts during the run does not skew the ratio.
 Run::
 
     python experiments/benchmarks/planning_throughput.py [--precision float32 bfloat16]
-        [--model ensemble|bnn]
+        [--model ensemble bnn distilled] [--student-hidden 128 128]
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import torch
 
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import get_task
+from bayes_mbrl.errors import ModelError
 from bayes_mbrl.models import DynamicsModel, ProbabilisticEnsemble
 from bayes_mbrl.models.bnn import BayesianNeuralNet
+from bayes_mbrl.models.distill import distill
 from bayes_mbrl.planning import CEMPlanner, RolloutEvaluator
 
 MEMBERS, HIDDEN, LAYERS = 5, 200, 4
@@ -40,9 +46,11 @@ OBS_DIM, ACTION_DIM = 3, 1
 ITERATIONS, POPULATION, PARTICLES, HORIZON = 5, 350, 20, 15
 
 
-def model_flops_per_transition() -> int:
-    """Multiply-adds x 2 of one forward pass through one member."""
-    sizes = [OBS_DIM + ACTION_DIM] + [HIDDEN] * LAYERS + [2 * OBS_DIM]
+def model_flops_per_transition(hidden: list[int] | None = None, heads: int = 2) -> int:
+    """Multiply-adds x 2 of one forward pass through one member (or through a network of
+    ``hidden`` widths with ``heads`` output heads of size obs_dim)."""
+    hidden = [HIDDEN] * LAYERS if hidden is None else hidden
+    sizes = [OBS_DIM + ACTION_DIM, *hidden, heads * OBS_DIM]
     return sum(2 * a * b for a, b in itertools.pairwise(sizes))
 
 
@@ -63,12 +71,15 @@ def bmm_seconds(dtype: torch.dtype) -> Callable[[], float]:
     return timed
 
 
-def fitted_model(activation: str, kind: str = "ensemble") -> DynamicsModel:
+def fitted_model(
+    activation: str, kind: str = "ensemble", student_hidden: list[int] | None = None
+) -> DynamicsModel:
     """A model fitted briefly on random Pendulum-like data (weights only matter for realism).
 
     Args:
         activation: hidden activation.
-        kind: ``"ensemble"`` (5 members) or ``"bnn"`` (mean-field Bayesian neural net).
+        kind: ``"ensemble"`` (5 members), ``"bnn"`` (mean-field Bayesian neural net) or
+            ``"distilled"`` (a student of ``student_hidden`` widths of that ensemble).
     """
     g = torch.Generator().manual_seed(0)
     n = 400
@@ -93,6 +104,9 @@ def fitted_model(activation: str, kind: str = "ensemble") -> DynamicsModel:
             max_epochs=2,
         )
     model.fit(buf, g)
+    if kind == "distilled":
+        widths = student_hidden or [HIDDEN, HIDDEN]
+        return distill(model, buf, hidden_sizes=widths, activation=activation, max_epochs=2)
     return model
 
 
@@ -123,39 +137,57 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--activation", default="silu", choices=["silu", "relu", "tanh", "elu"])
-    parser.add_argument("--model", default="ensemble", choices=["ensemble", "bnn"])
+    parser.add_argument(
+        "--model", nargs="+", default=["ensemble"], choices=["ensemble", "bnn", "distilled"]
+    )
+    parser.add_argument("--student-hidden", type=int, nargs="+", default=[HIDDEN, HIDDEN])
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = fitted_model(args.activation, args.model)
     transitions = ITERATIONS * POPULATION * PARTICLES * HORIZON
-    flops = transitions * model_flops_per_transition()
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"activation {args.activation}, model {args.model}"
+        f"activation {args.activation}, models {args.model}"
     )
     print(
         f"workload: CEM {ITERATIONS} it x pop {POPULATION} x {PARTICLES} particles x "
-        f"horizon {HORIZON} = {transitions} imagined transitions/plan, "
-        f"{model_flops_per_transition()} model FLOP/transition"
+        f"horizon {HORIZON} = {transitions} imagined transitions/plan"
     )
+    models = {k: fitted_model(args.activation, k, args.student_hidden) for k in args.model}
+    per_transition = {
+        k: model_flops_per_transition(args.student_hidden, 3)
+        if k == "distilled"
+        else model_flops_per_transition()
+        for k in models
+    }
     for precision in args.precision:
         dtype = getattr(torch, precision)
-        ref_timer, plan_timer = bmm_seconds(dtype), plan_seconds(model, precision)
+        ref_timer = bmm_seconds(dtype)
+        timers = {}
+        for k, model in models.items():
+            try:
+                timers[k] = plan_seconds(model, precision)
+            except ModelError as exc:
+                print(f"{precision:>9}: {k} skipped ({exc})")
         rounds = args.repeats if precision == "float32" else 1
-        # interleave the reference and the planner so both see the same machine state;
+        # interleave the reference and the planners so all see the same machine state;
         # the best round of each is kept
-        ref_s, plan_s = math.inf, math.inf
+        ref_s = math.inf
+        best = dict.fromkeys(timers, math.inf)
         for _ in range(rounds):
             ref_s = min(ref_s, ref_timer())
-            plan_s = min(plan_s, plan_timer())
+            for k, timer in timers.items():
+                best[k] = min(best[k], timer())
         ref = 2 * MEMBERS * (POPULATION * PARTICLES // MEMBERS) * HIDDEN * HIDDEN / ref_s
-        achieved = flops / plan_s
-        print(
-            f"{precision:>9}: plan {plan_s * 1e3:8.1f} ms | "
-            f"{transitions / plan_s / 1e6:6.3f} M transitions/s | "
-            f"{achieved / 1e9:6.1f} GFLOP/s | bmm reference {ref / 1e9:6.1f} GFLOP/s | "
-            f"fraction {achieved / ref:.2f}  (best of {rounds} interleaved rounds)"
-        )
+        first = next(iter(best.values()), math.inf)
+        for k, plan_s in best.items():
+            achieved = transitions * per_transition[k] / plan_s
+            print(
+                f"{precision:>9} {k:>9}: plan {plan_s * 1e3:8.1f} ms | "
+                f"{transitions / plan_s / 1e6:6.3f} M transitions/s "
+                f"({first / plan_s:.2f}x the first) | {per_transition[k]} FLOP/transition | "
+                f"{achieved / 1e9:6.1f} GFLOP/s | bmm reference {ref / 1e9:6.1f} GFLOP/s | "
+                f"fraction {achieved / ref:.2f}  (best of {rounds} interleaved rounds)"
+            )
 
 
 if __name__ == "__main__":
