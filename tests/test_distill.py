@@ -25,6 +25,7 @@ from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, FunctionSample
 from bayes_mbrl.models.distill import DistilledDynamics, distill
 from bayes_mbrl.options import OptionError
+from bayes_mbrl.uncertainty.inference_data import to_inference_data
 
 
 def _moments(obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -199,6 +200,9 @@ def test_distilled_ensemble_from_the_config_fits_plans_and_resumes(tmp_path) -> 
     # the pointwise log-likelihood every family exports to ArviZ
     ll = model.log_likelihood(obs, action, obs + 0.05 * action, num_functions=10)
     assert ll.shape == (10, 7) and torch.isfinite(ll).all()
+    idata = to_inference_data(model, buf, num_draws=20)
+    assert idata.log_likelihood["next_obs"].shape[:2] == (1, 20)
+    assert idata.posterior["eps"].shape[:2] == (1, 20)  # each function's error direction
 
 
 def test_bad_input_is_named() -> None:
