@@ -104,6 +104,20 @@ def test_student_recovers_the_teachers_mean_and_both_variances(student: Distille
         assert float(ratio.median()) < math.log(1.25), float(ratio.median())
 
 
+def test_sample_labels_recover_the_teacher_too() -> None:
+    """``labels = "samples"``: the mean term is the likelihood of the teacher's draws (two
+    per input here, one per function), so the mean is noisier but still unbiased."""
+    student = distill(KnownTeacher(), _buffer(), seed=1, labels="samples", **SMALL)
+    g = torch.Generator().manual_seed(8)
+    obs = torch.rand(400, 2, generator=g) * 2 - 1
+    action = torch.rand(400, 1, generator=g) * 2 - 1
+    mean, var_a, var_e = _moments(obs, action)
+    p = student.predict(obs, action)
+    assert float(((p.mean - mean).abs() / (var_a + var_e).sqrt()).mean()) < 0.2
+    for got, want in ((p.aleatoric_var, var_a), (p.epistemic_var, var_e)):
+        assert float((got / want).log().abs().median()) < math.log(1.3)
+
+
 def test_off_data_inputs_teach_where_the_teacher_is_unsure(student: DistilledDynamics) -> None:
     """Outside the data (|x| in [1.2, 1.6]) the teacher's epistemic variance grows like
     (1 + 2 x^2)^2; the student ranks the inputs as the teacher does and stays within a

@@ -150,6 +150,17 @@ class _Student(nn.Module):
         return mean, log_a.clamp(-20.0, 10.0), log_e.clamp(-20.0, 10.0)
 
 
+@torch.no_grad()
+def _heads(
+    student: _Student, input_normalizer: Normalizer, delta_normalizer: Normalizer,
+    obs: Tensor, action: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """The student's next-state mean and aleatoric and epistemic variances, raw units."""
+    mean, log_a, log_e = student(input_normalizer.normalize(torch.cat([obs, action], dim=-1)))
+    scale = delta_normalizer.std
+    return obs + delta_normalizer.denormalize(mean), log_a.exp() * scale**2, log_e.exp() * scale**2
+
+
 class DistilledFunctionSample(FunctionSample):
     """``n`` functions of a distilled student: ``f_i(s, a) = s + mu + sqrt(u_e) eps_i``
     with noise ``N(0, u_a)``; one forward pass of the student for all of them.
@@ -176,15 +187,7 @@ class DistilledFunctionSample(FunctionSample):
 
     def heads(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Next-state mean, aleatoric and epistemic variances (raw units) at ``(..., dim)``."""
-        x = self.input_normalizer.normalize(torch.cat([obs, action], dim=-1))
-        with torch.no_grad():
-            mean, log_a, log_e = self.student(x)
-        scale = self.delta_normalizer.std
-        return (
-            obs + self.delta_normalizer.denormalize(mean),
-            log_a.exp() * scale**2,
-            log_e.exp() * scale**2,
-        )
+        return _heads(self.student, self.input_normalizer, self.delta_normalizer, obs, action)
 
     def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
         if obs.dim() != 3 or obs.shape[0] != self.n or obs.shape[-1] != self.obs_dim:
@@ -474,8 +477,9 @@ class DistilledDynamics(DynamicsModel):
         """The three heads in one forward pass (``num_functions`` is not needed)."""
         self._require_fitted()
         self.check_inputs(obs, action)
-        fs = self.sample_functions(1, torch.Generator().manual_seed(0))
-        mean, var_a, var_e = fs.heads(obs.float(), action.float())  # type: ignore[attr-defined]
+        mean, var_a, var_e = _heads(
+            self.student, self.input_normalizer, self.delta_normalizer, obs.float(), action.float()
+        )
         return Predictive(mean=mean, epistemic_var=var_e, aleatoric_var=var_a)
 
     # ------------------------------------------------------------ persistence

@@ -61,11 +61,16 @@ class PlanResult:
         actions: ``(horizon, action_dim)`` the chosen sequence.
         value: its score.
         iteration_values: best (CEM, random shooting) or weighted (MPPI) score per iteration.
+        action_std: ``(horizon, action_dim)`` the spread of the planner's final action
+            distribution around ``actions`` (CEM: its last elites' std; MPPI: the
+            weighted std of its last population), the soft label a distilled policy
+            learns from; None for planners without one (random shooting).
     """
 
     actions: Tensor
     value: float
     iteration_values: list[float] = field(default_factory=list)
+    action_std: Tensor | None = None
 
 
 class Planner(abc.ABC):
@@ -258,9 +263,10 @@ class CEMPlanner(Planner):
             mean = self.momentum * mean + (1 - self.momentum) * elites.mean(0)
             std = self.momentum * std + (1 - self.momentum) * elites.std(0, unbiased=False)
             history.append(best_value)
+        spread = elites.std(0, unbiased=False)
         if self.return_mean_elites:
-            return PlanResult(elites.mean(0), float(values[top].mean()), history)
-        return PlanResult(best, best_value, history)
+            return PlanResult(elites.mean(0), float(values[top].mean()), history, spread)
+        return PlanResult(best, best_value, history, spread)
 
 
 @PLANNERS.register("mppi")
@@ -324,7 +330,8 @@ class MPPIPlanner(Planner):
             mean = (weights[:, None, None] * candidates).sum(0)
             value = float((weights * torch.nan_to_num(values, neginf=0.0)).sum())
             history.append(value)
-        return PlanResult(mean, value, history)
+        spread = (weights[:, None, None] * (candidates - mean) ** 2).sum(0).sqrt()
+        return PlanResult(mean, value, history, spread)
 
 
 @PLANNERS.register("random_shooting")
