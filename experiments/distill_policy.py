@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -55,7 +56,9 @@ def episodes(agent: Any, env_id: str, length: int, starts: list[int]) -> tuple[l
     return returns, seconds / steps
 
 
-def evaluate(run: Path, n: int, start_seed: int, threads: int) -> dict[str, Any]:
+def evaluate(
+    run: Path, n: int, start_seed: int, threads: int, planner_too: bool = True
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / "run"
         shutil.copytree(run, copy)
@@ -67,7 +70,9 @@ def evaluate(run: Path, n: int, start_seed: int, threads: int) -> dict[str, Any]
         starts = list(range(start_seed, start_seed + n))
         env_id, length = config.env.id, config.env.episode_length
         student, s_sec = episodes(agent.student, env_id, length, starts)
-        planner, p_sec = episodes(agent.teacher, env_id, length, starts)
+        planner, p_sec = (
+            episodes(agent.teacher, env_id, length, starts) if planner_too else ([math.nan], 0.0)
+        )
     row = {
         "run": str(run),
         "labels": len(learner.labels["obs"]),
@@ -80,7 +85,7 @@ def evaluate(run: Path, n: int, start_seed: int, threads: int) -> dict[str, Any]
         "student_over_planner": float(np.mean(student) / np.mean(planner)),
         "planner_seconds_per_action": p_sec,
         "student_seconds_per_action": s_sec,
-        "speedup": p_sec / s_sec,
+        "speedup": p_sec / s_sec if planner_too else math.nan,
     }
     print(json.dumps(row), flush=True)
     return row
@@ -92,10 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--start-seed", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--student-only", action="store_true", help="skip the planner's episodes (slow)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [evaluate(r, args.episodes, args.start_seed, args.threads) for r in args.runs]
+    rows = [
+        evaluate(r, args.episodes, args.start_seed, args.threads, not args.student_only)
+        for r in args.runs
+    ]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {**vars(args), "runs": [str(r) for r in args.runs], "out": str(args.out)}
