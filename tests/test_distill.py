@@ -230,6 +230,10 @@ def test_bad_input_is_named() -> None:
         DistilledDynamics(2, 1, teacher=KnownTeacher(), temperature=0.0)
     with pytest.raises(OptionError, match="teacher"):
         DistilledDynamics(2, 1, teacher="distilled")
+    with pytest.raises(ConfigError, match=r"num_memberz.*num_members"):
+        DistilledDynamics(2, 1, teacher="ensemble", teacher_options={"num_memberz": 3})
+    with pytest.raises(OptionError, match="num_members"):
+        DistilledDynamics(2, 1, teacher="ensemble", teacher_options={"num_members": 0})
     with pytest.raises(ConfigError, match="teacher"):
         load_config("pendulum-ensemble-mpc", ["model.kind=distilled", 'model.teacher="ensembel"'])
     with pytest.raises(ModelError, match="not been fitted"):

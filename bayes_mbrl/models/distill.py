@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from bayes_mbrl.data import Normalizer, ReplayBuffer
-from bayes_mbrl.errors import DataError, ModelError
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models.base import (
     MODELS,
     DynamicsModel,
@@ -282,7 +282,15 @@ class DistilledDynamics(DynamicsModel):
             self.teacher = teacher
         else:
             opts_cls = MODELS.options(teacher)
-            opts = opts_cls(**self.options.teacher_options) if opts_cls else None
+            given_opts = self.options.teacher_options
+            names = [f.name for f in dataclasses.fields(opts_cls)] if opts_cls else []
+            unknown = sorted(set(given_opts) - set(names))
+            if unknown:
+                raise ConfigError(
+                    f"model.teacher_options has {', '.join(map(repr, unknown))}, not an option "
+                    f"of the teacher kind {teacher!r}; its options are {', '.join(names)}"
+                )
+            opts = opts_cls(**given_opts) if opts_cls else None
             self.teacher = MODELS[teacher].from_options(opts, obs_dim, action_dim, seed=seed)  # type: ignore[arg-type]
         if (self.teacher.obs_dim, self.teacher.action_dim) != (obs_dim, action_dim):
             raise DataError(
