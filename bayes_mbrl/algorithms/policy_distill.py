@@ -132,7 +132,7 @@ class PolicyDistillLearner:
         seed: seeds the policy's minibatches.
 
     Attributes:
-        labels: ``{"obs", "mean", "std"}`` tensors, one row per labelled state.
+        labels: ``{"obs", "mean", "std"}`` tensors, one row per labelled state (read-only).
         episodes: planned episodes started so far (the agent counts them).
         last_policy_loss: the mean loss of the last policy epoch.
     """
@@ -150,10 +150,11 @@ class PolicyDistillLearner:
         self.low, self.high = action_low.float(), action_high.float()
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=options.learning_rate)
         a = self.policy.action_dim
-        self.labels: dict[str, Tensor] = {
-            "obs": torch.zeros(0, model.obs_dim),
-            "mean": torch.zeros(0, a),
-            "std": torch.zeros(0, a),
+        # rows are appended to lists (one label per step) and joined when read
+        self._labels: dict[str, list[Tensor]] = {
+            "obs": [torch.zeros(0, model.obs_dim)],
+            "mean": [torch.zeros(0, a)],
+            "std": [torch.zeros(0, a)],
         }
         self.episodes = 0
         self.last_policy_loss = float("nan")
@@ -165,7 +166,15 @@ class PolicyDistillLearner:
         std = floor if std is None else torch.maximum(std.float(), floor)
         mean = torch.minimum(torch.maximum(mean.float(), self.low), self.high)
         for key, row in (("obs", obs.float()), ("mean", mean), ("std", std)):
-            self.labels[key] = torch.cat([self.labels[key], row.reshape(1, -1)])
+            self._labels[key].append(row.reshape(1, -1))
+
+    @property
+    def labels(self) -> dict[str, Tensor]:
+        """Every label so far: ``obs``, ``mean``, ``std``, one row per labelled state."""
+        for key, rows in self._labels.items():
+            if len(rows) > 1:
+                self._labels[key] = [torch.cat(rows)]
+        return {key: rows[0] for key, rows in self._labels.items()}
 
     def fit(
         self,
@@ -225,7 +234,7 @@ class PolicyDistillLearner:
         self.model.load_state_dict(state["model"])
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.labels = {k: v.clone() for k, v in state["labels"].items()}
+        self._labels = {k: [v.clone()] for k, v in state["labels"].items()}
         self.episodes = int(state["episodes"])
         self._generator.set_state(state["generator"])
 
