@@ -173,6 +173,29 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_plugin_option(config)
     config.set_defaults(func=_cmd_config)
 
+    tasks = sub.add_parser(
+        "distill-tasks",
+        help="distil several tasks' teacher runs into one multi-task policy",
+        description="Distil finished runs (one per task: policy_distill, sac, pilco or mpc "
+        "runs) into one policy with a task input, by DAgger and the weighted "
+        "log-probability objective, and evaluate it against each teacher. Writes "
+        "student.pt, report.json and returns.png into --out.",
+    )
+    tasks.add_argument("teachers", nargs="+", type=Path, metavar="TEACHER_RUN")
+    tasks.add_argument("--out", type=Path, required=True, metavar="DIR")
+    tasks.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the distillation, e.g. --set rounds=10 (repeatable; "
+        "VALUE is a TOML value)",
+    )
+    tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--threads", type=int, default=1, help="torch threads")
+    tasks.set_defaults(func=_cmd_distill_tasks)
+
     components = sub.add_parser(
         "components",
         help="list the registered model kinds, planners, propagations, objectives and modes",
@@ -394,6 +417,39 @@ def format_reference(rows: Sequence[KeyReference], source: str = DEFAULT_PRESET)
         if r.doc:
             out.append(f"      {r.doc}")
     return "\n".join(out) + "\n"
+
+
+def _cmd_distill_tasks(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl distill-tasks``: load the teachers, distil, write the report."""
+    import torch
+
+    from bayes_mbrl.algorithms.multitask_distill import (
+        MultiTaskDistillOptions,
+        distill_tasks,
+        load_teacher,
+        write_report,
+    )
+    from bayes_mbrl.config import _parse_override
+
+    values = {}
+    for text in args.overrides:
+        _, key, value = _parse_override(f"distill.{text}")
+        values[key] = value
+    options = MultiTaskDistillOptions.of("distill-tasks --set", **values)
+    _check_out_dir(args.out)
+    torch.set_num_threads(args.threads)
+    teachers = [load_teacher(path, args.threads) for path in args.teachers]
+    for t in teachers:
+        print(f"teacher: {t.run_dir} ({t.mode} on {t.task.env_id})", flush=True)
+    student, report = distill_tasks(teachers, options, args.seed, log=print)
+    write_report(args.out, student, report, teachers, options, args.seed)
+    for env_id, e in report.get("evaluation", {}).items():
+        print(
+            f"{env_id}: student {e['student_mean']:.1f}, teacher {e['teacher_mean']:.1f} "
+            f"(within 10%: {e['within_10_percent']})"
+        )
+    print(f"results written to {args.out}")
+    return 0
 
 
 def _cmd_components(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ def run_one(
         f"experiment.threads={threads}",
     ]
     for s in sets:
-        cmd += ["--set", s]
+        cmd += ["--set", s.replace("{seed}", str(seed))]  # e.g. a per-seed run directory
     start = time.perf_counter()
     with open(out / f"{label}-s{seed}.log", "w") as log:
         try:

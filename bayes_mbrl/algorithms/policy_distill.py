@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
 from bayes_mbrl.algorithms.mpc import MPCAgent, _obs_tensor, build_evaluator
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.errors import ModelError
+from bayes_mbrl.errors import CheckpointError, ConfigError, ModelError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.models.ensemble import ACTIVATIONS
 from bayes_mbrl.options import Options, at_least, greater_than, option, positive_list
@@ -53,6 +54,7 @@ __all__ = [
     "PolicyDistillAlgorithm",
     "PolicyDistillLearner",
     "PolicyDistillOptions",
+    "load_distilled_policy",
     "policy_kl",
 ]
 
@@ -256,6 +258,12 @@ class PolicyAgent:
         self.plan_seconds = 0.0
 
     @torch.no_grad()
+    def action_distribution(self, obs: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
+        """The policy's ``(mean, std)`` at ``obs`` (the mean clipped to the bounds)."""
+        mean, log_std = self.policy(_obs_tensor(obs, self.obs_dim))
+        return torch.minimum(torch.maximum(mean, self.low), self.high), log_std.exp()
+
+    @torch.no_grad()
     def act(self, obs: np.ndarray | Tensor) -> Tensor:
         start = time.perf_counter()
         o = _obs_tensor(obs, self.obs_dim)
@@ -263,6 +271,57 @@ class PolicyAgent:
         action = torch.minimum(torch.maximum(mean, self.low), self.high)
         self.plan_seconds += time.perf_counter() - start
         return action
+
+
+def load_distilled_policy(
+    run_dir: str | Path, task: TaskSpec | None = None
+) -> tuple[GaussianPolicy, dict[str, Tensor]]:
+    """The distilled policy of a ``policy_distill`` run and the labels it was trained on.
+
+    Reads the run's newest checkpoint. With ``task``, the policy must act on the same
+    environment (its id, observation and action sizes).
+
+    Raises:
+        ConfigError: ``run_dir`` is not a run, not a ``policy_distill`` run, has no
+            trained policy yet, or was run on another task than ``task``.
+    """
+    from bayes_mbrl.envs import get_task
+    from bayes_mbrl.runs import RunStore, read_run_config
+
+    run_dir = Path(run_dir)
+    try:
+        config = read_run_config(run_dir)
+    except CheckpointError as exc:
+        raise ConfigError(f"{exc}; give the directory of a policy_distill run") from None
+    mode = config.experiment.mode
+    if mode != "policy_distill":
+        raise ConfigError(
+            f"{run_dir} is a run of experiment.mode = {mode!r}, which has no distilled "
+            "policy; give the directory of an experiment.mode = 'policy_distill' run"
+        )
+    own = get_task(config.env.id)
+    if task is not None and (
+        own.env_id != task.env_id
+        or (own.obs_dim, own.action_dim) != (task.obs_dim, task.action_dim)
+    ):
+        raise ConfigError(
+            f"{run_dir} distilled a policy for {own.env_id} (observations {own.obs_dim}, "
+            f"actions {own.action_dim}), not for {task.env_id} (observations "
+            f"{task.obs_dim}, actions {task.action_dim}); use a policy_distill run on "
+            f"{task.env_id}"
+        )
+    state = RunStore(run_dir, own.obs_dim, own.action_dim).read_checkpoint()
+    learner = None if state is None else state["model"]
+    if learner is None or "policy" not in learner or len(learner["labels"]["obs"]) == 0:
+        raise ConfigError(
+            f"{run_dir} has no trained policy yet (no checkpoint after a planned "
+            "episode); let the policy_distill run finish its planned episodes first"
+        )
+    opts = config.policy_distill
+    policy = GaussianPolicy(own.obs_dim, own.action_dim, list(opts.hidden_sizes))
+    policy.load_state_dict(learner["policy"])
+    labels = {k: v.clone() for k, v in learner["labels"].items()}
+    return policy, labels
 
 
 class DAggerAgent:
