@@ -43,7 +43,7 @@ from bayes_mbrl.algorithms.base import build_algorithm
 from bayes_mbrl.config import CONFIG_HEADER, Config, dump_config, load_config
 from bayes_mbrl.data import TransitionBatch
 from bayes_mbrl.envs import get_task
-from bayes_mbrl.errors import CheckpointError, UnsafeCheckpointError
+from bayes_mbrl.errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from bayes_mbrl.models import DynamicsModel
 
 __all__ = [
@@ -423,6 +423,26 @@ def read_run_config(run_dir: Path | str) -> Config:
     """
     check_run_dir(run_dir)
     return load_config(Path(run_dir) / CONFIG_FILE)
+
+
+def read_run_config_of(run_dir: Path | str, modes: Sequence[str], role: str) -> Config:
+    """The configuration of ``run_dir``, which is used as ``role`` (e.g. "a teacher")
+    and must be a run of one of ``modes``.
+
+    Raises:
+        ConfigError: ``run_dir`` is not a run directory, or a run of another mode.
+    """
+    try:
+        config = read_run_config(run_dir)
+    except CheckpointError as exc:
+        raise ConfigError(f"{role} {run_dir}: {exc}") from None
+    mode = config.experiment.mode
+    if mode not in modes:
+        raise ConfigError(
+            f"{role} {run_dir} is a run of experiment.mode = {mode!r}; {role} must be a run "
+            f"of experiment.mode {' or '.join(repr(m) for m in modes)}"
+        )
+    return config
 
 
 @dataclass

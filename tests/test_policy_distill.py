@@ -176,3 +176,36 @@ def test_bad_options_are_named() -> None:
         load_config(None, [*TINY, "policy_distill.temperature=-1"])
     with pytest.raises(ConfigError, match=r"model\.kind"):
         load_config(None, [*TINY, 'model.kind="latent"'])
+
+
+def test_guided_labels_start_from_the_students_plan(tmp_path: Path) -> None:
+    config = load_config(None, [*TINY, "policy_distill.guided=true"])
+    exp = Experiment(config, tmp_path / "g")
+    agent, learner = exp.parts.agent, exp.parts.learner
+    for _ in range(3):
+        agent.reset()
+    assert agent.student_acts
+    learner.model.fit(_buffer(), torch.Generator().manual_seed(0))
+    obs = torch.tensor([1.0, 0.0, 0.3])
+    # the student's plan: its action along the model's mean prediction
+    plan = agent.student_plan(obs)
+    x, want = obs[None], []
+    with torch.no_grad():
+        for _ in range(5):
+            a = learner.policy(x)[0].clamp(-2.0, 2.0)
+            want.append(a[0])
+            x = learner.model.predict(x, a).mean
+    assert torch.allclose(plan, torch.stack(want), atol=1e-6)
+    planner = agent.teacher.planner
+    seen = []
+    optimize = planner._optimize
+
+    def spy(score):  # type: ignore[no-untyped-def]
+        seen.append(planner.initial_mean())
+        return optimize(score)
+
+    planner._optimize = spy
+    agent.act(obs)
+    assert torch.allclose(seen[0], 0.75 * plan, atol=1e-6)  # the middle of [-2, 2] is 0
+    with pytest.raises(ConfigError, match="warm start must have shape"):
+        planner.set_warm_start(torch.zeros(3, 1))

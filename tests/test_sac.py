@@ -200,7 +200,8 @@ def test_bad_init_policies_are_named(distill_run: Path, tmp_path: Path) -> None:
     mpc_run = tmp_path / "mpc"
     mpc = [s.replace("policy_distill", "mpc") for s in DISTILL_TINY if "policy_distill." not in s]
     run_experiment(load_config(None, [*mpc, "experiment.episodes=1"], seed=0), mpc_run)
-    with pytest.raises(ConfigError, match="'mpc', which has no distilled policy"):
+    wrong_mode = r"mode = 'mpc'; .* must be a run of experiment\.mode 'policy_distill'"
+    with pytest.raises(ConfigError, match=wrong_mode):
         build(mpc_run)
     # a policy_distill run with only its random episode: no policy yet
     early = tmp_path / "early"

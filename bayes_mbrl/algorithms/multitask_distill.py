@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from bayes_mbrl.algorithms.mpc import _obs_tensor
 from bayes_mbrl.algorithms.policy_distill import policy_kl
 from bayes_mbrl.envs import TaskSpec, make_env
-from bayes_mbrl.errors import CheckpointError, ConfigError
+from bayes_mbrl.errors import ConfigError
 from bayes_mbrl.models.ensemble import ACTIVATIONS
 from bayes_mbrl.options import OptionError, Options, at_least, greater_than, option, positive_list
 
@@ -156,19 +156,11 @@ def load_teacher(run_dir: str | Path, threads: int = 1) -> Teacher:
         ConfigError: not a run, a mode that cannot teach, or no checkpoint yet.
     """
     from bayes_mbrl.experiment import Experiment
-    from bayes_mbrl.runs import read_run_config
+    from bayes_mbrl.runs import read_run_config_of
 
     run_dir = Path(run_dir)
-    try:
-        config = read_run_config(run_dir)
-    except CheckpointError as exc:
-        raise ConfigError(f"teacher {run_dir}: {exc}") from None
+    config = read_run_config_of(run_dir, _TEACHER_MODES, "the teacher")
     mode = config.experiment.mode
-    if mode not in _TEACHER_MODES:
-        raise ConfigError(
-            f"teacher {run_dir} is a run of experiment.mode = {mode!r}; a teacher is a run "
-            f"of one of {list(_TEACHER_MODES)}"
-        )
     config.experiment.threads = threads
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / "run"

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
 from bayes_mbrl.algorithms.mpc import MPCAgent, _obs_tensor, build_evaluator
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.errors import CheckpointError, ConfigError, ModelError
+from bayes_mbrl.errors import ConfigError, ModelError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.models.ensemble import ACTIVATIONS
 from bayes_mbrl.options import Options, at_least, greater_than, option, positive_list
@@ -73,6 +73,14 @@ class PolicyDistillOptions(Options):
         None,
         "after teacher_episodes the student acts and the planner labels its states "
         "(DAgger); false: the planner keeps acting (behaviour cloning)",
+    )
+    guided: bool = option(
+        False,
+        None,
+        "when the student acts, each plan starts from the student's own plan (its "
+        "actions along the model's mean prediction, pulled a quarter towards the middle "
+        "of the range): the planner refines the student's choice instead of switching "
+        "between equally good ones",
     )
     temperature: float = option(1.0, greater_than(0), "T: the mean term is scaled by 1/T")
     hidden_sizes: list[int] = option([64, 64], positive_list, "the policy's hidden widths")
@@ -286,19 +294,10 @@ def load_distilled_policy(
             trained policy yet, or was run on another task than ``task``.
     """
     from bayes_mbrl.envs import get_task
-    from bayes_mbrl.runs import RunStore, read_run_config
+    from bayes_mbrl.runs import RunStore, read_run_config_of
 
     run_dir = Path(run_dir)
-    try:
-        config = read_run_config(run_dir)
-    except CheckpointError as exc:
-        raise ConfigError(f"{exc}; give the directory of a policy_distill run") from None
-    mode = config.experiment.mode
-    if mode != "policy_distill":
-        raise ConfigError(
-            f"{run_dir} is a run of experiment.mode = {mode!r}, which has no distilled "
-            "policy; give the directory of an experiment.mode = 'policy_distill' run"
-        )
+    config = read_run_config_of(run_dir, ["policy_distill"], "the distilled policy's run")
     own = get_task(config.env.id)
     if task is not None and (
         own.env_id != task.env_id
@@ -350,11 +349,29 @@ class DAggerAgent:
         self.learner.episodes += 1
         self.plan_seconds = 0.0
 
+    @torch.no_grad()
+    def student_plan(self, obs: Tensor) -> Tensor:
+        """The student's actions over the planner's horizon along the model's mean
+        prediction from ``obs``, ``(horizon, action_dim)``."""
+        planner, policy, model = self.teacher.planner, self.learner.policy, self.learner.model
+        x, actions = obs.reshape(1, -1), []
+        for _ in range(planner.horizon):
+            mean, _ = policy(x)
+            a = torch.minimum(torch.maximum(mean, self.learner.low), self.learner.high)
+            actions.append(a[0])
+            x = model.predict(x, a).mean
+        return torch.stack(actions)
+
     def act(self, obs: np.ndarray | Tensor) -> Tensor:
+        o = _obs_tensor(obs, self.learner.model.obs_dim)
+        if self.learner.options.guided and self.student_acts:
+            mid = (self.learner.low + self.learner.high) / 2
+            # a quarter towards the middle, so that CEM's spread (limited by the
+            # distance to the bounds) can still move a saturated action
+            self.teacher.planner.set_warm_start(mid + 0.75 * (self.student_plan(o) - mid))
         action = self.teacher.act(obs)
         plan = self.teacher.last_plan
         assert plan is not None
-        o = _obs_tensor(obs, self.learner.model.obs_dim)
         std = None if plan.action_std is None else plan.action_std[0]
         self.learner.add_label(o, plan.actions[0], std)
         self.plan_seconds = self.teacher.plan_seconds

@@ -154,6 +154,14 @@ class Planner(abc.ABC):
         """Forget the warm start."""
         self._warm = None
 
+    def set_warm_start(self, actions: Tensor) -> None:
+        """Start the next plan from ``actions`` ``(horizon, action_dim)`` (e.g. a policy's
+        own plan, so that the planner refines the policy's choice)."""
+        want = (self.horizon, self.action_dim)
+        if tuple(actions.shape) != want:
+            raise ConfigError(f"a warm start must have shape {want}, got {tuple(actions.shape)}")
+        self._warm = torch.minimum(torch.maximum(actions.float(), self.low), self.high).clone()
+
     def advance(self, steps: int = 1) -> None:
         """Shift the warm start by ``steps`` executed actions."""
         if self._warm is None:
