@@ -63,9 +63,7 @@ def _mountain_car_teacher() -> Teacher:
     def f(o: torch.Tensor) -> torch.Tensor:
         return torch.tanh(200.0 * o[..., 1:2]).reshape(1)
 
-    return Teacher(
-        Path("car-teacher"), get_task("MountainCarContinuous-v0"), 200, _Fixed(f)
-    )
+    return Teacher(Path("car-teacher"), get_task("MountainCarContinuous-v0"), 200, _Fixed(f))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +71,12 @@ def distilled() -> tuple[object, dict[str, object], list[Teacher]]:
     torch.set_num_threads(1)
     teachers = [_pendulum_teacher(), _mountain_car_teacher()]
     opts = MultiTaskDistillOptions(
-        rounds=3, teacher_rounds=1, episodes_per_round=2, hidden_sizes=[64, 64], eval_episodes=3
+        rounds=3,
+        teacher_rounds=1,
+        episodes_per_round=2,
+        labels_per_round=0,
+        hidden_sizes=[64, 64],
+        eval_episodes=3,
     )
     student, report = distill_tasks(teachers, opts, seed=0)
     return student, report, teachers
@@ -137,11 +140,13 @@ def test_cli_distils_a_sac_run_and_the_student_reloads(tmp_path: Path) -> None:
     assert bool((mean.abs() <= 2.0).all())
     out = tmp_path / "student"
     sets = ["rounds=2", "episodes_per_round=1", "eval_episodes=2", "hidden_sizes=[16]"]
+    sets.append("labels_per_round=30")  # 25-step episodes: 2 per round
     args = [str(run_dir), "--out", str(out), *[x for s in sets for x in ("--set", s)]]
     assert main(["distill-tasks", *args]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["tasks"] == ["Pendulum-v1"] and report["teacher_modes"] == ["sac"]
-    assert report["labels"]["Pendulum-v1"] == 2 * 25
+    assert report["labels"]["Pendulum-v1"] == 2 * 2 * 25
+    assert [len(r["return/Pendulum-v1"]) for r in report["rounds"]] == [2, 2]
     assert (out / "returns.png").stat().st_size > 0
     student = load_student(out / "student.pt")
     obs = torch.tensor([0.3, -0.9, 1.0])

@@ -71,7 +71,15 @@ class MultiTaskDistillOptions(Options):
     teacher_rounds: int = option(
         2, at_least(0, "an integer"), "first rounds in which the teachers act (then the student)"
     )
-    episodes_per_round: int = option(2, at_least(1, "an integer"), "episodes per task and round")
+    episodes_per_round: int = option(
+        2, at_least(1, "an integer"), "at least this many episodes per task and round"
+    )
+    labels_per_round: int = option(
+        400,
+        at_least(0, "an integer"),
+        "each task runs more episodes in a round until it has added this many labels, "
+        "so that tasks with short episodes get as many states as the others",
+    )
     temperature: float = option(
         1.0, greater_than(0), "T: the teachers' spread is scaled by sqrt(T)"
     )
@@ -339,16 +347,21 @@ def distill_tasks(
     optimizer = torch.optim.Adam(student.parameters(), lr=opts.learning_rate)
     actors = [_DAggerActor(t, opts.min_label_std) for t in teachers]
     report: dict[str, Any] = {"tasks": ids, "rounds": []}
-    env_seed = 1_000 * seed
+    env_seed = 1_000_000 * seed
     data: list[dict[str, Tensor]] = []
     for rnd in range(opts.rounds):
         student_acts = rnd >= opts.teacher_rounds
         row: dict[str, Any] = {"round": rnd + 1, "actor": "student" if student_acts else "teacher"}
         for k, (teacher, actor) in enumerate(zip(teachers, actors, strict=True)):
             actor.student = StudentAgent(student, k) if student_acts else None
-            seeds = list(range(env_seed, env_seed + opts.episodes_per_round))
-            env_seed += opts.episodes_per_round
-            returns = run_episodes(actor, teacher.task, teacher.episode_length, seeds)
+            start, returns = len(actor.rows["obs"]), list[float]()
+            while (
+                len(returns) < opts.episodes_per_round
+                or len(actor.rows["obs"]) - start < opts.labels_per_round
+            ):
+                episode = run_episodes(actor, teacher.task, teacher.episode_length, [env_seed])
+                returns += episode
+                env_seed += 1
             row[f"return/{ids[k]}"] = [round(r, 1) for r in returns]
         data = [actor.tensors() for actor in actors]
         row["loss"] = _fit(student, optimizer, data, weights, opts, g)
