@@ -209,3 +209,21 @@ def test_guided_labels_start_from_the_students_plan(tmp_path: Path) -> None:
     assert torch.allclose(seen[0], 0.75 * plan, atol=1e-6)  # the middle of [-2, 2] is 0
     with pytest.raises(ConfigError, match="warm start must have shape"):
         planner.set_warm_start(torch.zeros(3, 1))
+
+
+def test_common_noise_labels_are_a_function_of_the_state(tmp_path: Path) -> None:
+    config = load_config(None, [*TINY, "policy_distill.common_noise=true"])
+    exp = Experiment(config, tmp_path / "c")
+    agent, learner = exp.parts.agent, exp.parts.learner
+    for _ in range(3):
+        agent.reset()
+    learner.model.fit(_buffer(), torch.Generator().manual_seed(0))
+    run_state = agent.teacher.planner.generator.get_state()
+    obs = torch.tensor([0.0, 1.0, 0.5])
+    agent.act(obs)
+    agent.act(torch.tensor([1.0, 0.0, -0.5]))  # another state between the two
+    agent.act(obs)
+    lab = learner.labels
+    assert torch.equal(lab["mean"][0], lab["mean"][2]) and torch.equal(lab["std"][0], lab["std"][2])
+    # the run's own random stream is not touched by the labels
+    assert torch.equal(agent.teacher.planner.generator.get_state(), run_state)

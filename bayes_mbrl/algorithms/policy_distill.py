@@ -82,6 +82,13 @@ class PolicyDistillOptions(Options):
         "of the range): the planner refines the student's choice instead of switching "
         "between equally good ones",
     )
+    common_noise: bool = option(
+        False,
+        None,
+        "when the student acts, every label is planned from scratch with the same "
+        "random numbers (CEM's samples and the model's function draws), so that the "
+        "label is one function of the state: nearby states get the same choice",
+    )
     temperature: float = option(1.0, greater_than(0), "T: the mean term is scaled by 1/T")
     hidden_sizes: list[int] = option([64, 64], positive_list, "the policy's hidden widths")
     epochs: int = option(100, at_least(1, "an integer"), "passes over the labels per fit")
@@ -168,6 +175,7 @@ class PolicyDistillLearner:
         }
         self.episodes = 0
         self.last_policy_loss = float("nan")
+        self.seed = seed
         self._generator = torch.Generator().manual_seed(seed + 31)
 
     def add_label(self, obs: Tensor, mean: Tensor, std: Tensor | None) -> None:
@@ -362,6 +370,18 @@ class DAggerAgent:
             x = model.predict(x, a).mean
         return torch.stack(actions)
 
+    def _plan_with_common_noise(self, obs: np.ndarray | Tensor) -> Tensor:
+        """Plan from scratch with a generator seeded the same way at every state."""
+        planner, evaluator = self.teacher.planner, self.teacher.evaluator
+        saved = planner.generator, evaluator.generator
+        common = torch.Generator().manual_seed(self.learner.seed + 7919)
+        planner.generator = evaluator.generator = common
+        planner.reset()
+        try:
+            return self.teacher.act(obs)
+        finally:
+            planner.generator, evaluator.generator = saved
+
     def act(self, obs: np.ndarray | Tensor) -> Tensor:
         o = _obs_tensor(obs, self.learner.model.obs_dim)
         if self.learner.options.guided and self.student_acts:
@@ -369,7 +389,10 @@ class DAggerAgent:
             # a quarter towards the middle, so that CEM's spread (limited by the
             # distance to the bounds) can still move a saturated action
             self.teacher.planner.set_warm_start(mid + 0.75 * (self.student_plan(o) - mid))
-        action = self.teacher.act(obs)
+        if self.learner.options.common_noise and self.student_acts:
+            action = self._plan_with_common_noise(obs)
+        else:
+            action = self.teacher.act(obs)
         plan = self.teacher.last_plan
         assert plan is not None
         std = None if plan.action_std is None else plan.action_std[0]
