@@ -227,3 +227,33 @@ def test_common_noise_labels_are_a_function_of_the_state(tmp_path: Path) -> None
     assert torch.equal(lab["mean"][0], lab["mean"][2]) and torch.equal(lab["std"][0], lab["std"][2])
     # the run's own random stream is not touched by the labels
     assert torch.equal(agent.teacher.planner.generator.get_state(), run_state)
+
+
+def test_student_prior_adds_the_students_log_probability_to_the_reward(
+    tmp_path: Path,
+) -> None:
+    config = load_config(None, [*TINY, "policy_distill.student_prior=0.5"])
+    exp = Experiment(config, tmp_path / "p")
+    agent, learner = exp.parts.agent, exp.parts.learner
+    for _ in range(3):
+        agent.reset()
+    learner.model.fit(_buffer(), torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    obs, act = torch.randn(4, 7, 3, generator=g), torch.rand(4, 7, 1, generator=g) * 4 - 2
+    nxt = torch.randn(4, 7, 3, generator=g)
+    base = agent.teacher.evaluator.reward_fn
+    with torch.no_grad():
+        mean, log_std = learner.policy(obs)
+    want = base(obs, act, nxt) + 0.5 * Normal(mean, log_std.exp()).log_prob(act).sum(-1)
+    got = agent.regularized_reward(base, 0.5)(obs, act, nxt)
+    assert torch.allclose(got, want, atol=1e-5)
+    # the planner sees it only while planning a label; the evaluator is restored after
+    seen = []
+
+    def spy(o, a, n):  # type: ignore[no-untyped-def]
+        seen.append(True)
+        return base(o, a, n)
+
+    agent.teacher.evaluator.reward_fn = spy
+    agent.act(torch.tensor([1.0, 0.0, 0.0]))
+    assert seen and agent.teacher.evaluator.reward_fn is spy

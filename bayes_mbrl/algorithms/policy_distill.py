@@ -27,6 +27,7 @@ acts with its mean (clipped to the action bounds) and is what a user deploys.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,13 @@ class PolicyDistillOptions(Options):
         "when the student acts, every label is planned from scratch with the same "
         "random numbers (CEM's samples and the model's function draws), so that the "
         "label is one function of the state: nearby states get the same choice",
+    )
+    student_prior: float = option(
+        0.0,
+        at_least(0.0),
+        "lambda: when the student acts, the planner maximizes reward + lambda * "
+        "log pi_student(a | s) along its imagined rollouts, so that it stays with the "
+        "student's choice where that costs little reward (0: off)",
     )
     temperature: float = option(1.0, greater_than(0), "T: the mean term is scaled by 1/T")
     hidden_sizes: list[int] = option([64, 64], positive_list, "the policy's hidden widths")
@@ -370,6 +378,19 @@ class DAggerAgent:
             x = model.predict(x, a).mean
         return torch.stack(actions)
 
+    def regularized_reward(self, reward_fn: Any, lam: float) -> Any:
+        """``reward_fn + lam * log pi_student(a | s)`` (batched like ``reward_fn``)."""
+        policy = self.learner.policy
+
+        @torch.no_grad()
+        def reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+            mean, log_std = policy(obs.float())
+            z = (action.float() - mean) / log_std.exp()
+            log_prob = (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            return reward_fn(obs, action, next_obs) + lam * log_prob.to(obs.dtype)
+
+        return reward
+
     def _plan_with_common_noise(self, obs: np.ndarray | Tensor) -> Tensor:
         """Plan from scratch with a generator seeded the same way at every state."""
         planner, evaluator = self.teacher.planner, self.teacher.evaluator
@@ -389,8 +410,17 @@ class DAggerAgent:
             # a quarter towards the middle, so that CEM's spread (limited by the
             # distance to the bounds) can still move a saturated action
             self.teacher.planner.set_warm_start(mid + 0.75 * (self.student_plan(o) - mid))
+        lam = self.learner.options.student_prior
         if self.learner.options.common_noise and self.student_acts:
             action = self._plan_with_common_noise(obs)
+        elif lam > 0 and self.student_acts:
+            evaluator = self.teacher.evaluator
+            reward_fn = evaluator.reward_fn
+            evaluator.reward_fn = self.regularized_reward(reward_fn, lam)
+            try:
+                action = self.teacher.act(obs)
+            finally:
+                evaluator.reward_fn = reward_fn
         else:
             action = self.teacher.act(obs)
         plan = self.teacher.last_plan
