@@ -185,6 +185,15 @@ class PlannerConfig(Options):
     mppi_noise_std: float = option(
         0.5, greater_than(0), "MPPI noise as a fraction of the half action range"
     )
+    icem_noise_beta: float = option(
+        2.0, at_least(0), "iCEM: colour of the samples along the horizon (0 white, 2 red)"
+    )
+    icem_population_decay: float = option(
+        1.25, at_least(1), "iCEM: the population shrinks by this factor each iteration"
+    )
+    icem_keep_fraction: float = option(
+        0.3, interval(0.0, 1.0), "iCEM: fraction of the elites carried to the next iteration"
+    )
 
 
 _STATIC: dict[str, type[Options]] = {

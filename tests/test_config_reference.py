@@ -78,7 +78,7 @@ def test_config_shows_type_value_default_bounds_and_meaning(
     assert _key_line(out, "experiment.seed") == (
         "experiment.seed = 0  (int; an integer in [0, 4294967295])"
     )
-    assert "one of 'cem', 'mppi'" in _key_line(out, "planner.kind")
+    assert "one of 'cem', 'icem', 'mppi'" in _key_line(out, "planner.kind")
     assert "one of 'ensemble', 'bnn', 'gp'" in _key_line(out, "model.kind")
     assert _key_line(out, "experiment.progress") == "experiment.progress = true  (bool)"
     assert _key_line(out, "env.id") == 'env.id = "Pendulum-v1"  (str; a non-empty string)'

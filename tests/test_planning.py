@@ -25,6 +25,7 @@ from bayes_mbrl.planning import (
     PROPAGATIONS,
     CEMPlanner,
     CVaR,
+    ICEMPlanner,
     Mean,
     MeanMinusStd,
     MPPIPlanner,
@@ -331,11 +332,12 @@ def test_planners_are_built_by_name_from_the_planner_settings() -> None:
     equals that of the planner built by hand with the same seed."""
     from types import SimpleNamespace
 
-    assert tuple(PLANNERS) == ("cem", "mppi", "random_shooting") and "cem" in PLANNERS
+    assert tuple(PLANNERS) == ("cem", "icem", "mppi", "random_shooting") and "cem" in PLANNERS
     assert tuple(PROPAGATIONS) == ("ts_inf", "ts_1", "expectation", "moment_matching")
     cfg = SimpleNamespace(
         horizon=4, population=30, iterations=3, elite_fraction=0.2, momentum=0.3,
         mppi_temperature=0.7, mppi_noise_std=0.2,
+        icem_noise_beta=1.5, icem_population_decay=1.5, icem_keep_fraction=0.5,
     )  # fmt: skip
     low, high = -torch.ones(2), torch.ones(2)
     by_hand = {
@@ -344,6 +346,10 @@ def test_planners_are_built_by_name_from_the_planner_settings() -> None:
             low, high, 4, 30, 3, temperature=0.7, noise_std=0.2, generator=g
         ),
         "random_shooting": lambda g: RandomShootingPlanner(low, high, 4, 30, 3, g),
+        "icem": lambda g: ICEMPlanner(
+            low, high, 4, 30, 3, 0.2, 0.3, noise_beta=1.5, population_decay=1.5,
+            keep_fraction=0.5, generator=g,
+        ),
     }
     target = torch.full((4, 2), 0.3)
     for kind in PLANNERS:

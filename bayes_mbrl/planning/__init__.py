@@ -20,6 +20,7 @@ from bayes_mbrl.planning.objectives import (
 from bayes_mbrl.planning.optimizers import (
     PLANNERS,
     CEMPlanner,
+    ICEMPlanner,
     MPPIPlanner,
     Planner,
     PlannerSettings,
@@ -46,6 +47,7 @@ __all__ = [
     "CEMPlanner",
     "CVaR",
     "Expectation",
+    "ICEMPlanner",
     "ImaginedTransitions",
     "MPPIPlanner",
     "Mean",

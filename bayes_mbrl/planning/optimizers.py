@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from bayes_mbrl.errors import ConfigError, DataError
+from bayes_mbrl.planning.noise import colored_noise
 from bayes_mbrl.registry import Registry
 
 __all__ = [
@@ -51,6 +52,9 @@ class PlannerSettings(Protocol):
     momentum: float
     mppi_temperature: float
     mppi_noise_std: float
+    icem_noise_beta: float
+    icem_population_decay: float
+    icem_keep_fraction: float
 
 
 @dataclass
@@ -275,6 +279,132 @@ class CEMPlanner(Planner):
         if self.return_mean_elites:
             return PlanResult(elites.mean(0), float(values[top].mean()), history, spread)
         return PlanResult(best, best_value, history, spread)
+
+
+@PLANNERS.register("icem")
+class ICEMPlanner(Planner):
+    """The improved cross-entropy method (iCEM, Pinneri et al. 2020).
+
+    CEM with four changes that need fewer imagined transitions for the same plans:
+
+    * samples are **colored noise** along the horizon (spectrum ``1 / f**noise_beta``,
+      :func:`~bayes_mbrl.planning.noise.colored_noise`), smoother and farther-reaching
+      than independent steps;
+    * the population **decays**: iteration ``i`` samples
+      ``max(population * population_decay**-i, 2 * elites)`` sequences;
+    * **elites are kept**: a ``keep_fraction`` of each iteration's elites joins the next
+      iteration's candidates, and of the last plan's elites, shifted by the executed
+      steps, the first iteration's;
+    * the last iteration also scores the current **mean**, and the plan is the
+      **best** sequence found.
+
+    Args:
+        elite_fraction, momentum, iterations: as for :class:`CEMPlanner`.
+        init_std_fraction: initial std as a fraction of the action range (0.5 in the
+            paper).
+        noise_beta: colour of the samples (0 white, as CEM; 2 to 4 in the paper).
+        population_decay: the factor the population shrinks by at each iteration.
+        keep_fraction: fraction of the elites carried over.
+    """
+
+    def __init__(
+        self,
+        action_low: Tensor,
+        action_high: Tensor,
+        horizon: int,
+        population: int = 350,
+        iterations: int = 3,
+        elite_fraction: float = 0.1,
+        momentum: float = 0.1,
+        init_std_fraction: float = 0.5,
+        noise_beta: float = 2.0,
+        population_decay: float = 1.25,
+        keep_fraction: float = 0.3,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(action_low, action_high, horizon, population, generator)
+        if not 0 < elite_fraction <= 1:
+            raise ConfigError(f"elite_fraction must be in (0, 1], got {elite_fraction}")
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+        if iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {iterations}")
+        if noise_beta < 0:
+            raise ConfigError(f"icem noise_beta must be >= 0, got {noise_beta}")
+        if population_decay < 1:
+            raise ConfigError(f"icem population_decay must be >= 1, got {population_decay}")
+        if not 0 <= keep_fraction <= 1:
+            raise ConfigError(f"icem keep_fraction must be in [0, 1], got {keep_fraction}")
+        self.iterations, self.momentum = iterations, momentum
+        self.num_elites = max(1, math.ceil(elite_fraction * population))
+        self.init_std = init_std_fraction * (self.high - self.low)
+        self.noise_beta, self.population_decay = noise_beta, population_decay
+        self.num_kept = round(keep_fraction * self.num_elites)
+        self._elites: Tensor | None = None
+        #: candidates scored per iteration in the last plan (for transition counts)
+        self.last_sizes: list[int] = []
+
+    @classmethod
+    def config_options(cls, cfg: PlannerSettings) -> dict[str, Any]:
+        """Reads ``elite_fraction``, ``momentum`` and the ``icem_*`` settings."""
+        return {
+            "elite_fraction": cfg.elite_fraction,
+            "momentum": cfg.momentum,
+            "noise_beta": cfg.icem_noise_beta,
+            "population_decay": cfg.icem_population_decay,
+            "keep_fraction": cfg.icem_keep_fraction,
+        }
+
+    def sizes(self) -> list[int]:
+        """Sampled sequences per iteration (before kept elites and the mean)."""
+        floor = 2 * self.num_elites
+        return [
+            max(round(self.population * self.population_decay**-i), floor)
+            for i in range(self.iterations)
+        ]
+
+    def reset(self) -> None:
+        super().reset()
+        self._elites = None
+
+    def advance(self, steps: int = 1) -> None:
+        super().advance(steps)
+        if self._elites is None:
+            return
+        if steps >= self.horizon:
+            self._elites = None
+            return
+        tail = self.middle[:steps].expand(len(self._elites), -1, -1)
+        self._elites = torch.cat([self._elites[:, steps:], tail], dim=1)
+
+    def _optimize(self, score: ScoreFn) -> PlanResult:
+        mean = self.initial_mean()
+        std = self.init_std.expand(self.horizon, -1).clone()
+        best, best_value, history = mean.clone(), -math.inf, []
+        carried = self._elites[: self.num_kept] if self._elites is not None else None
+        self.last_sizes = []
+        for i, n in enumerate(self.sizes()):
+            eps = colored_noise(
+                self.noise_beta, (n, self.action_dim, self.horizon), self.generator
+            ).transpose(1, 2)
+            candidates = [torch.maximum(torch.minimum(mean + std * eps, self.high), self.low)]
+            if carried is not None and len(carried):
+                candidates.append(carried)
+            if i == self.iterations - 1:
+                candidates.append(mean[None])
+            pool = torch.cat(candidates)
+            values = self._score(score, pool)
+            self.last_sizes.append(len(pool))
+            top = values.topk(min(self.num_elites, len(pool))).indices
+            elites = pool[top]
+            if float(values[top[0]]) > best_value:
+                best, best_value = elites[0].clone(), float(values[top[0]])
+            mean = self.momentum * mean + (1 - self.momentum) * elites.mean(0)
+            std = self.momentum * std + (1 - self.momentum) * elites.std(0, unbiased=False)
+            carried = elites[: self.num_kept]
+            history.append(best_value)
+        self._elites = elites
+        return PlanResult(best, best_value, history, elites.std(0, unbiased=False))
 
 
 @PLANNERS.register("mppi")
