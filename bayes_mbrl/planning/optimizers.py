@@ -205,6 +205,16 @@ PLANNERS: Registry[type[Planner]] = Registry("planner", "planner.kind")
 """Planners by ``planner.kind``; each is built by ``PLANNERS[kind].from_config(...)``."""
 
 
+def _check_cem_settings(elite_fraction: float, momentum: float, iterations: int) -> None:
+    """The settings CEM and iCEM share, with the error naming the one at fault."""
+    if not 0 < elite_fraction <= 1:
+        raise ConfigError(f"elite_fraction must be in (0, 1], got {elite_fraction}")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+    if iterations < 1:
+        raise ConfigError(f"iterations must be >= 1, got {iterations}")
+
+
 @PLANNERS.register("cem")
 class CEMPlanner(Planner):
     """Cross-entropy method with momentum, bounded sampling and a warm start.
@@ -240,12 +250,7 @@ class CEMPlanner(Planner):
     ) -> None:
         super().__init__(action_low, action_high, horizon, population, generator)
         self.return_mean_elites = return_mean_elites
-        if not 0 < elite_fraction <= 1:
-            raise ConfigError(f"elite_fraction must be in (0, 1], got {elite_fraction}")
-        if not 0 <= momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
-        if iterations < 1:
-            raise ConfigError(f"iterations must be >= 1, got {iterations}")
+        _check_cem_settings(elite_fraction, momentum, iterations)
         self.iterations = iterations
         self.num_elites = max(1, math.ceil(elite_fraction * population))
         self.momentum = momentum
@@ -323,12 +328,7 @@ class ICEMPlanner(Planner):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(action_low, action_high, horizon, population, generator)
-        if not 0 < elite_fraction <= 1:
-            raise ConfigError(f"elite_fraction must be in (0, 1], got {elite_fraction}")
-        if not 0 <= momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
-        if iterations < 1:
-            raise ConfigError(f"iterations must be >= 1, got {iterations}")
+        _check_cem_settings(elite_fraction, momentum, iterations)
         if noise_beta < 0:
             raise ConfigError(f"icem noise_beta must be >= 0, got {noise_beta}")
         if population_decay < 1:
