@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import SAC
 
 from bayes_mbrl.algorithms.multitask_distill import (
     MultiTaskDistillOptions,
@@ -118,16 +119,7 @@ def test_the_task_input_chooses_the_teacher(distilled) -> None:  # type: ignore[
     assert abs(float(pend[0, 0] - car[0, 0])) > 0.3
 
 
-SAC_TINY = [
-    "experiment.mode=sac",
-    "experiment.episodes=3",
-    "experiment.seed_episodes=1",
-    "experiment.progress=false",
-    "experiment.threads=1",
-    "env.episode_length=25",
-    "sac.hidden_sizes=[32, 32]",
-    "sac.batch_size=32",
-]
+SAC_TINY = [*SAC, "experiment.episodes=3"]
 
 
 def test_cli_distils_a_sac_run_and_the_student_reloads(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import POLICY_DISTILL, StopAfter
 from torch.distributions import Normal, kl_divergence
 
 from bayes_mbrl.algorithms.policy_distill import (
@@ -25,7 +26,7 @@ from bayes_mbrl.algorithms.policy_distill import (
 )
 from bayes_mbrl.config import load_config
 from bayes_mbrl.errors import ConfigError
-from bayes_mbrl.experiment import Callback, Experiment, resume_experiment, run_experiment
+from bayes_mbrl.experiment import Experiment, resume_experiment, run_experiment
 from bayes_mbrl.models import ProbabilisticEnsemble
 from bayes_mbrl.options import OptionError
 from bayes_mbrl.planning import CEMPlanner, MPPIPlanner
@@ -93,32 +94,7 @@ def test_planners_report_the_spread_of_their_action_distribution(kind: str) -> N
     assert spreads[1] < spreads[0]  # the distribution narrows as the search converges
 
 
-TINY = [
-    "experiment.mode=policy_distill",
-    "experiment.episodes=5",
-    "experiment.seed_episodes=1",
-    "experiment.progress=false",
-    "experiment.threads=1",
-    "env.episode_length=20",
-    "model.hidden_sizes=[16, 16]",
-    "model.num_members=2",
-    "model.max_epochs=3",
-    "planner.horizon=5",
-    "planner.population=30",
-    "planner.iterations=2",
-    "planner.particles=2",
-    "policy_distill.teacher_episodes=2",
-    "policy_distill.epochs=5",
-    "policy_distill.hidden_sizes=[16]",
-]
-
-
-class StopAfter(Callback):
-    def __init__(self, episodes: int) -> None:
-        self.episodes = episodes
-
-    def _on_episode_end(self, experiment: Experiment, row: dict[str, object]) -> bool:
-        return experiment.episodes_done < self.episodes
+TINY = POLICY_DISTILL
 
 
 def test_dagger_run_labels_every_state_switches_to_the_student_and_resumes(

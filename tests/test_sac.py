@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import POLICY_DISTILL, SAC, StopAfter
 
 from bayes_mbrl.algorithms.policy_distill import GaussianPolicy, load_distilled_policy
 from bayes_mbrl.algorithms.sac import SACAgent, SACLearner, SACOptions, make_sac
@@ -25,46 +26,10 @@ from bayes_mbrl.config import load_config
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import get_task
 from bayes_mbrl.errors import ConfigError
-from bayes_mbrl.experiment import Callback, Experiment, resume_experiment, run_experiment
+from bayes_mbrl.experiment import Experiment, resume_experiment, run_experiment
 
-SAC_TINY = [
-    "experiment.mode=sac",
-    "experiment.episodes=4",
-    "experiment.seed_episodes=1",
-    "experiment.progress=false",
-    "experiment.threads=1",
-    "env.episode_length=25",
-    "sac.hidden_sizes=[32, 32]",
-    "sac.batch_size=32",
-    "sac.init_epochs=20",
-    "sac.critic_warmup_steps=20",
-]
-
-DISTILL_TINY = [
-    "experiment.mode=policy_distill",
-    "experiment.episodes=3",
-    "experiment.seed_episodes=1",
-    "experiment.progress=false",
-    "experiment.threads=1",
-    "env.episode_length=20",
-    "model.hidden_sizes=[16, 16]",
-    "model.num_members=2",
-    "model.max_epochs=3",
-    "planner.horizon=5",
-    "planner.population=30",
-    "planner.iterations=2",
-    "planner.particles=2",
-    "policy_distill.epochs=5",
-    "policy_distill.hidden_sizes=[16]",
-]
-
-
-class StopAfter(Callback):
-    def __init__(self, episodes: int) -> None:
-        self.episodes = episodes
-
-    def _on_episode_end(self, experiment: Experiment, row: dict[str, object]) -> bool:
-        return experiment.episodes_done < self.episodes
+SAC_TINY = SAC
+DISTILL_TINY = [*POLICY_DISTILL, "experiment.episodes=3"]
 
 
 def _pendulum_learner(**opts: object) -> SACLearner:

@@ -1,0 +1,48 @@
+"""Small run configurations shared by the tests of the algorithms (as ``--set``
+overrides), and a callback that stops a run early to test resuming."""
+
+from __future__ import annotations
+
+from bayes_mbrl.experiment import Callback, Experiment
+
+POLICY_DISTILL = [
+    "experiment.mode=policy_distill",
+    "experiment.episodes=5",
+    "experiment.seed_episodes=1",
+    "experiment.progress=false",
+    "experiment.threads=1",
+    "env.episode_length=20",
+    "model.hidden_sizes=[16, 16]",
+    "model.num_members=2",
+    "model.max_epochs=3",
+    "planner.horizon=5",
+    "planner.population=30",
+    "planner.iterations=2",
+    "planner.particles=2",
+    "policy_distill.teacher_episodes=2",
+    "policy_distill.epochs=5",
+    "policy_distill.hidden_sizes=[16]",
+]
+
+SAC = [
+    "experiment.mode=sac",
+    "experiment.episodes=4",
+    "experiment.seed_episodes=1",
+    "experiment.progress=false",
+    "experiment.threads=1",
+    "env.episode_length=25",
+    "sac.hidden_sizes=[32, 32]",
+    "sac.batch_size=32",
+    "sac.init_epochs=20",
+    "sac.critic_warmup_steps=20",
+]
+
+
+class StopAfter(Callback):
+    """Stops the run after ``episodes`` episodes (a resume continues it)."""
+
+    def __init__(self, episodes: int) -> None:
+        self.episodes = episodes
+
+    def _on_episode_end(self, experiment: Experiment, row: dict[str, object]) -> bool:
+        return experiment.episodes_done < self.episodes
