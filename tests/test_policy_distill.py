@@ -233,3 +233,10 @@ def test_student_prior_adds_the_students_log_probability_to_the_reward(
     agent.teacher.evaluator.reward_fn = spy
     agent.act(torch.tensor([1.0, 0.0, 0.0]))
     assert seen and agent.teacher.evaluator.reward_fn is spy
+
+
+def test_guided_and_common_noise_exclude_each_other() -> None:
+    with pytest.raises(ConfigError, match=r"common_noise.*guided"):
+        load_config(
+            None, [*TINY, "policy_distill.guided=true", "policy_distill.common_noise=true"]
+        )

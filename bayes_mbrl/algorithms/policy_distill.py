@@ -43,7 +43,7 @@ from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, ModelError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.models.ensemble import ACTIVATIONS
-from bayes_mbrl.options import Options, at_least, greater_than, option, positive_list
+from bayes_mbrl.options import OptionError, Options, at_least, greater_than, option, positive_list
 from bayes_mbrl.planning import PLANNERS
 
 if TYPE_CHECKING:
@@ -107,6 +107,16 @@ class PolicyDistillOptions(Options):
         greater_than(0),
         "floor of the planner's action std, as a fraction of the half action range",
     )
+
+    def validate(self) -> None:
+        if self.guided and self.common_noise:
+            raise OptionError(
+                type(self).__name__,
+                "common_noise",
+                True,
+                "false with guided = true (common_noise plans every label from scratch, "
+                "so the student's warm start would be dropped); set one of them",
+            )
 
 
 def policy_kl(
@@ -410,19 +420,20 @@ class DAggerAgent:
             # a quarter towards the middle, so that CEM's spread (limited by the
             # distance to the bounds) can still move a saturated action
             self.teacher.planner.set_warm_start(mid + 0.75 * (self.student_plan(o) - mid))
-        lam = self.learner.options.student_prior
-        if self.learner.options.common_noise and self.student_acts:
-            action = self._plan_with_common_noise(obs)
-        elif lam > 0 and self.student_acts:
+        opts = self.learner.options
+        plan_fn = self._plan_with_common_noise if opts.common_noise else self.teacher.act
+        if not self.student_acts:
+            action = self.teacher.act(obs)
+        elif opts.student_prior > 0:
             evaluator = self.teacher.evaluator
             reward_fn = evaluator.reward_fn
-            evaluator.reward_fn = self.regularized_reward(reward_fn, lam)
+            evaluator.reward_fn = self.regularized_reward(reward_fn, opts.student_prior)
             try:
-                action = self.teacher.act(obs)
+                action = plan_fn(obs)
             finally:
                 evaluator.reward_fn = reward_fn
         else:
-            action = self.teacher.act(obs)
+            action = plan_fn(obs)
         plan = self.teacher.last_plan
         assert plan is not None
         std = None if plan.action_std is None else plan.action_std[0]
