@@ -25,7 +25,7 @@ from bayes_mbrl.algorithms.sac import SACAgent, SACLearner, SACOptions, make_sac
 from bayes_mbrl.config import load_config
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import get_task
-from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.errors import ConfigError, ModelError
 from bayes_mbrl.experiment import Experiment, resume_experiment, run_experiment
 
 SAC_TINY = SAC
@@ -56,6 +56,13 @@ def test_initialized_actor_reproduces_the_gaussian_policy() -> None:
     middle = mean.abs()[:, 0] < 0.5
     ratio = (log_std.exp()[middle] * 2.0) / std[middle]  # half range 2
     assert 0.7 < float(ratio.median()) < 1.3
+
+
+def test_a_policy_that_is_not_finite_is_refused() -> None:
+    learner = _pendulum_learner(init_policy="x")
+    obs, std = torch.zeros(4, 3), torch.ones(4, 1)
+    with pytest.raises(ModelError, match="mean actions are not all finite"):
+        learner.init_actor(obs, torch.full((4, 1), math.nan), std)
 
 
 def test_replay_is_copied_with_scaled_actions_and_updates_follow_the_ratio() -> None:

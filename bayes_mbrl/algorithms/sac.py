@@ -39,7 +39,7 @@ from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts
 from bayes_mbrl.algorithms.mpc import _obs_tensor
 from bayes_mbrl.algorithms.policy_distill import load_distilled_policy, policy_kl
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.errors import ConfigError, ModelError
 from bayes_mbrl.models.base import FitReport, ProgressFn
 from bayes_mbrl.options import Options, at_least, greater_than, interval, option, positive_list
 from bayes_mbrl.planning.noise import colored_noise
@@ -201,7 +201,16 @@ class SACLearner:
         """Fit SAC's actor to the Gaussian policy ``N(mean, std^2)`` (env units) on ``obs``.
 
         Returns the final mean KL per state.
+
+        Raises:
+            ModelError: the policy's outputs or the states are not finite.
         """
+        for name, t in (("states", obs), ("mean actions", mean), ("action stds", std)):
+            if not bool(torch.isfinite(t).all()):
+                raise ModelError(
+                    f"the distilled policy's {name} are not all finite; SAC's actor cannot "
+                    "be fitted to them (retrain the policy_distill run or drop sac.init_policy)"
+                )
         half = (self.high - self.low) / 2
         m = self.scale(mean).clamp(-_SQUASH_LIMIT, _SQUASH_LIMIT)
         target_mean = torch.atanh(m)
