@@ -169,7 +169,15 @@ class PlannerConfig(Options):
     momentum: float = option(
         0.1, interval(0.0, 1.0, hi_open=True), "smoothing of the sampling distribution"
     )
-    particles: int = option(5, _INT1, "particles propagated per candidate")
+    particles: int = option(
+        5, _INT1, "particles propagated per candidate: functions x noise draws per function"
+    )
+    functions: int = option(
+        0,
+        at_least(0, "an integer"),
+        "posterior functions per candidate, dividing particles (0: an ensemble's members "
+        "when they divide particles, else one per particle)",
+    )
     propagation: str = option(
         "ts_inf", one_of(lambda: tuple(PROPAGATIONS)), "uncertainty propagation"
     )

@@ -445,3 +445,36 @@ def test_make_env_render_mode_still_passed_when_asked() -> None:
         pytest.raises(EnvError, match=r"cannot build .*NoRenderMode-v0.*render_mode"),
     ):
         make_env(NO_RENDER_MODE_ID, render_mode="rgb_array")
+
+
+# ------------------------------------------------------------ the noisy cliff
+def test_noisy_cliff_env_matches_its_reward_and_noise() -> None:
+    from bayes_mbrl.envs.noisy_cliff import EDGE, ENV_ID, NOISE_STD, noisy_cliff_reward
+
+    task = get_task(ENV_ID)
+    env = make_env(ENV_ID)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    rewards, steps, violations = [], [], 0
+    for t in range(400):
+        if t % 100 == 0:
+            obs, _ = env.reset(seed=t)
+        action = np.array([0.0 if t % 2 else rng.uniform(-1, 1)], dtype=np.float32)
+        nxt, r, terminated, _, info = env.step(action)
+        steps.append((obs, action, nxt))
+        rewards.append(r)
+        violations += int(info["violation"])
+        assert info["violation"] == bool(nxt[0] > EDGE) and not terminated
+        obs = nxt
+    o, a, n = (torch.as_tensor(np.stack(z)) for z in zip(*steps, strict=True))
+    torch.testing.assert_close(task.reward_fn(o, a, n), torch.tensor(rewards, dtype=torch.float32))
+    # the step is x + 0.1 a + noise: its residual has the documented spread
+    residual = (n - o - 0.1 * a)[:, 0]
+    assert abs(float(residual.std()) - NOISE_STD) < 0.01 and abs(float(residual.mean())) < 0.015
+    env.close()
+    # the documented optimum of the expected reward: aim at m = 0.81
+    aims = torch.linspace(0.6, 1.0, 41)
+    noise = NOISE_STD * torch.randn(200_000, 1, generator=torch.Generator().manual_seed(0))
+    nxt = (aims + noise)[..., None]
+    expected = noisy_cliff_reward(nxt, torch.zeros_like(nxt), nxt).mean(0)
+    assert abs(float(aims[expected.argmax()]) - 0.81) <= 0.02

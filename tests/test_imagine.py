@@ -84,12 +84,14 @@ def test_imagined_returns_are_the_evaluators_particle_returns(propagation: str) 
             model, start.expand(5, 2), actions, 6, reward, termination,
             particles=8, propagation=propagation, generator=torch.Generator().manual_seed(1),
         )  # fmt: skip
-        got = out.per_start(out.returns(discount))
-        assert got.shape == expected.shape == (5, 1 if propagation == "expectation" else 8)
+        got = out.per_function(out.returns(discount))
+        assert got.shape == expected.shape
+        assert got.shape == ((5, 1, 1) if propagation == "expectation" else (5, *ev.layout()))
+        assert out.per_start(out.returns(discount)).shape == (5, got[0].numel())
         assert torch.equal(got, expected)
         if termination is None:
             assert out.reward is not None
-            torch.testing.assert_close(out.per_start(out.reward.sum(0)), expected)
+            torch.testing.assert_close(out.per_function(out.reward.sum(0)), expected)
     # the termination did cut some particles short (the masked case has power)
     assert bool((~out.alive()).any()) and bool(out.alive()[0].all())
 
@@ -219,7 +221,7 @@ def test_a_registered_propagation_is_used_by_name(monkeypatch: pytest.MonkeyPatc
     )
     returns = ev.particle_returns(torch.zeros(1), torch.zeros(4, 3, 1))
     assert NoiselessTSInf.calls == 3
-    assert torch.equal(returns, torch.tensor([[6.0, -6.0]]).expand(4, 2))
+    assert torch.equal(returns, torch.tensor([[[6.0], [-6.0]]]).expand(4, 2, 1))
     out = imagine(model, torch.zeros(1, 1), torch.zeros(1, 3, 1), 3, particles=2,
                   propagation="ts_inf_mean")  # fmt: skip
     assert NoiselessTSInf.calls == 6 and out.next_obs[-1, :, 0].tolist() == [3.0, -3.0]

@@ -26,12 +26,16 @@ from bayes_mbrl.planning import (
     CEMPlanner,
     CVaR,
     ICEMPlanner,
+    InformationGain,
     Mean,
     MeanMinusStd,
     MPPIPlanner,
     Optimistic,
+    Pessimistic,
     RandomShootingPlanner,
     RolloutEvaluator,
+    WorstFunction,
+    decompose_returns,
     make_objective,
 )
 
@@ -105,7 +109,7 @@ def test_evaluator_matches_closed_form_on_deterministic_linear_system() -> None:
         ev = RolloutEvaluator(
             model, quadratic_reward, horizon=10, particles=4, propagation=propagation, generator=g
         )
-        returns = ev.particle_returns(s0, actions)
+        returns = ev.particle_returns(s0, actions).flatten(1)
         expected = closed_form_return(s0, actions, 0.0).float()
         torch.testing.assert_close(
             returns, expected[:, None].expand_as(returns), rtol=1e-5, atol=1e-4
@@ -119,7 +123,7 @@ def test_evaluator_mean_matches_closed_form_expected_return_with_noise() -> None
     actions = torch.randn(3, 8, 1, generator=g)
     s0 = torch.tensor([0.5, 0.5])
     ev = RolloutEvaluator(model, quadratic_reward, horizon=8, particles=20000, generator=g)
-    returns = ev.particle_returns(s0, actions)
+    returns = ev.particle_returns(s0, actions).flatten(1)
     expected = closed_form_return(s0, actions, sigma).float()
     stderr = returns.std(1) / math.sqrt(returns.shape[1])
     assert bool(((returns.mean(1) - expected).abs() < 4 * stderr).all()), (
@@ -146,7 +150,7 @@ def test_discount_and_termination_mask_rewards() -> None:
     actions = torch.ones(2, 6, 1)
     actions[1] = 0.0  # never reaches the threshold
     ev = RolloutEvaluator(model, reward, 6, particles=2, termination_fn=terminated, discount=0.5)
-    returns = ev.particle_returns(torch.zeros(1), actions)
+    returns = ev.particle_returns(torch.zeros(1), actions).flatten(1)
     # sequence 0 terminates on its 3rd step: 1 + 0.5 + 0.25 counted, later rewards dropped
     torch.testing.assert_close(returns[0], torch.full((2,), 1.75))
     torch.testing.assert_close(returns[1], torch.full((2,), sum(0.5**t for t in range(6))))
@@ -171,13 +175,13 @@ def test_terminal_value_adds_the_discounted_value_of_the_last_state() -> None:
         model, reward, 4, particles=2, termination_fn=terminated, discount=0.9,
         terminal_value=value,
     )  # fmt: skip
-    returns = ev.particle_returns(torch.zeros(1), actions)
+    returns = ev.particle_returns(torch.zeros(1), actions).flatten(1)
     # sequence 0 ends at s_4 = 2 (never terminates); sequence 1 terminates on step 2
     torch.testing.assert_close(returns[0], torch.full((2,), 1 + 0.9 + 0.81 + 0.729 + 0.9**4 * 20))
     torch.testing.assert_close(returns[1], torch.full((2,), 1.9))
     # without the value the first sequence scores its rewards only
     plain = RolloutEvaluator(model, reward, 4, particles=2, discount=0.9)
-    assert float(plain.particle_returns(torch.zeros(1), actions)[0, 0]) == pytest.approx(3.439)
+    assert float(plain.particle_returns(torch.zeros(1), actions)[0, 0, 0]) == pytest.approx(3.439)
     # a value of the wrong shape, or NaN, is a clear error; moment matching refuses it
     with pytest.raises(DataError, match="terminal_value must map"):
         RolloutEvaluator(
@@ -220,20 +224,20 @@ def test_ts_inf_keeps_one_function_per_particle_and_ts_1_does_not() -> None:
     g = torch.Generator().manual_seed(0)
     ts_inf = RolloutEvaluator(model, state_reward, horizon, particles, "ts_inf", generator=g)
     r_inf = ts_inf.particle_returns(torch.zeros(1), actions)
-    assert r_inf.shape == (50, particles)
+    assert r_inf.shape == (50, 2, particles // 2)
+    r_inf = r_inf.flatten(1)
     torch.testing.assert_close(r_inf.abs(), torch.full_like(r_inf, total), atol=1e-3, rtol=0)
     # stratified: half the particles of every sequence on each member
     assert bool(((r_inf > 0).sum(1) == particles // 2).all())
     ts_1 = RolloutEvaluator(model, state_reward, horizon, particles, "ts_1", generator=g)
-    r_1 = ts_1.particle_returns(torch.zeros(1), actions)
+    r_1 = ts_1.particle_returns(torch.zeros(1), actions).flatten(1)
     switched = (r_1.abs() - total).abs() > 1e-2
     assert switched.float().mean() > 0.9  # almost every particle switched functions at some step
     # every step is still stratified over the whole population: returns average to ~0
     assert abs(float(r_1.mean())) < 0.3
     expectation = RolloutEvaluator(model, state_reward, horizon, particles, "expectation")
-    torch.testing.assert_close(
-        expectation.particle_returns(torch.zeros(1), actions), torch.zeros(50, 1), atol=1e-3, rtol=0
-    )
+    r_mean = expectation.particle_returns(torch.zeros(1), actions)
+    torch.testing.assert_close(r_mean, torch.zeros(50, 1, 1), atol=1e-3, rtol=0)
 
 
 def test_evaluator_rejects_bad_shapes_and_options() -> None:
@@ -251,14 +255,35 @@ def test_evaluator_rejects_bad_shapes_and_options() -> None:
 
 # ------------------------------------------------------------------------------ objectives
 def test_objectives_closed_forms() -> None:
-    r = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 10.0]])
-    std = r.std(1, unbiased=False)
+    """Two sequences, 2 functions x 4 noise draws: sequence 0 is certain about the model
+    (both functions agree on the mean 2.5) but noisy; sequence 1 knows the noise (none)
+    but not the model (function means 0 and 5)."""
+    r = torch.tensor(
+        [[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]], [[0.0, 0.0, 0.0, 0.0], [5.0] * 4]]
+    )
+    split = decompose_returns(r)
+    torch.testing.assert_close(split.mean, torch.tensor([2.5, 2.5]))
+    torch.testing.assert_close(split.epistemic, torch.tensor([0.0, 6.25]))
+    torch.testing.assert_close(split.aleatoric, torch.tensor([1.25, 0.0]))
+    torch.testing.assert_close(split.total, r.flatten(1).var(1, unbiased=False))
     torch.testing.assert_close(Mean()(r), torch.tensor([2.5, 2.5]))
-    torch.testing.assert_close(MeanMinusStd(2.0)(r), r.mean(1) - 2 * std)
-    torch.testing.assert_close(Optimistic(1.0)(r), r.mean(1) + std)
-    torch.testing.assert_close(CVaR(0.5)(r), torch.tensor([1.5, 0.0]))
-    # risk-averse objectives prefer the low-spread sequence, optimistic the high-spread one
-    assert MeanMinusStd(1.0)(r).argmax() == 0 and Optimistic(1.0)(r).argmax() == 1
+    std = r.flatten(1).std(1, unbiased=False)
+    torch.testing.assert_close(MeanMinusStd(2.0)(r), 2.5 - 2 * std)
+    torch.testing.assert_close(Pessimistic(2.0)(r), torch.tensor([2.5, 2.5 - 2 * 2.5]))
+    torch.testing.assert_close(Optimistic(1.0)(r), torch.tensor([2.5, 5.0]))
+    torch.testing.assert_close(WorstFunction()(r), torch.tensor([2.5, 0.0]))
+    # CVaR over the noise, per function: the worst half of {1, 2, 3, 4} is 1.5 for both
+    # functions of sequence 0; sequence 1 has no noise, so its CVaR is its mean
+    torch.testing.assert_close(CVaR(0.5)(r), torch.tensor([1.5, 2.5]))
+    torch.testing.assert_close(CVaR(1.0)(r), Mean()(r))
+    # each prefers what it is named after: pessimism over the model picks the sequence
+    # the functions agree on, risk aversion over the noise the noiseless one
+    assert Pessimistic(1.0)(r).argmax() == 0 and WorstFunction()(r).argmax() == 0
+    assert CVaR(0.25)(r).argmax() == 1 and Optimistic(1.0)(r).argmax() == 1
+    assert InformationGain(3.0).information_weight == 3.0
+    torch.testing.assert_close(InformationGain(3.0)(r), Mean()(r))
+    with pytest.raises(DataError, match="population, functions, noise draws"):
+        Mean()(r.flatten(1))
     with pytest.raises(ConfigError, match="cvar"):
         make_objective("cvar", alpha=0.0)
     with pytest.raises(ConfigError, match="unknown objective"):
@@ -266,7 +291,10 @@ def test_objectives_closed_forms() -> None:
 
 
 def test_a_registered_objective_is_built_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert tuple(OBJECTIVES) == ("mean", "mean_minus_std", "cvar", "optimistic")
+    assert tuple(OBJECTIVES) == (
+        "mean", "mean_minus_std", "pessimistic", "worst_function", "cvar", "optimistic",
+        "info_gain",
+    )  # fmt: skip
     assert isinstance(make_objective("cvar", alpha=0.5), CVaR)
     assert make_objective("optimistic", beta=2.0) == Optimistic(2.0)
     monkeypatch.setattr(OBJECTIVES, "_entries", dict(OBJECTIVES._entries))
@@ -276,9 +304,9 @@ def test_a_registered_objective_is_built_by_name(monkeypatch: pytest.MonkeyPatch
         """The median over particles."""
 
         def __call__(self, returns: Tensor) -> Tensor:
-            return returns.median(-1).values
+            return returns.flatten(1).median(-1).values
 
-    r = torch.tensor([[1.0, 5.0, 2.0], [0.0, -1.0, 9.0]])
+    r = torch.tensor([[[1.0, 5.0, 2.0]], [[0.0, -1.0, 9.0]]])
     torch.testing.assert_close(make_objective("median")(r), torch.tensor([2.0, 0.0]))
     assert "median: The median over particles." in OBJECTIVES.help()
     model = known_two_member_ensemble()
@@ -347,8 +375,17 @@ def test_planners_are_built_by_name_from_the_planner_settings() -> None:
         ),
         "random_shooting": lambda g: RandomShootingPlanner(low, high, 4, 30, 3, g),
         "icem": lambda g: ICEMPlanner(
-            low, high, 4, 30, 3, 0.2, 0.3, noise_beta=1.5, population_decay=1.5,
-            keep_fraction=0.5, generator=g,
+            low,
+            high,
+            4,
+            30,
+            3,
+            0.2,
+            0.3,
+            noise_beta=1.5,
+            population_decay=1.5,
+            keep_fraction=0.5,
+            generator=g,
         ),
     }
     target = torch.full((4, 2), 0.3)
@@ -435,3 +472,44 @@ def test_scorer_draws_functions_once_per_planning_call() -> None:
     # a new call draws new functions; the plain call draws per evaluation
     assert (ev.scorer(torch.zeros(1))(actions) - first).abs().max() > 0.01
     assert (ev(torch.zeros(1), actions) - ev(torch.zeros(1), actions)).abs().max() > 0.01
+
+
+# ---------------------------------------------------------------------- the action chunk
+@pytest.mark.parametrize(
+    ("mode", "chunk", "plans_at"),
+    [("mpc", None, list(range(12))), ("mpc", 5, [0, 5, 10]), ("v1.0", None, [0, 6])],
+)
+def test_mpc_agent_executes_chunks_of_its_plans(
+    mode: str, chunk: int | None, plans_at: list[int]
+) -> None:
+    """``replan_every = k``: the first ``k`` actions of each plan are executed in order,
+    then the planner replans with its warm start shifted by ``k`` (mpc: k = 1, v1.0: H)."""
+    from bayes_mbrl.algorithms.mpc import MPCAgent
+
+    horizon, low, high = 6, -torch.ones(1), torch.ones(1)
+    planner = RandomShootingPlanner(low, high, horizon, 8, 1, torch.Generator().manual_seed(0))
+    calls: list[tuple[str, int]] = []
+    plan, advance = planner.plan, planner.advance
+
+    def recording_plan(score: Any) -> Any:
+        calls.append(("plan", step))
+        return plan(score)
+
+    def recording_advance(steps: int = 1) -> None:
+        calls.append(("advance", steps))
+        advance(steps)
+
+    planner.plan, planner.advance = recording_plan, recording_advance  # type: ignore[method-assign]
+    ev = RolloutEvaluator(known_two_member_ensemble(), state_reward, horizon, particles=2)
+    agent = MPCAgent(planner, ev, mode, chunk)
+    executed = []
+    for step in range(12):
+        executed.append(agent.act(torch.zeros(1)))
+        assert agent.last_plan is not None
+        planned_at = max(p for p in plans_at if p <= step)
+        assert torch.equal(executed[-1], agent.last_plan.actions[step - planned_at])
+    assert [s for what, s in calls if what == "plan"] == plans_at
+    k = 1 if chunk is None and mode == "mpc" else chunk or horizon
+    assert [s for what, s in calls if what == "advance"] == [k] * (12 // k)
+    with pytest.raises(ConfigError, match=r"replan_every = 7 must be between 1 and planner"):
+        MPCAgent(planner, ev, "mpc", 7)

@@ -237,6 +237,4 @@ def test_student_prior_adds_the_students_log_probability_to_the_reward(
 
 def test_guided_and_common_noise_exclude_each_other() -> None:
     with pytest.raises(ConfigError, match=r"common_noise.*guided"):
-        load_config(
-            None, [*TINY, "policy_distill.guided=true", "policy_distill.common_noise=true"]
-        )
+        load_config(None, [*TINY, "policy_distill.guided=true", "policy_distill.common_noise=true"])

@@ -167,16 +167,16 @@ def test_returns_scorer_and_chunks_agree(gp2d: ExactGPDynamics) -> None:
     closed = mm_evaluator(gp2d, 4, expected_reward_fn=quadratic_expected, discount=0.9)
     unscented = mm_evaluator(gp2d, 4, discount=0.9, chunk_size=3)
     returns = closed.particle_returns(start, actions)
-    assert returns.shape == (7, 1) and returns.dtype == torch.float32
+    assert returns.shape == (7, 1, 1) and returns.dtype == torch.float32
     # a quadratic reward: the unscented transform is exact, chunking changes nothing
     torch.testing.assert_close(unscented.particle_returns(start, actions), returns)
     # the returns are the discounted expected rewards of the beliefs
     means, covs = closed.beliefs(start, actions)
     disc = 0.9 ** torch.arange(4, dtype=F64)
     expected = (quadratic_expected(means, covs, actions) * disc).sum(-1)
-    torch.testing.assert_close(returns[:, 0], expected.float())
+    torch.testing.assert_close(returns[:, 0, 0], expected.float())
     score = closed.scorer(start)
-    torch.testing.assert_close(score(actions), returns[:, 0])
+    torch.testing.assert_close(score(actions), returns[:, 0, 0])
     torch.testing.assert_close(score(actions), closed(start, actions))
 
 
@@ -204,7 +204,7 @@ def test_unscented_reward_of_the_state_before_the_step(gp2d: ExactGPDynamics) ->
         e_first = m0[:, t, 0].square() + s0[:, t, 0, 0]
         e_cross = m0[:, t, 1] * nm[:, 0] + cross[:, 1, 0]
         total += -e_first + 0.5 * e_cross
-    torch.testing.assert_close(ev.particle_returns(start, actions)[:, 0], total.float())
+    torch.testing.assert_close(ev.particle_returns(start, actions)[:, 0, 0], total.float())
 
 
 # ---------------------------------------------------------------------- expected rewards

@@ -269,6 +269,7 @@ class LatentMPCAlgorithm(Algorithm):
             model.reward_function(),
             p.horizon,
             particles=p.particles,
+            functions=p.functions,
             propagation=p.propagation,
             objective=make_objective(p.objective, p.risk_beta, p.cvar_alpha),
             precision=p.precision,

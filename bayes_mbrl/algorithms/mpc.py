@@ -2,7 +2,9 @@
 
 - ``v0.5``: fit once on random data, then plan and execute whole plans open loop;
 - ``v1.0``: refit after every episode, execute whole plans (replan when a plan is used up);
-- ``mpc`` (v1.5): refit after every episode, execute only the first action and replan every step.
+- ``mpc`` (v1.5): refit after every episode, execute only the first action and replan every step;
+  with ``mpc.replan_every = k`` execute the first ``k`` planned actions, then replan (the
+  action chunk of the notes: ``k = 1`` is ``mpc``, ``k = H`` acts as ``v1.0``).
 
 The agent hands the planner a score function bound to the current observation;
 the planner never sees the model. :class:`MPCAlgorithm` builds the model, planner,
@@ -13,6 +15,7 @@ rollout evaluator and agent from a config; it is registered as the modes
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,14 +25,27 @@ from torch import Tensor
 from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
 from bayes_mbrl.errors import ConfigError, DataError
 from bayes_mbrl.models.base import MODELS
+from bayes_mbrl.options import Options, at_least, option
 from bayes_mbrl.planning import PLANNERS, Planner, PlanResult, RolloutEvaluator, make_objective
 
 if TYPE_CHECKING:
     from bayes_mbrl.envs import TaskSpec
 
-__all__ = ["MODES", "MPCAgent", "MPCAlgorithm", "RandomAgent", "build_evaluator"]
+__all__ = ["MODES", "MPCAgent", "MPCAlgorithm", "MPCOptions", "RandomAgent", "build_evaluator"]
 
 MODES = ("v0.5", "v1.0", "mpc")
+
+
+@dataclass
+class MPCOptions(Options):
+    """Options of ``experiment.mode = "mpc"`` (the ``[mpc]`` section)."""
+
+    replan_every: int = option(
+        1,
+        at_least(1, "an integer"),
+        "execute this many actions of each plan, then replan (1: every step; "
+        "planner.horizon: whole plans, as v1.0)",
+    )
 
 
 def _obs_tensor(obs: np.ndarray | Tensor, obs_dim: int) -> Tensor:
@@ -48,19 +64,35 @@ class MPCAgent:
         planner: any :class:`~bayes_mbrl.planning.Planner`.
         evaluator: the rollout evaluator whose score the planner maximizes.
         mode: one of :data:`MODES`.
+        replan_every: actions of each plan executed before the next planning call
+            (None: 1 for ``mpc``, the horizon for ``v0.5`` and ``v1.0``).
 
     Attributes:
         plan_seconds: wall time spent planning since the last :meth:`reset`.
         last_plan: the most recent :class:`PlanResult`.
     """
 
-    def __init__(self, planner: Planner, evaluator: RolloutEvaluator, mode: str = "mpc") -> None:
+    def __init__(
+        self,
+        planner: Planner,
+        evaluator: RolloutEvaluator,
+        mode: str = "mpc",
+        replan_every: int | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
         if planner.horizon != evaluator.horizon:
             raise ConfigError(
                 f"planner horizon {planner.horizon} != evaluator horizon {evaluator.horizon}"
             )
+        if replan_every is None:
+            replan_every = 1 if mode == "mpc" else planner.horizon
+        if not 1 <= replan_every <= planner.horizon:
+            raise ConfigError(
+                f"mpc.replan_every = {replan_every} must be between 1 and planner.horizon = "
+                f"{planner.horizon} (a plan has only that many actions to execute)"
+            )
+        self.replan_every = replan_every
         self.planner, self.evaluator, self.mode = planner, evaluator, mode
         self.plan_seconds = 0.0
         self.last_plan: PlanResult | None = None
@@ -81,12 +113,7 @@ class MPCAgent:
     def act(self, obs: np.ndarray | Tensor) -> Tensor:
         """Action ``(action_dim,)`` for the observation ``(obs_dim,)``."""
         o = _obs_tensor(obs, self.evaluator.model.obs_dim)
-        replan = (
-            self.mode == "mpc" or self.last_plan is None or self._cursor >= self.planner.horizon
-        )
-        if replan:
-            if self.last_plan is not None and self.mode != "mpc":
-                self.planner.advance(self._cursor)
+        if self.last_plan is None or self._cursor >= self.replan_every:
             start = time.perf_counter()
             # one draw of posterior functions per planning call, shared by its iterations
             self.last_plan = self.planner.plan(self.evaluator.scorer(o))
@@ -96,8 +123,9 @@ class MPCAgent:
         assert plan is not None  # set by the replan branch above
         action = plan.actions[self._cursor].clone()
         self._cursor += 1
-        if self.mode == "mpc":
-            self.planner.advance(1)
+        if self._cursor >= self.replan_every:
+            # the next plan's warm start drops the executed actions
+            self.planner.advance(self._cursor)
         return action
 
 
@@ -138,6 +166,7 @@ def build_evaluator(
         task.reward_fn,
         p.horizon,
         particles=p.particles,
+        functions=p.functions,
         propagation=p.propagation,
         objective=make_objective(p.objective, p.risk_beta, p.cvar_alpha),
         termination_fn=task.termination_fn,
@@ -167,8 +196,15 @@ class MPCAlgorithm(Algorithm):
         p = config.planner
         planner = PLANNERS[p.kind].from_config(p, task.action_low, task.action_high, generator)
         evaluator = build_evaluator(config, model, task, generator)
+        chunk = config.mpc.replan_every if self.mode == "mpc" else None
+        if chunk is not None and chunk > p.horizon:
+            raise ConfigError(
+                f"mpc.replan_every = {chunk} is longer than planner.horizon = {p.horizon}: a "
+                f"plan has {p.horizon} actions; set replan_every <= {p.horizon} (or "
+                "experiment.mode = 'v1.0' to run whole plans)"
+            )
         return AlgorithmParts(
-            agent=MPCAgent(planner, evaluator, self.mode),
+            agent=MPCAgent(planner, evaluator, self.mode, chunk),
             learner=model,
             model=model,
             refits_each_episode=self.mode != "v0.5",
@@ -179,6 +215,12 @@ class MPCAlgorithm(Algorithm):
 for _mode, _summary in (
     ("v0.5", "fit once on the random episodes, then run whole plans open loop"),
     ("v1.0", "refit after every episode, run whole plans open loop"),
-    ("mpc", "refit after every episode, replan at every step (PETS-style MPC)"),
 ):
     ALGORITHMS.add(_mode, MPCAlgorithm, summary=_summary)
+ALGORITHMS.add(
+    "mpc",
+    MPCAlgorithm,
+    options=MPCOptions,
+    summary="refit after every episode, replan at every step or every mpc.replan_every "
+    "steps (PETS-style MPC)",
+)

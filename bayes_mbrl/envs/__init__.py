@@ -5,7 +5,9 @@ task's :class:`TaskSpec` reward and termination functions, which reproduce the
 environment's own. Supported tasks: ``Pendulum-v1``, ``MountainCarContinuous-v0``
 ``bayes_mbrl/CartPoleSwingUp-v0`` (PILCO's cart-pole swing-up) and
 ``bayes_mbrl/PendulumSwingUp-v0`` (``Pendulum-v1`` started hanging down), the
-last two registered with gymnasium on import of this package. For latent models,
+last two registered with gymnasium on import of this package, as is
+``bayes_mbrl/NoisyCliff-v0`` (a point mass by a cliff under large process noise, for
+risk-averse planning). For latent models,
 ``bayes_mbrl/PendulumPartial-v0`` (noisy ``[cos theta, sin theta]``, no velocity) and
 ``bayes_mbrl/PendulumPixels-v0`` (flattened 32 x 32 frames), also registered here,
 observe ``Pendulum-v1`` through :class:`PartialObservation` and
@@ -30,6 +32,7 @@ from bayes_mbrl.envs.cartpole_swingup import (
     CartPoleSwingUpEnv,
     register_cartpole_swingup,
 )
+from bayes_mbrl.envs.noisy_cliff import NoisyCliffEnv, register_noisy_cliff
 from bayes_mbrl.envs.observations import (
     PENDULUM_PARTIAL_ID,
     PENDULUM_PIXELS_ID,
@@ -52,6 +55,7 @@ from bayes_mbrl.envs.tasks import (
 register_cartpole_swingup()
 register_pendulum_swingup()
 register_observation_envs()
+register_noisy_cliff()
 
 __all__ = [
     "OBSERVATION_KINDS",
@@ -59,6 +63,7 @@ __all__ = [
     "PENDULUM_PIXELS_ID",
     "BoundLike",
     "CartPoleSwingUpEnv",
+    "NoisyCliffEnv",
     "PartialObservation",
     "PendulumSwingUpEnv",
     "PixelObservation",

@@ -25,6 +25,8 @@ from torch import Tensor
 
 from bayes_mbrl.envs.cartpole_swingup import ENV_ID as CARTPOLE_SWINGUP_ID
 from bayes_mbrl.envs.cartpole_swingup import register_cartpole_swingup
+from bayes_mbrl.envs.noisy_cliff import ENV_ID as NOISY_CLIFF_ID
+from bayes_mbrl.envs.noisy_cliff import noisy_cliff_reward, register_noisy_cliff
 from bayes_mbrl.envs.observations import (
     PENDULUM_PARTIAL_ID,
     PENDULUM_PIXELS_ID,
@@ -511,6 +513,22 @@ def _cartpole_swingup() -> TaskSpec:
     )
 
 
+def _noisy_cliff() -> TaskSpec:
+    """Spec of ``bayes_mbrl/NoisyCliff-v0`` (a point mass by a cliff, for risk)."""
+    register_noisy_cliff()
+    low, high = _bounds(-1.0, 1.0, 1)
+    return TaskSpec(
+        env_id=NOISY_CLIFF_ID,
+        obs_dim=1,
+        action_dim=1,
+        action_low=low,
+        action_high=high,
+        reward_fn=noisy_cliff_reward,
+        termination_fn=None,
+        max_episode_steps=_time_limit(NOISY_CLIFF_ID),
+    )
+
+
 class _UnobservedReward:
     """The ``reward_fn`` of a task whose reward is not a function of the observation.
 
@@ -588,6 +606,7 @@ _TASKS: dict[str, Callable[[], TaskSpec]] = {
     "MountainCarContinuous-v0": _mountain_car,
     CARTPOLE_SWINGUP_ID: _cartpole_swingup,
     PENDULUM_SWINGUP_ID: _pendulum_swingup,
+    NOISY_CLIFF_ID: _noisy_cliff,
     PENDULUM_PARTIAL_ID: _pendulum_partial,
     PENDULUM_PIXELS_ID: _pendulum_pixels,
 }

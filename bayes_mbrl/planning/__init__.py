@@ -11,10 +11,15 @@ from bayes_mbrl.planning.imagine import PRECISIONS, ImaginedTransitions, Policy,
 from bayes_mbrl.planning.objectives import (
     OBJECTIVES,
     CVaR,
+    InformationGain,
     Mean,
     MeanMinusStd,
     Objective,
     Optimistic,
+    Pessimistic,
+    ReturnSplit,
+    WorstFunction,
+    decompose_returns,
     make_objective,
 )
 from bayes_mbrl.planning.optimizers import (
@@ -35,6 +40,7 @@ from bayes_mbrl.planning.propagation import (
     ParticlePropagation,
     Propagation,
     TSInf,
+    information_gain,
 )
 from bayes_mbrl.planning.rollout import RolloutEvaluator
 
@@ -49,6 +55,7 @@ __all__ = [
     "Expectation",
     "ICEMPlanner",
     "ImaginedTransitions",
+    "InformationGain",
     "MPPIPlanner",
     "Mean",
     "MeanMinusStd",
@@ -56,16 +63,21 @@ __all__ = [
     "Objective",
     "Optimistic",
     "ParticlePropagation",
+    "Pessimistic",
     "PlanResult",
     "Planner",
     "PlannerSettings",
     "Policy",
     "Propagation",
     "RandomShootingPlanner",
+    "ReturnSplit",
     "RolloutEvaluator",
     "TSInf",
+    "WorstFunction",
     "belief_step",
+    "decompose_returns",
     "gp_belief_step",
     "imagine",
+    "information_gain",
     "make_objective",
 ]

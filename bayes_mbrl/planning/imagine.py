@@ -12,8 +12,11 @@ group-major, particle ``n = (g * B + b) * k + j``:
 
 - ``ts_inf``: ``G`` posterior functions, group ``g`` is function ``g`` for the whole
   trajectory (``function_index[n] = g``);
-- ``ts_1``: ``G`` functions, but every step assigns the particles to them anew by a
-  random permutation (stratified), so a particle has no single function (``-1``);
+- ``ts_1``: ``G`` groups, but every step assigns the groups of each start state to
+  the ``G`` functions anew by a random permutation (stratified), the ``k`` particles
+  of a group together: a group follows one random sequence of functions, so no
+  particle has a single function (``-1``), and the spread across groups is still
+  the model's and the spread within a group the noise's;
 - ``expectation``: one group (``G = k = 1``) following the predictive mean, the
   mixture mean over the functions (``-1``).
 
@@ -242,6 +245,13 @@ class ImaginedTransitions:
                 raise DataError("terminal_value returned NaN or inf; check the value function")
             returns.add_(torch.where(alive, value.to(returns.dtype), 0.0), alpha=weight)
         return returns
+
+    def per_function(self, values: Tensor) -> Tensor:
+        """Group per-particle values ``(..., N)`` by start state and function group:
+        ``(..., B, G, k)``, the layout the objectives read (``G`` functions, ``k`` noise
+        draws on each)."""
+        g, b, k = self.layout
+        return values.reshape(*values.shape[:-1], g, b, k).movedim(-2, -3)
 
     def per_start(self, values: Tensor) -> Tensor:
         """Group per-particle values ``(..., N)`` by start state: ``(..., B, G * k)``, the

@@ -6,7 +6,9 @@ up by ``planner.propagation`` and delegates. Particle strategies (PETS, Chua et 
 2018) share one step loop with :func:`~bayes_mbrl.planning.imagine.imagine`:
 
 - ``ts_inf``: each particle keeps one function for the whole trajectory;
-- ``ts_1``: each particle is assigned a (stratified) random function at every step;
+- ``ts_1``: at every step each function group is assigned a random function
+  (stratified: a permutation of the functions per start state), its ``k`` particles
+  together;
 - ``expectation``: one deterministic trajectory per sequence through the
   predictive mean (the mixture mean over functions).
 
@@ -41,6 +43,7 @@ from bayes_mbrl.models.base import DynamicsModel, FunctionSample
 from bayes_mbrl.planning.belief import belief_step, unscented_expected_reward
 from bayes_mbrl.planning.imagine import (
     PRECISIONS,
+    ImaginedTransitions,
     call_user,
     check_output,
     draw_functions,
@@ -61,6 +64,7 @@ __all__ = [
     "ParticlePropagation",
     "Propagation",
     "TSInf",
+    "information_gain",
     "make_propagation",
 ]
 
@@ -82,8 +86,9 @@ class Propagation(Protocol):
         """Particles per sequence for ``requested`` (1 for a deterministic strategy)."""
         ...
 
-    def num_functions(self, model: DynamicsModel, particles: int) -> int:
-        """Posterior functions drawn per evaluation (0: none, an analytic belief)."""
+    def num_functions(self, model: DynamicsModel, particles: int, requested: int = 0) -> int:
+        """Posterior functions drawn per evaluation (0: none, an analytic belief);
+        ``requested`` is ``planner.functions`` (0: the strategy's choice)."""
         ...
 
     def prepare(self, evaluator: RolloutEvaluator) -> Any:
@@ -91,10 +96,17 @@ class Propagation(Protocol):
         ...
 
     def returns(
-        self, evaluator: RolloutEvaluator, start_obs: Tensor, actions: Tensor, prepared: Any
+        self,
+        evaluator: RolloutEvaluator,
+        start_obs: Tensor,
+        actions: Tensor,
+        prepared: Any,
+        information_weight: float = 0.0,
     ) -> Tensor:
-        """Returns ``(population, particles)`` of validated ``start_obs (obs_dim,)`` and
-        ``actions (population, horizon, action_dim)`` (``prepared`` None: prepare anew)."""
+        """Returns ``(population, F, K)`` of validated ``start_obs (obs_dim,)`` and
+        ``actions (population, horizon, action_dim)`` (``prepared`` None: prepare anew):
+        ``F`` function groups, ``K`` noise draws in each; with ``information_weight > 0``
+        each return adds that multiple of the discounted information gain along it."""
         ...
 
     def particle_step(self) -> ParticlePropagation | None:
@@ -138,8 +150,23 @@ class ParticlePropagation(abc.ABC):
     def num_particles(self, requested: int) -> int:
         return requested
 
-    def num_functions(self, model: DynamicsModel, particles: int) -> int:
-        """The model's finite support when it divides ``particles``, else one per particle."""
+    def num_functions(self, model: DynamicsModel, particles: int, requested: int = 0) -> int:
+        """``requested`` functions (``planner.functions``, which must divide ``particles``),
+        or by default the model's finite support when it divides ``particles``, else one
+        per particle.
+
+        Raises:
+            ConfigError: ``requested`` is negative or does not divide ``particles``.
+        """
+        if requested:
+            if requested < 0 or particles % requested:
+                raise ConfigError(
+                    f"planner.functions = {requested} must divide planner.particles = "
+                    f"{particles} (particles = functions x noise draws per function); set "
+                    f"particles to a multiple of {requested}, or functions = 0 for the model's "
+                    "default"
+                )
+            return requested
         hint = model.num_functions_hint
         if hint and particles % hint == 0:
             return hint
@@ -182,16 +209,25 @@ class ParticlePropagation(abc.ABC):
         """Draw the functions (shared by the planning call: common random numbers)."""
         return draw_functions(
             evaluator.model,
-            self.num_functions(evaluator.model, evaluator.particles),
+            self.num_functions(evaluator.model, evaluator.particles, evaluator.functions),
             evaluator.generator,
             evaluator.precision,
         )
 
     def returns(
-        self, evaluator: RolloutEvaluator, start_obs: Tensor, actions: Tensor, prepared: Any
+        self,
+        evaluator: RolloutEvaluator,
+        start_obs: Tensor,
+        actions: Tensor,
+        prepared: Any,
+        information_weight: float = 0.0,
     ) -> Tensor:
-        """The discounted return of every particle, ``(population, particles)``: particle
-        ``q = g * k + j`` of a sequence is its ``j``-th particle on function ``g``."""
+        """The discounted return of every particle, ``(population, G, k)``: ``[b, g, j]``
+        is sequence ``b``'s ``j``-th particle (noise draw) on function group ``g``.
+
+        With ``information_weight = w > 0`` (the ``info_gain`` objective's ``beta``),
+        every particle's return also collects ``w * sum_t discount^t * I_t``, the
+        information gain (:func:`information_gain`) at each state and action it visits."""
         if isinstance(prepared, SEGP):
             raise DataError(
                 f"propagation {evaluator.propagation!r} takes function draws, not an SEGP"
@@ -210,7 +246,59 @@ class ParticlePropagation(abc.ABC):
             evaluator.termination_fn,
         )
         returns = imagined.returns(evaluator.discount, evaluator.terminal_value)
-        return imagined.per_start(returns)
+        if information_weight > 0:
+            returns = returns + information_weight * _discounted_information(
+                imagined, fs, evaluator.discount
+            )
+        return imagined.per_function(returns)
+
+
+def information_gain(
+    fs: FunctionSample, obs: Tensor, action: Tensor, min_variance: float = 1e-6
+) -> Tensor:
+    """The information gain about the function from observing the next state, per input.
+
+    The mutual information ``I(s'; f | s, a) = H[p(s' | s, a)] - E_f H[p(s' | f, s, a)]``
+    between the next observation and the posterior function, with the predictive (the
+    mixture over the ``n`` functions of ``fs``) replaced by the Gaussian of its moments
+    (an upper bound on its entropy), per observation dimension::
+
+        I = 1/2 * sum_d [ log(mean_f var_fd + var_f mu_fd) - mean_f log var_fd ]
+
+    For functions that share one noise variance (a GP's paths, a homoscedastic BNN)
+    this is ``1/2 sum_d log(1 + epistemic_d / aleatoric_d)``, exact for a GP. It is 0
+    where the functions agree and grows with their disagreement relative to the noise.
+
+    Args:
+        fs: the posterior draws (at least two).
+        obs: ``(..., obs_dim)`` inputs (any leading shape).
+        action: ``(..., action_dim)``.
+        min_variance: floor on each function's noise variance (a deterministic model's
+            noise is ~0, where the bound would be infinite).
+
+    Returns:
+        ``(...)`` nats.
+    """
+    lead = obs.shape[:-1]
+    flat_obs, flat_act = obs.reshape(1, -1, obs.shape[-1]), action.reshape(1, -1, action.shape[-1])
+    dist = fs(flat_obs.expand(fs.n, -1, -1), flat_act.expand(fs.n, -1, -1))
+    mean, var = dist.mean.float(), dist.variance.float().clamp_min(min_variance)
+    total = var.mean(0) + mean.var(0, unbiased=False)
+    return 0.5 * (total.log() - var.log().mean(0)).sum(-1).reshape(lead)
+
+
+def _discounted_information(
+    imagined: ImaginedTransitions, fs: FunctionSample, discount: float
+) -> Tensor:
+    """``(N,)``: ``sum_t discount^t I_t`` over each particle's alive steps."""
+    alive = imagined.alive()
+    total = torch.zeros(imagined.num_particles, device=imagined.obs.device)
+    weight = 1.0
+    for t in range(imagined.horizon):
+        gain = information_gain(fs, imagined.obs[t], imagined.action[t])
+        total.add_(torch.where(alive[t], gain, 0.0), alpha=weight)
+        weight *= discount
+    return total
 
 
 @PROPAGATIONS.register("ts_inf")
@@ -225,22 +313,34 @@ class TSInf(ParticlePropagation):
 
 @PROPAGATIONS.register("ts_1")
 class TS1(ParticlePropagation):
-    """Each particle draws a new function at every step (PETS TS-1, stratified)."""
+    """Each function group draws a new function at every step (PETS TS-1, stratified)."""
+
+    k = 1
+    """Particles per group and start state of the current layout (set by :meth:`layout`)."""
+
+    def layout(self, particles: int, n_functions: int) -> tuple[int, int]:
+        groups, self.k = super().layout(particles, n_functions)
+        return groups, self.k
 
     def step(
         self, fs: FunctionSample, obs: Tensor, action: Tensor, generator: torch.Generator | None
     ) -> Tensor:
-        """A random permutation assigns the particles to the functions' slots: every
-        function still gets ``B * k`` particles (one model call), each a random one."""
-        n_f, m, _ = obs.shape
-        perm = torch.randperm(n_f * m, generator=generator)
-        flat_obs, flat_act = obs.reshape(n_f * m, -1), action.reshape(n_f * m, -1)
+        """Per start state, a random permutation assigns the ``G`` groups to the ``G``
+        functions, the ``k`` particles of a group together: every function still gets
+        ``B * k`` particles (one model call), and a group's particles share their
+        function at every step, so they differ only by the noise."""
+        n_f, m, d = obs.shape
+        k = self.k if m % self.k == 0 else 1
+        starts = m // k
+        # perm[g, b] = the group that function g evaluates for start b
+        perm = torch.rand(starts, n_f, generator=generator).argsort(-1).T
+        index = perm.repeat_interleave(k, dim=1)[..., None]
         nxt_perm = fs.sample(
-            flat_obs[perm].view(n_f, m, -1), flat_act[perm].view(n_f, m, -1), generator
+            obs.gather(0, index.expand(n_f, m, d)),
+            action.gather(0, index.expand(n_f, m, action.shape[-1])),
+            generator,
         )
-        nxt = torch.empty_like(flat_obs)
-        nxt[perm] = nxt_perm.reshape(n_f * m, -1)
-        return nxt.view(n_f, m, -1)
+        return torch.empty_like(obs).scatter_(0, index.expand(n_f, m, d), nxt_perm.to(obs.dtype))
 
     def function_index(self, groups: int, starts: int, k: int) -> Tensor:
         """No particle keeps a function: -1."""
@@ -254,9 +354,9 @@ class Expectation(ParticlePropagation):
     def num_particles(self, requested: int) -> int:
         return 1
 
-    def num_functions(self, model: DynamicsModel, particles: int) -> int:
-        """The model's finite support, or one draw."""
-        return model.num_functions_hint or 1
+    def num_functions(self, model: DynamicsModel, particles: int, requested: int = 0) -> int:
+        """The model's finite support, or ``requested`` draws (default one)."""
+        return model.num_functions_hint or requested or 1
 
     def layout(self, particles: int, n_functions: int) -> tuple[int, int]:
         return 1, 1
@@ -325,7 +425,7 @@ class MomentMatching:
     def num_particles(self, requested: int) -> int:
         return 1
 
-    def num_functions(self, model: DynamicsModel, particles: int) -> int:
+    def num_functions(self, model: DynamicsModel, particles: int, requested: int = 0) -> int:
         return 0
 
     def particle_step(self) -> None:
@@ -340,16 +440,22 @@ class MomentMatching:
         return gp
 
     def returns(
-        self, evaluator: RolloutEvaluator, start_obs: Tensor, actions: Tensor, prepared: Any
+        self,
+        evaluator: RolloutEvaluator,
+        start_obs: Tensor,
+        actions: Tensor,
+        prepared: Any,
+        information_weight: float = 0.0,
     ) -> Tensor:
-        """``(population, 1)`` float32 discounted sums of the expected rewards."""
+        """``(population, 1, 1)`` float32 discounted sums of the expected rewards (the
+        belief carries both kinds of uncertainty at once: one expected return, no split)."""
         if prepared is not None and not isinstance(prepared, SEGP):
             raise DataError(
                 "moment matching takes the GP as an SEGP (from scorer), not function draws"
             )
         gp = prepared if prepared is not None else self.prepare(evaluator)
         returns, _, _ = self._propagate(evaluator, gp, start_obs, actions, keep_beliefs=False)
-        return returns.float().unsqueeze(-1)
+        return returns.float()[:, None, None]
 
     def beliefs(
         self, evaluator: RolloutEvaluator, start_obs: Tensor, actions: Tensor, gp: SEGP | None

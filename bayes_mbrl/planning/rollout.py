@@ -1,9 +1,11 @@
 """The particle rollout evaluator: the only thing planners see of a dynamics model.
 
 Given a start state and ``(population, horizon, action_dim)`` action sequences, it
-imagines ``particles`` trajectories per sequence through posterior function draws
-and returns per-particle returns ``(population, particles)``; an objective reduces
-them to one score per sequence.
+imagines ``particles = F * K`` trajectories per sequence, ``K`` noise draws on each
+of ``F`` posterior functions, and returns their returns ``(population, F, K)``; an
+objective (:mod:`~bayes_mbrl.planning.objectives`) reduces them to one score per
+sequence, using the spread across functions (epistemic), within them (aleatoric),
+or both (:func:`~bayes_mbrl.planning.objectives.decompose_returns`).
 
 How the particles (or a Gaussian belief) move is a propagation strategy
 (:class:`~bayes_mbrl.planning.propagation.Propagation`) chosen by name from
@@ -11,7 +13,7 @@ How the particles (or a Gaussian belief) move is a propagation strategy
 PETS; their step loop is :func:`~bayes_mbrl.planning.imagine.rollout`, shared with
 :func:`~bayes_mbrl.planning.imagine.imagine`) and ``moment_matching`` (one Gaussian
 belief per sequence through an exact SE GP, PILCO; ``particle_returns`` then has
-one column of expected returns, see :meth:`RolloutEvaluator.beliefs` for the
+one expected return, ``F = K = 1``, see :meth:`RolloutEvaluator.beliefs` for the
 recursion and :func:`unscented_expected_reward` for rewards without a closed form).
 
 Layout: particles are stored function-major, ``(n_functions, population * k, obs_dim)``
@@ -35,7 +37,7 @@ from bayes_mbrl.models.base import DynamicsModel
 from bayes_mbrl.planning.belief import sigma_points, unscented_expected_reward
 from bayes_mbrl.planning.imagine import PRECISIONS, TerminalValueFn
 from bayes_mbrl.planning.moment_matching import SEGP
-from bayes_mbrl.planning.objectives import Mean, Objective
+from bayes_mbrl.planning.objectives import Mean, Objective, ReturnSplit, decompose_returns
 from bayes_mbrl.planning.propagation import MM_CHUNK_BYTES, PROPAGATIONS, make_propagation
 
 __all__ = [
@@ -55,9 +57,9 @@ class RolloutEvaluator:
         model: any :class:`~bayes_mbrl.models.base.DynamicsModel`.
         reward_fn: batched ``(obs, action, next_obs) -> reward``.
         horizon: planning horizon ``H``.
-        particles: particles per sequence ``P`` (ignored by ``expectation``).
+        particles: particles per sequence ``P = F * K`` (ignored by ``expectation``).
         propagation: a name in :data:`PROPAGATIONS`.
-        objective: reduces ``(population, P)`` returns to ``(population,)``.
+        objective: reduces ``(population, F, K)`` returns to ``(population,)``.
         termination_fn: batched ``(obs, action, next_obs) -> bool``; rewards after a
             particle terminates are not counted.
         discount: per-step discount of imagined rewards.
@@ -75,6 +77,9 @@ class RolloutEvaluator:
             value of the state after the horizon (e.g. a learned critic, as in TD-MPC):
             each particle that did not terminate adds ``discount^H * terminal_value(s_H)``
             to its return, so a short, well-conditioned horizon still sees beyond itself.
+        functions: posterior functions ``F`` per sequence, which must divide ``P``
+            (0: the model's finite support, e.g. an ensemble's members, when it divides
+            ``P``, else ``P`` functions with one noise draw each).
 
     Moment matching needs a model with the ``supports_moment_matching`` capability (an
     :class:`~bayes_mbrl.models.gp.ExactGPDynamics` with the ``"se"`` kernel); it
@@ -102,8 +107,11 @@ class RolloutEvaluator:
         expected_reward_fn: ExpectedRewardFn | None = None,
         chunk_size: int | None = None,
         terminal_value: TerminalValueFn | None = None,
+        functions: int = 0,
     ) -> None:
         strategy = make_propagation(propagation, horizon, particles, precision)
+        if functions < 0:
+            raise ConfigError(f"functions must be >= 0 (0: the model's default), got {functions}")
         if terminal_value is not None and strategy.particle_step() is None:
             raise ConfigError(
                 f"terminal_value needs a particle propagation (ts_inf, ts_1, expectation); "
@@ -129,11 +137,41 @@ class RolloutEvaluator:
         self.expected_reward_fn = expected_reward_fn
         self.chunk_size = chunk_size
         self.terminal_value = terminal_value
+        self.functions = functions
+        self._check_objective()
 
     def num_functions(self) -> int:
-        """Functions drawn per evaluation: the model's finite support when it divides ``P``
-        (0 for an analytic propagation)."""
-        return self.strategy.num_functions(self.model, self.particles)
+        """Functions drawn per evaluation (``functions``, or the model's finite support
+        when it divides ``P``; 0 for an analytic propagation)."""
+        return self.strategy.num_functions(self.model, self.particles, self.functions)
+
+    def layout(self) -> tuple[int, int]:
+        """``(F, K)``: the function groups and noise draws per group of the returns."""
+        step = self.strategy.particle_step()
+        if step is None:
+            return 1, 1
+        return step.layout(self.particles, max(1, self.num_functions()))
+
+    def _check_objective(self) -> None:
+        """Refuse a layout the objective cannot use, naming the setting to change."""
+        name = type(self.objective).__name__
+        f, k = self.layout()
+        need_k = int(getattr(self.objective, "min_noise_draws", 1))
+        if k < need_k:
+            raise ConfigError(
+                f"objective {name} needs at least {need_k} noise draws per function, this "
+                f"evaluator has {k} ({f} functions x {k} with particles = {self.particles}, "
+                f"propagation {self.propagation!r}); raise planner.particles to a multiple "
+                f"of planner.functions with particles / functions >= {need_k} (e.g. "
+                f"particles = {f * need_k * 2}), with a particle propagation"
+            )
+        need_f = int(getattr(self.objective, "min_functions", 1))
+        if f < need_f or (need_f > 1 and self.strategy.particle_step() is None):
+            raise ConfigError(
+                f"objective {name} needs at least {need_f} posterior functions to compare, this "
+                f"evaluator draws {f} (propagation {self.propagation!r}); use ts_inf or ts_1 "
+                "with planner.functions >= 2 (or 0 for an ensemble's members)"
+            )
 
     def _check(self, start_obs: Tensor, actions: Tensor) -> None:
         obs_dim, action_dim = self.model.obs_dim, self.model.action_dim
@@ -183,8 +221,18 @@ class RolloutEvaluator:
         prepared = self.strategy.prepare(self)
         return lambda actions: self.objective(self.particle_returns(start_obs, actions, prepared))
 
+    def decompose(self, start_obs: Tensor, actions: Tensor) -> ReturnSplit:
+        """The expected return of each sequence and the epistemic and aleatoric
+        variances of its return (:func:`~bayes_mbrl.planning.objectives.decompose_returns`).
+
+        Information-gain bonuses of the objective are not included: these are the
+        returns of the task's rewards."""
+        return decompose_returns(self.particle_returns(start_obs, actions, information=False))
+
     @torch.inference_mode()
-    def particle_returns(self, start_obs: Tensor, actions: Tensor, functions: Any = None) -> Tensor:
+    def particle_returns(
+        self, start_obs: Tensor, actions: Tensor, functions: Any = None, information: bool = True
+    ) -> Tensor:
         """Imagined return of every particle.
 
         Args:
@@ -194,14 +242,17 @@ class RolloutEvaluator:
                 :meth:`scorer` (None: prepare anew): posterior draws
                 (:class:`~bayes_mbrl.models.base.FunctionSample`), or for
                 ``moment_matching`` the :class:`SEGP`.
+            information: add the objective's information-gain bonus
+                (``information_weight``, e.g. ``info_gain``'s) to the returns.
 
         Returns:
-            ``(population, particles)`` discounted sums of imagined rewards, particle
-            ``q = f * k + j`` the ``j``-th on function ``f`` (``(population, 1)`` sums
-            of expected rewards for ``moment_matching``).
+            ``(population, F, K)`` discounted sums of imagined rewards, ``[b, f, k]`` the
+            ``k``-th noise draw on function ``f`` (:meth:`layout`; ``(population, 1, 1)``
+            sums of expected rewards for ``moment_matching``, and for ``expectation``).
         """
         self._check(start_obs, actions)
-        return self.strategy.returns(self, start_obs, actions, functions)
+        weight = float(getattr(self.objective, "information_weight", 0.0)) if information else 0.0
+        return self.strategy.returns(self, start_obs, actions, functions, weight)
 
     @torch.inference_mode()
     def beliefs(

@@ -1,0 +1,108 @@
+"""A point mass next to a cliff, pushed by large process noise: a task for risk.
+
+``bayes_mbrl/NoisyCliff-v0``: a point on a line, ``x`` its position (the observation,
+1-D), driven by a velocity command ``a`` in ``[-1, 1]``::
+
+    x' = x + DT * a + NOISE_STD * eps,   eps ~ N(0, 1),   DT = 0.1, NOISE_STD = 0.1
+
+The reward prefers the goal ``GOAL = 0.9``, a little short of the cliff edge
+``EDGE = 1.0``; every step that ends beyond the edge costs ``PENALTY = 1`` more::
+
+    r = -|x' - GOAL| - PENALTY * [x' > EDGE]
+
+The episode goes on after a violation (the point can walk back), so the count of
+violations per episode measures how much risk a controller takes. The noise of one
+step is as large as the farthest move (0.1), so the point cannot be held in place.
+Aiming each step at ``m = x + DT * a``, the expected reward
+``-E|x' - GOAL| - PENALTY * P(x' > EDGE)`` is best at ``m = 0.81``, where 2.8% of steps
+violate (about 2.5 per episode once there); a controller averse to the noise aims
+further back and pays ``E|x' - GOAL|`` for it (at ``m = 0.7``, 0.13% of steps).
+Episodes start at ``x ~ N(0, 0.05^2)`` and are truncated after 100 steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from numpy.typing import NDArray
+from torch import Tensor
+
+__all__ = [
+    "DT",
+    "EDGE",
+    "ENV_ID",
+    "GOAL",
+    "MAX_EPISODE_STEPS",
+    "NOISE_STD",
+    "PENALTY",
+    "NoisyCliffEnv",
+    "noisy_cliff_reward",
+    "register_noisy_cliff",
+]
+
+ENV_ID = "bayes_mbrl/NoisyCliff-v0"
+MAX_EPISODE_STEPS = 100
+DT = 0.1
+NOISE_STD = 0.1
+GOAL = 0.9
+EDGE = 1.0
+PENALTY = 1.0
+
+
+def noisy_cliff_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Batched reward of ``bayes_mbrl/NoisyCliff-v0``: ``-|x' - GOAL| - PENALTY [x' > EDGE]``."""
+    x = next_obs[..., 0]
+    reward = -(x - GOAL).abs() - PENALTY * (x > EDGE).to(x.dtype)
+    batch = torch.broadcast_shapes(obs.shape[:-1], action.shape[:-1], x.shape)
+    return torch.broadcast_to(reward, batch)
+
+
+class NoisyCliffEnv(gymnasium.Env[NDArray[np.float32], NDArray[np.float32]]):
+    """The point mass next to a cliff (see the module docstring).
+
+    ``info["violation"]`` says whether the step ended beyond the edge.
+
+    Args:
+        noise_std: process noise per step.
+        render_mode: unused (no rendering).
+    """
+
+    # gymnasium.Env declares ``metadata`` as a plain attribute, so no ClassVar here.
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, noise_std: float = NOISE_STD, render_mode: str | None = None) -> None:
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.noise_std = noise_std
+        self.render_mode = render_mode
+        self.observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.x = 0.0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        super().reset(seed=seed)
+        self.x = float(self.np_random.normal(0.0, 0.05))
+        return np.array([self.x], dtype=np.float32), {}
+
+    def step(self, action: Any) -> tuple[NDArray[np.float32], float, bool, bool, dict[str, Any]]:
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+        self.x = self.x + DT * a + self.noise_std * float(self.np_random.normal())
+        violation = self.x > EDGE
+        reward = -abs(self.x - GOAL) - PENALTY * float(violation)
+        return np.array([self.x], dtype=np.float32), reward, False, False, {"violation": violation}
+
+
+def register_noisy_cliff() -> None:
+    """Register ``bayes_mbrl/NoisyCliff-v0`` with gymnasium (idempotent)."""
+    if ENV_ID not in gymnasium.registry:
+        gymnasium.register(
+            id=ENV_ID,
+            entry_point="bayes_mbrl.envs.noisy_cliff:NoisyCliffEnv",
+            max_episode_steps=MAX_EPISODE_STEPS,
+        )
