@@ -206,3 +206,27 @@ def test_check_model_names_the_broken_method(
     broken.__dict__.update(model.__dict__)
     with pytest.raises(ModelError, match=r"FunctionSample.__call__ returned batch \(6,\)"):
         check_model(broken, torch.zeros(6, 1), torch.zeros(6, 1), num_functions=5)
+
+
+def test_deterministic_members_fit_the_mean_and_have_no_noise() -> None:
+    """PETS' DE: squared-error members on the noisy sine. The mean is fitted as well as
+    by the probabilistic members, sampling returns it, and the noise the data have is
+    not modelled (aleatoric ~0), while the members still disagree in the gap."""
+    buf, sigma = noisy_sine_buffer()
+    model = ProbabilisticEnsemble(
+        1, 1, num_members=5, hidden_sizes=[64, 64], max_epochs=150, patience=15, seed=0,
+        probabilistic=False,
+    )  # fmt: skip
+    report = model.fit(buf, torch.Generator().manual_seed(0))
+    # the held-out loss is the squared error of normalized deltas: about the noise's share
+    assert report.val_losses[-1] < 0.1
+    inside = torch.linspace(0.5, 0.95, 10)[:, None]
+    gap = torch.linspace(-0.15, 0.15, 7)[:, None]
+    p_in = model.predict(torch.zeros(10, 1), inside)
+    torch.testing.assert_close(p_in.mean, torch.sin(3 * inside), atol=0.06, rtol=0)
+    assert float(p_in.aleatoric_var.max()) < 1e-10 < sigma**2
+    p_gap = model.predict(torch.zeros(7, 1), gap)
+    assert p_gap.epistemic_var.mean() > 5 * p_in.epistemic_var.mean()
+    fs = model.sample_functions(5)
+    obs, act = torch.zeros(5, 10, 1), inside.expand(5, 10, 1)
+    torch.testing.assert_close(fs.sample(obs, act, torch.Generator()), fs.mean(obs, act))

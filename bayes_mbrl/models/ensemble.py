@@ -312,6 +312,17 @@ class EnsembleOptions(Options):
     val_fraction: float = option(
         0.1, interval(0.0, 0.5, hi_open=True), "fraction of the data held out for early stopping"
     )
+    probabilistic: bool = option(
+        True,
+        None,
+        "members predict a Gaussian (PE; NLL loss); false: deterministic members (DE; "
+        "squared error, no noise)",
+    )
+
+
+DETERMINISTIC_LOGVAR = -30.0
+"""Normalized-space log-variance of a deterministic member's output (a noise std of
+``3e-7`` delta scales): sampling is the mean, to float32 precision."""
 
 
 @MODELS.register("ensemble", options=EnsembleOptions)
@@ -331,6 +342,9 @@ class ProbabilisticEnsemble(DynamicsModel):
         patience: epochs without a validation improvement of more than 1% (for any
             member) before stopping.
         val_fraction: fraction of the data held out (not bootstrapped) for early stopping.
+        probabilistic: Gaussian members trained by NLL (PETS' PE; with
+            ``num_members = 1`` its P); False: deterministic members trained by squared
+            error, whose functions have no noise (DE, or D with one member).
         seed: seeds the weight initialization.
 
     Raises:
@@ -356,6 +370,7 @@ class ProbabilisticEnsemble(DynamicsModel):
         max_epochs: int = 100,
         patience: int = 5,
         val_fraction: float = 0.1,
+        probabilistic: bool = True,
         seed: int = 0,
     ) -> None:
         if obs_dim < 1 or action_dim < 1:
@@ -371,7 +386,9 @@ class ProbabilisticEnsemble(DynamicsModel):
             max_epochs=max_epochs,
             patience=patience,
             val_fraction=val_fraction,
+            probabilistic=probabilistic,
         )
+        self.probabilistic = probabilistic
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.num_members = num_members
         self.num_functions_hint = num_members
@@ -402,16 +419,20 @@ class ProbabilisticEnsemble(DynamicsModel):
 
     # ------------------------------------------------------------------ training
     def _nll(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-member mean Gaussian NLL in normalized space.
+        """Per-member mean Gaussian NLL in normalized space (squared error for
+        deterministic members).
 
         Args:
             x: ``(E, B, in_dim)`` normalized inputs.
             y: ``(E, B, obs_dim)`` normalized delta targets.
 
         Returns:
-            ``(E,)`` mean NLL per transition (summed over output dimensions).
+            ``(E,)`` mean NLL (or squared error) per transition, summed over output
+            dimensions.
         """
         mean, logvar = self.net(x)
+        if not self.probabilistic:
+            return (y - mean).square().sum(-1).mean(-1)
         nll = 0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
         return nll.sum(-1).mean(-1)
 
@@ -456,7 +477,11 @@ class ProbabilisticEnsemble(DynamicsModel):
 
         def step_loss(rows: Tensor) -> StepLoss:
             loss_members = self._nll(x_all[rows], y_all[rows])
-            bound_penalty = 0.01 * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
+            bound_penalty = (
+                0.01 * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
+                if self.probabilistic
+                else 0.0
+            )
             return StepLoss(loss_members.sum() + bound_penalty, loss_members.detach().mean(), bs)
 
         def val_losses() -> Tensor:
@@ -506,11 +531,14 @@ class ProbabilisticEnsemble(DynamicsModel):
         ws, bs = self._folded()
         if not torch.equal(idx, torch.arange(self.num_members)):
             ws, bs = [w[idx] for w in ws], [b[idx] for b in bs]
+        min_logvar, max_logvar = self.net.min_logvar.detach(), self.net.max_logvar.detach()
+        if not self.probabilistic:
+            min_logvar = max_logvar = torch.full_like(min_logvar, DETERMINISTIC_LOGVAR)
         return EnsembleFunctionSample(
             ws,
             bs,
-            self.net.min_logvar.detach(),
-            self.net.max_logvar.detach(),
+            min_logvar,
+            max_logvar,
             self.delta_normalizer.std.clone(),
             self.obs_dim,
             self.net.activation,
