@@ -141,13 +141,20 @@ def test_information_gain_closed_form_and_in_the_returns() -> None:
     class Disagree(FunctionSample):
         n = 2
 
+        def __init__(self, scale: float = 1.0) -> None:
+            self.sigma = sigma * scale
+
         def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
             mean = obs + torch.tensor([1.0, -1.0])[:, None, None] * action
-            return Independent(Normal(mean, torch.full_like(mean, sigma)), 1)
+            return Independent(Normal(mean, torch.full_like(mean, self.sigma)), 1)
 
     a = torch.tensor([[0.0], [0.5], [2.0]])
     got = information_gain(Disagree(), torch.zeros(3, 1), a)
     torch.testing.assert_close(got, 0.5 * torch.log1p(a[:, 0] ** 2 / sigma**2))
+    # the mutual information does not depend on the units: the same system in units
+    # 1000 times smaller (MountainCar's velocities are ~1e-3 per step) gains as much
+    moved = information_gain(Disagree(1e-3), torch.zeros(3, 1), a * 1e-3)
+    torch.testing.assert_close(moved, 0.5 * torch.log1p(a[:, 0] ** 2 / sigma**2))
     # functions that agree give no information, whatever the noise
     assert float(information_gain(fs, torch.zeros(1, 1), torch.zeros(1, 1))) == pytest.approx(0)
 

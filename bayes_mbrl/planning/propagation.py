@@ -254,7 +254,7 @@ class ParticlePropagation(abc.ABC):
 
 
 def information_gain(
-    fs: FunctionSample, obs: Tensor, action: Tensor, min_variance: float = 1e-6
+    fs: FunctionSample, obs: Tensor, action: Tensor, min_variance: float = 1e-12
 ) -> Tensor:
     """The information gain about the function from observing the next state, per input.
 
@@ -273,8 +273,10 @@ def information_gain(
         fs: the posterior draws (at least two).
         obs: ``(..., obs_dim)`` inputs (any leading shape).
         action: ``(..., action_dim)``.
-        min_variance: floor on each function's noise variance (a deterministic model's
-            noise is ~0, where the bound would be infinite).
+        min_variance: floor on each function's noise variance, in squared observation
+            units (a deterministic model's noise is ~0, where the bound would be
+            infinite). Keep it far below the model's noise: MountainCar's learned noise
+            variances are ~1e-8, where a floor of 1e-6 would hide the gain.
 
     Returns:
         ``(...)`` nats.
