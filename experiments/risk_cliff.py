@@ -24,11 +24,13 @@ from bayes_mbrl.runs import TransitionLog
 
 
 def episodes_of(run_dir: Path) -> list[dict[str, float]]:
-    """Per episode (1-based, as in metrics.csv): return, violations, mean position."""
+    """Per finished episode (1-based, as in metrics.csv): return, violations, mean position."""
     log = TransitionLog(run_dir / "transitions.f32", 1, 1)
     _, _, reward, next_obs, _, _, episode = log.split_row(log.read())
+    with open(run_dir / "metrics.csv") as f:
+        finished = len(f.read().strip().splitlines()) - 1
     out = []
-    for e in np.unique(episode):
+    for e in np.unique(episode)[:finished]:
         m = episode == e
         x = next_obs[m, 0]
         out.append(

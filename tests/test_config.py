@@ -92,8 +92,9 @@ def test_preset_contents() -> None:
     assert bf16.planner.precision == "bfloat16"
     assert dataclasses.replace(bf16.planner, precision="float32") == Config().planner
     mc = load_config("mountaincar-ensemble-mpc")
-    assert mc.env == EnvConfig(id="MountainCarContinuous-v0", episode_length=400)
-    assert mc.experiment.episodes == 6 and mc.planner.horizon == 30
+    assert mc.env == EnvConfig(id="MountainCarContinuous-v0", episode_length=999)
+    assert mc.experiment.episodes == 10 and mc.planner.horizon == 30
+    assert mc.planner.objective == "info_gain" and mc.mpc.replan_every == 4
     cp = load_config("cartpole-swingup-ensemble-mpc")
     assert cp.env == EnvConfig(id="bayes_mbrl/CartPoleSwingUp-v0", episode_length=40)
     assert cp.planner.horizon == 20 and cp.experiment.episodes == 10
