@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--order", nargs="*", default=[], help="variants in this order first")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--curves", type=Path, help="learning curves, one colour per variant")
     parser.add_argument("--title", default="")
     args = parser.parse_args()
     variants: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -97,6 +98,19 @@ def main() -> None:
         ax.set_title(args.title)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
+    if args.curves:
+        fig, ax = plt.subplots(figsize=(6.0, 3.5))
+        for i, name in enumerate(names):
+            for j, run in enumerate(variants[name].values()):
+                episodes = range(1, len(run["returns"]) + 1)
+                label = name if j == 0 else None
+                ax.plot(episodes, run["returns"], "-o", ms=3, color=f"C{i}", alpha=0.7, label=label)
+        ax.set_xlabel("episode")
+        ax.set_ylabel("return")
+        ax.set_title(args.title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.curves, dpi=120)
 
 
 if __name__ == "__main__":
