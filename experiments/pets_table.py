@@ -18,6 +18,7 @@ import csv
 import json
 import re
 import statistics
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,13 @@ def read_run(run_dir: Path, last: int) -> dict[str, Any]:
         with open(run_dir / "timings.csv") as f:
             plan_seconds = sum(float(r["plan_seconds"]) for r in csv.DictReader(f))
     planned_steps = steps[-1] - (steps[0] if rows and rows[0]["policy"] == "random" else 0)
+    with open(run_dir / "config.toml", "rb") as f:
+        episodes = int(tomllib.load(f)["experiment"]["episodes"])
+    finished = len(returns) >= episodes
     return {
         "returns": returns,
         "episodes": len(returns),
-        "last_mean": statistics.fmean(returns[-last:]) if len(returns) >= last else None,
+        "last_mean": statistics.fmean(returns[-last:]) if finished else None,
         "plan_seconds_per_step": plan_seconds / planned_steps if planned_steps else None,
     }
 
