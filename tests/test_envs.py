@@ -470,6 +470,8 @@ def test_noisy_cliff_env_matches_its_reward_and_noise() -> None:
     o, a, n = (torch.as_tensor(np.stack(z)) for z in zip(*steps, strict=True))
     torch.testing.assert_close(task.reward_fn(o, a, n), torch.tensor(rewards, dtype=torch.float32))
     assert violations > 0
+    with pytest.raises(DataError, match=r"next_obs must have shape \(\.\.\., 1\)"):
+        task.reward_fn(o, a, torch.zeros(len(o), 2))
     # the step is x + 0.25 a + noise, whose scale is 0.01 far from the edge, 0.1 near it
     scaled = ((n - o - MAX_MOVE * a)[:, 0] / torch.as_tensor(noise_std(o[:, 0].numpy()))).double()
     assert abs(float(scaled.std()) - 1.0) < 0.08 and abs(float(scaled.mean())) < 0.1

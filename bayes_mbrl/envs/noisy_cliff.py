@@ -33,6 +33,8 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from torch import Tensor
 
+from bayes_mbrl.envs.rewards import _batch_shape, _check_dims
+
 __all__ = [
     "EDGE",
     "ENV_ID",
@@ -60,11 +62,15 @@ def noise_std(x: float | np.ndarray) -> float | np.ndarray:
 
 
 def noisy_cliff_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
-    """Batched reward of ``bayes_mbrl/NoisyCliff-v0``: ``-|x' - GOAL| - PENALTY [x' > EDGE]``."""
+    """Batched reward of ``bayes_mbrl/NoisyCliff-v0``: ``-|x' - GOAL| - PENALTY [x' > EDGE]``.
+
+    Raises:
+        DataError: a trailing dimension is not the task's (1 for each).
+    """
+    _check_dims(ENV_ID, obs, action, next_obs, 1, 1)
     x = next_obs[..., 0]
     reward = -(x - GOAL).abs() - PENALTY * (x > EDGE).to(x.dtype)
-    batch = torch.broadcast_shapes(obs.shape[:-1], action.shape[:-1], x.shape)
-    return torch.broadcast_to(reward, batch)
+    return torch.broadcast_to(reward, _batch_shape(obs, action, next_obs))
 
 
 class NoisyCliffEnv(gymnasium.Env[NDArray[np.float32], NDArray[np.float32]]):
