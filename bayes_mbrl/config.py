@@ -139,6 +139,19 @@ class ExperimentConfig(Options):
         "torch intra-op threads of this run (0: the cores available to the process); "
         "give each of several runs on one machine its share, e.g. 1 each for 2 runs on 2 cores",
     )
+    eval_episodes: int = option(
+        0,
+        at_least(0, "an integer"),
+        "evaluation episodes from fixed starts (env seeds 20000, 20001, ...) with the agent "
+        "acting deterministically, after the episodes that eval_every selects (0: none); "
+        "their mean return is metrics.csv's eval_return",
+    )
+    eval_every: int = option(
+        0,
+        at_least(0, "an integer"),
+        "evaluate after each episode that passes a multiple of this many environment "
+        "steps (0: after every episode but the random ones)",
+    )
     plugins: list[str] = option(
         [],
         _plugin_list,

@@ -37,6 +37,7 @@ from bayes_mbrl.config import Config
 from bayes_mbrl.data import ReplayBuffer, validate_transitions
 from bayes_mbrl.envs import get_task, make_env
 from bayes_mbrl.errors import CheckpointError, ConfigError, ModelError
+from bayes_mbrl.evaluation import EVAL_START_SEED, evaluation_due, run_episodes
 from bayes_mbrl.models import FitReport
 from bayes_mbrl.runs import (
     LoadedRun,
@@ -217,6 +218,7 @@ class Experiment:
                     stacklevel=2,
                 )
                 fit_report = FitReport()
+        evaluation = {} if random_episode else self._evaluate()
         agent: Agent = self.random_agent if random_episode else self.parts.agent
         agent.reset()
         env = make_env(self.config.env.id, max_episode_steps=self.config.env.episode_length)
@@ -297,8 +299,32 @@ class Experiment:
             "fit_epochs": fit_report.epochs if fit_report else 0,
             "train_loss": fit_report.final_train_loss if fit_report else math.nan,
             "val_loss": fit_report.best_val_loss if fit_report else math.nan,
+            **evaluation,
             "episode_seconds": time.perf_counter() - start,
             "threads": self.threads,
+        }
+
+    def _evaluate(self) -> dict[str, float]:
+        """Evaluation episodes of the policy just fitted (see :mod:`bayes_mbrl.evaluation`),
+        when ``experiment.eval_episodes`` asks for them and the run has passed a multiple
+        of ``experiment.eval_every`` steps since the last fit: ``eval_return`` and
+        ``eval_std`` of the policy fitted on the ``eval_at_steps = len(buffer)`` steps
+        collected so far (the episode's own steps come after it)."""
+        exp = self.config.experiment
+        if exp.eval_episodes <= 0:
+            return {}
+        before = int(self.metrics[-2]["env_steps"]) if len(self.metrics) >= 2 else 0
+        if len(self.metrics) > exp.seed_episodes and not evaluation_due(
+            before, len(self.buffer), exp.eval_every
+        ):
+            return {}
+        agent = self.parts.eval_agent or self.parts.agent
+        starts = [EVAL_START_SEED + i for i in range(exp.eval_episodes)]
+        returns = run_episodes(agent, self.task, self.config.env.episode_length, starts)
+        return {
+            "eval_at_steps": len(self.buffer),
+            "eval_return": float(np.mean(returns)),
+            "eval_std": float(np.std(returns)),
         }
 
     def _learner_name(self) -> str:

@@ -82,9 +82,15 @@ METRIC_FIELDS = (
     "fit_epochs",
     "train_loss",
     "val_loss",
+    "eval_at_steps",
+    "eval_return",
+    "eval_std",
 )
 """Columns of ``metrics.csv``: deterministic given config and seed (byte-identical
-across runs and resumes on CPU)."""
+across runs and resumes on CPU). ``eval_return`` and ``eval_std`` are the mean and
+standard deviation of the evaluation episodes' returns of the policy fitted on the
+first ``eval_at_steps`` environment steps, just before the episode (empty where none
+ran; see :mod:`bayes_mbrl.evaluation`)."""
 TIMING_FIELDS = ("episode", "plan_seconds", "fit_seconds", "episode_seconds", "threads")
 """Columns of ``timings.csv``: wall-clock seconds, which vary from run to run, and the
 torch threads the episode ran with (empty for episodes of runs written before it was

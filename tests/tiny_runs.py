@@ -46,3 +46,24 @@ class StopAfter(Callback):
 
     def _on_episode_end(self, experiment: Experiment, row: dict[str, object]) -> bool:
         return experiment.episodes_done < self.episodes
+
+
+MBPO = [
+    "experiment.mode=mbpo",
+    "experiment.episodes=4",
+    "experiment.seed_episodes=1",
+    "experiment.progress=false",
+    "experiment.threads=1",
+    "experiment.eval_episodes=2",
+    "env.episode_length=25",
+    "model.hidden_sizes=[16, 16]",
+    "model.num_members=2",
+    "model.max_epochs=3",
+    "mbpo.hidden_sizes=[32, 32]",
+    "mbpo.batch_size=32",
+    "mbpo.rollouts_per_step=8",
+    "mbpo.updates_per_step=2",
+    "mbpo.refit_every=50",
+    "mbpo.retain_steps=40",
+    "mbpo.rollout_schedule=[25, 75, 1, 3]",
+]

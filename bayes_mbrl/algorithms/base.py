@@ -114,6 +114,8 @@ class AlgorithmParts:
         no_model_reason: why ``model`` is None (for the error of ``analyze``).
         callbacks: the algorithm's own :class:`~bayes_mbrl.callbacks.Callback` hooks
             (diagnostics it writes into the run directory), run after the runner's.
+        eval_agent: acts in the evaluation episodes (``experiment.eval_episodes``):
+            the agent without its exploration noise (None: ``agent`` itself).
     """
 
     agent: Agent
@@ -124,6 +126,7 @@ class AlgorithmParts:
     fit_description: str = "fit"
     no_model_reason: str = ""
     callbacks: list[Any] = field(default_factory=list)
+    eval_agent: Agent | None = None
 
 
 class Algorithm(abc.ABC):

@@ -45,8 +45,9 @@ from torch import Tensor, nn
 
 from bayes_mbrl.algorithms.mpc import _obs_tensor
 from bayes_mbrl.algorithms.policy_distill import policy_kl
-from bayes_mbrl.envs import TaskSpec, make_env
+from bayes_mbrl.envs import TaskSpec
 from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.evaluation import run_episodes
 from bayes_mbrl.models.ensemble import ACTIVATIONS
 from bayes_mbrl.options import OptionError, Options, at_least, greater_than, option, positive_list
 
@@ -252,27 +253,6 @@ class StudentAgent:
         action = self.mid + self.half * mean[0, : self.task.action_dim]
         self.plan_seconds += time.perf_counter() - start
         return torch.minimum(torch.maximum(action, self.task.action_low), self.task.action_high)
-
-
-# ------------------------------------------------------------------ episodes
-def run_episodes(agent: Any, task: TaskSpec, episode_length: int, seeds: list[int]) -> list[float]:
-    """Returns of ``agent`` on ``task``, one episode from each env seed."""
-    returns = []
-    for seed in seeds:
-        env = make_env(task.env_id, max_episode_steps=episode_length)
-        try:
-            obs, _ = env.reset(seed=seed)
-            agent.reset()
-            total, done, steps = 0.0, False, 0
-            while not done and steps < episode_length:
-                action = agent.act(_obs_tensor(obs, task.obs_dim))
-                obs, reward, term, trunc, _ = env.step(action.numpy().astype(np.float32))
-                total += float(reward)
-                done, steps = term or trunc, steps + 1
-        finally:
-            env.close()
-        returns.append(total)
-    return returns
 
 
 class _DAggerActor:

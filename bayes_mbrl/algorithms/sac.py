@@ -49,14 +49,21 @@ if TYPE_CHECKING:
 
     from bayes_mbrl.envs import TaskSpec
 
-__all__ = ["SACAgent", "SACAlgorithm", "SACLearner", "SACOptions", "make_sac"]
+__all__ = [
+    "SACAgent",
+    "SACAlgorithm",
+    "SACCoreOptions",
+    "SACLearner",
+    "SACOptions",
+    "make_sac",
+]
 
 _SQUASH_LIMIT = 0.995  # |a| of a distilled mean in [-1, 1] units is clipped to this before atanh
 
 
 @dataclass
-class SACOptions(Options):
-    """Options of ``experiment.mode = "sac"`` (the ``[sac]`` section)."""
+class SACCoreOptions(Options):
+    """SAC's own settings, shared by every mode that trains a SAC (``sac``, ``mbpo``)."""
 
     hidden_sizes: list[int] = option([256, 256], positive_list, "actor and critic hidden widths")
     learning_rate: float = option(1e-3, greater_than(0), "Adam step size (actor, critics, alpha)")
@@ -78,6 +85,13 @@ class SACOptions(Options):
         "exploration noise colored over each episode, spectrum 1/f^beta "
         "(0: white, as SAC; 1: pink, which explores MountainCarContinuous)",
     )
+
+
+@dataclass
+class SACOptions(SACCoreOptions):
+    """Options of ``experiment.mode = "sac"`` (the ``[sac]`` section): SAC's settings and
+    the initialization from a distilled policy."""
+
     init_policy: str = option(
         "",
         None,
@@ -105,7 +119,7 @@ class SACOptions(Options):
     )
 
 
-def make_sac(task: TaskSpec, options: SACOptions, seed: int) -> SAC:
+def make_sac(task: TaskSpec, options: SACCoreOptions, seed: int) -> SAC:
     """stable-baselines3's SAC for ``task``'s spaces, with no logging output."""
     import gymnasium
     from stable_baselines3 import SAC
@@ -167,7 +181,7 @@ class SACLearner:
     def __init__(
         self,
         sac: SAC,
-        options: SACOptions,
+        options: SACCoreOptions,
         action_low: Tensor,
         action_high: Tensor,
         seed: int = 0,
@@ -179,7 +193,7 @@ class SACLearner:
         self._np_rng: Any = np.random.RandomState(seed + 61).get_state()  # SB3's generator
         self.trained_upto = 0
         self.updates = 0
-        self.warmed_up = not options.init_policy
+        self.warmed_up = not isinstance(options, SACOptions) or not options.init_policy
         self.fits = 0
         #: ``(obs, mean, std)`` of a distilled policy the actor is fitted to at the first
         #: fit (set by the algorithm; a restored learner has it in its parameters)
@@ -219,7 +233,7 @@ class SACLearner:
         optimizer = torch.optim.Adam(actor.parameters(), lr=self.options.learning_rate)
         n, bs = len(obs), min(self.options.batch_size, len(obs))
         kl = math.nan
-        for _ in range(self.options.init_epochs):
+        for _ in range(self._init_options().init_epochs):
             order = torch.randperm(n, generator=self.generator)
             total = 0.0
             for lo in range(0, n - bs + 1, bs):
@@ -232,6 +246,12 @@ class SACLearner:
                 total += float(loss.detach()) * len(rows)
             kl = total / (n // bs * bs)
         return kl
+
+    def _init_options(self) -> SACOptions:
+        """The options of the initialization (only a learner started from a distilled
+        policy, which has them, is not warmed up)."""
+        assert isinstance(self.options, SACOptions)
+        return self.options
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -246,20 +266,30 @@ class SACLearner:
             self.init_actor(*self.pending_init)
             self.pending_init = None
         self.fits += 1
-        if not self.warmed_up and self.fits <= self.options.init_episodes:
+        if not self.warmed_up and self.fits <= self._init_options().init_episodes:
             # the initialized actor first collects episodes of its own, on which
             # (with the random episodes) the critic is warmed up at the next fit
             return FitReport(wall_seconds=time.perf_counter() - start)
         self._sync(data)
         steps = round((len(data) - self.trained_upto) * self.options.updates_per_step)
+        self.train(steps)
+        self.trained_upto = len(data)
+        if progress is not None:
+            progress(1, math.nan, math.nan)
+        return FitReport(epochs=max(steps, 0), wall_seconds=time.perf_counter() - start)
+
+    def train(self, steps: int) -> None:
+        """``steps`` SAC gradient steps on ``sac.replay_buffer`` (after the critic's
+        warm-up, when it is due), with the learner's own random states: SB3 samples
+        its minibatches from numpy's global generator and its actions from torch's,
+        which are saved and restored around the updates so that runs resume exactly."""
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self._torch_rng)
-            # SB3 samples minibatches from numpy's global (legacy) generator
             np_state = np.random.get_state()  # noqa: NPY002
             np.random.set_state(self._np_rng)  # noqa: NPY002
             try:
                 if not self.warmed_up:
-                    self._critic_warmup(self.options.critic_warmup_steps)
+                    self._critic_warmup(self._init_options().critic_warmup_steps)
                     self.warmed_up = True
                 if steps > 0:
                     self.sac.train(gradient_steps=steps, batch_size=self.options.batch_size)
@@ -268,10 +298,6 @@ class SACLearner:
                 np.random.set_state(np_state)  # noqa: NPY002
                 self._torch_rng = torch.get_rng_state()
         self.updates += max(steps, 0)
-        self.trained_upto = len(data)
-        if progress is not None:
-            progress(1, math.nan, math.nan)
-        return FitReport(epochs=max(steps, 0), wall_seconds=time.perf_counter() - start)
 
     def _sync(self, data: ReplayBuffer) -> None:
         """Make SAC's replay buffer hold exactly the run's transitions, in order."""
@@ -481,6 +507,7 @@ class SACAlgorithm(Algorithm):
             agent=agent,
             learner=learner,
             model=None,
+            eval_agent=SACAgent(learner, task.obs_dim, deterministic=True),
             title=title,
             fit_description="SAC updates",
             no_model_reason="SAC is model-free",
