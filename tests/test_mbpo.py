@@ -10,7 +10,9 @@ evaluation episodes.
   ``rollouts_per_step`` rollouts and ``updates_per_step`` SAC steps per new step;
 * an MBPO run resumed from a checkpoint repeats the uninterrupted one;
 * evaluation episodes run from fixed starts where ``eval_every`` says, without
-  changing the run.
+  changing the run;
+* MVE's critic targets follow the model for H steps (closed form on a known model),
+  stop at termination, and are SAC's own for H = 0; an MVE run resumes exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bayes_mbrl.algorithms.mbpo import (
     branched_rollouts,
     rollout_length,
 )
+from bayes_mbrl.algorithms.mve import MVELearner, MVEOptions
 from bayes_mbrl.algorithms.sac import SACLearner, make_sac
 from bayes_mbrl.config import load_config
 from bayes_mbrl.data import ReplayBuffer
@@ -220,3 +223,88 @@ def test_evaluation_runs_where_due_and_leaves_the_run_unchanged(tmp_path: Path) 
     # before episode 3 (50 steps passed during episode 2), not before episode 4 (75)
     assert [r["eval_at_steps"] for r in rows] == ["", "25", "50", ""]
     assert float(rows[1]["eval_std"]) > 0  # three different starts
+
+
+# ------------------------------------------------------------------ value expansion
+def _line_task(stop: float = 100.0) -> TaskSpec:
+    return TaskSpec(
+        "Line-v0",
+        obs_dim=1,
+        action_dim=1,
+        action_low=[-1.0],
+        action_high=[1.0],
+        reward_fn=lambda o, a, n: n[..., 0],
+        termination_fn=lambda o, a, n: n[..., 0] >= stop - 0.5,
+    )
+
+
+def _mve_learner(horizon: int, gamma: float = 0.9) -> MVELearner:
+    task = _line_task()
+    options = MVEOptions(hidden_sizes=[8], batch_size=8, gamma=gamma, horizon=horizon)
+    sac = SACLearner(make_sac(task, options, 0), options, task.action_low, task.action_high)
+    with torch.no_grad():
+        assert sac.sac.log_ent_coef is not None
+        sac.sac.log_ent_coef.fill_(-40.0)  # alpha ~ 4e-18: the entropy terms vanish
+    return MVELearner(known_two_member_ensemble(), sac, task, options, seed=0)
+
+
+def test_value_expansion_targets_follow_the_model_and_stop_at_termination() -> None:
+    gamma, h = 0.9, 2
+    learner = _mve_learner(h, gamma)  # member 0: s' = s + 1, member 1: s' = s - 1
+    data = ReplayBuffer(1, 1, 10, [-1.0], [1.0])
+    data.add(torch.zeros(1), [0.5], 1.0, torch.full((1,), 10.0), False, False)  # s' = 10
+    data.add(torch.zeros(1), [0.5], 2.0, torch.full((1,), 99.0), False, False)  # s' = 99
+    data.add(torch.zeros(1), [0.5], 3.0, torch.full((1,), 50.0), True, False)  # terminal
+    # (reward of the real step, imagined rewards = next states, the last state, done)
+    cases = {
+        "10 up": (1.0 + gamma * 11 + gamma**2 * 12, 12.0, 0.0),
+        "10 down": (1.0 + gamma * 9 + gamma**2 * 8, 8.0, 0.0),
+        "99 up": (2.0 + gamma * 100, 101.0, 1.0),  # 100 terminates: no more reward
+        "99 down": (2.0 + gamma * 98 + gamma**2 * 97, 97.0, 0.0),
+        "terminal": (3.0, None, 1.0),  # a terminal real transition is not expanded
+    }
+    seen: set[str] = set()
+    for _ in range(20):
+        batch = learner.sampler(data, 3).sample(8)
+        assert batch.discounts is not None
+        assert torch.allclose(batch.discounts, torch.full((8, 1), gamma**3))
+        assert torch.allclose(batch.actions, torch.full((8, 1), 0.5))  # SAC's units
+        rows = zip(
+            batch.rewards[:, 0], batch.next_observations[:, 0], batch.dones[:, 0], strict=True
+        )
+        for r, nxt, done in rows:
+            found = [
+                name
+                for name, (want, last, ended) in cases.items()
+                if abs(float(r) - want) < 1e-3
+                and float(done) == ended
+                and (last is None or abs(float(nxt) - last) < 1e-3)
+            ]
+            assert len(found) == 1, (float(r), float(nxt), float(done))
+            seen.add(found[0])
+    assert seen == set(cases)
+
+
+def test_value_expansion_of_zero_steps_is_sacs_own_target() -> None:
+    learner = _mve_learner(0)
+    data = ReplayBuffer(1, 1, 10, [-1.0], [1.0])
+    data.add(torch.zeros(1), [1.0], 1.0, torch.full((1,), 10.0), False, False)
+    batch = learner.sampler(data, 1).sample(8)
+    assert batch.discounts is None  # SB3 uses gamma
+    assert torch.equal(batch.next_observations, torch.full((8, 1), 10.0))
+    assert torch.equal(batch.rewards, torch.ones(8, 1))
+
+
+def test_mve_run_resumes_like_the_uninterrupted_one(tmp_path: Path) -> None:
+    overrides = [
+        s.replace("mbpo", "mve")
+        for s in MBPO
+        if not s.startswith(("mbpo.rollout", "mbpo.retain", "mbpo.updates"))
+    ]
+    config = load_config(None, [*overrides, "mve.horizon=2"], seed=0)
+    reference = run_experiment(config, tmp_path / "ref")
+    assert all(math.isfinite(r) for r in reference.returns)
+    run_dir = tmp_path / "run"
+    run_experiment(config, run_dir, callbacks=[StopAfter(2)])
+    resume_experiment(run_dir, progress=False)
+    assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()

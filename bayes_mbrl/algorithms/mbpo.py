@@ -43,9 +43,14 @@ import torch
 from torch import Tensor
 
 from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
-from bayes_mbrl.algorithms.sac import SACAgent, SACCoreOptions, SACLearner, make_sac
+from bayes_mbrl.algorithms.sac import (
+    SACAgent,
+    SACCoreOptions,
+    SACLearner,
+    make_sac,
+    squashed_sample,
+)
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.errors import ConfigError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.options import at_least, greater_than, interval, option
 from bayes_mbrl.planning.imagine import imagine
@@ -58,8 +63,12 @@ __all__ = [
     "MBPOLearner",
     "MBPOOptions",
     "MixedSampler",
+    "ModelSACAlgorithm",
+    "ModelSACLearner",
+    "ModelSACOptions",
     "TransitionRing",
     "branched_rollouts",
+    "real_transitions",
     "rollout_length",
 ]
 
@@ -80,7 +89,24 @@ def _schedule(v: list[float]) -> str | None:
 
 
 @dataclass
-class MBPOOptions(SACCoreOptions):
+class ModelSACOptions(SACCoreOptions):
+    """SAC's settings and those of the dynamics model it learns from (``mbpo``, ``mve``)."""
+
+    functions: int = option(
+        0,
+        at_least(0, "an integer"),
+        "posterior functions each imagined start is rolled through, TS-inf (0: the model's "
+        "finite support, e.g. an ensemble's members, else 5)",
+    )
+    refit_every: int = option(
+        250,
+        at_least(1, "an integer"),
+        "refit the model before an episode once this many env steps have passed since its last fit",
+    )
+
+
+@dataclass
+class MBPOOptions(ModelSACOptions):
     """Options of ``experiment.mode = "mbpo"`` (the ``[mbpo]`` section): SAC's settings
     and the model-data ones (see the module)."""
 
@@ -104,17 +130,6 @@ class MBPOOptions(SACCoreOptions):
     )
     real_ratio: float = option(
         0.05, interval(0.0, 1.0), "fraction of real transitions in each SAC minibatch"
-    )
-    functions: int = option(
-        0,
-        at_least(0, "an integer"),
-        "posterior functions each branched start is rolled through, TS-inf (0: the model's "
-        "finite support, e.g. an ensemble's members, else 5)",
-    )
-    refit_every: int = option(
-        250,
-        at_least(1, "an integer"),
-        "refit the model before an episode once this many env steps have passed since its last fit",
     )
 
 
@@ -294,21 +309,112 @@ class MixedSampler:
         )
 
 
-class MBPOLearner:
-    """Refits the model, branches rollouts and trains SAC on real and imagined data
-    (see the module).
+def real_transitions(data: ReplayBuffer) -> dict[str, Tensor]:
+    """The real transitions as SAC's samplers read them (``done``: terminated only; a
+    time limit is not a terminal state)."""
+    real = data.all()
+    return {
+        "obs": real.obs,
+        "action": real.action,
+        "reward": real.reward,
+        "next_obs": real.next_obs,
+        "done": real.terminated,
+    }
+
+
+class ModelSACLearner:
+    """SAC with a dynamics model: before each episode the model is refitted (every
+    ``refit_every`` environment steps) and SAC takes ``updates_per_step`` gradient steps
+    per new environment step on the minibatches of :meth:`sampler`, which subclasses
+    define (MBPO: real and imagined transitions; MVE: real ones with model-expanded
+    targets).
 
     Args:
         model: the dynamics model.
         sac: the SAC learner (its SB3 model, random states and update loop).
         task: the task (reward and termination functions).
-        options: :class:`MBPOOptions`.
-        seed: seeds the branched starts, the rollouts and the minibatches.
+        options: :class:`ModelSACOptions`.
+        seed: seeds the learner's own draws (start states, rollouts, minibatches).
 
     Attributes:
-        rollout_seconds: wall time of the last fit's rollouts; ``sac_seconds``, its
-            SAC updates'.
+        model_seconds, data_seconds, sac_seconds: wall time of the last fit's model
+            fit, of making the sampler's data, and of SAC's updates.
     """
+
+    def __init__(
+        self,
+        model: DynamicsModel,
+        sac: SACLearner,
+        task: TaskSpec,
+        options: ModelSACOptions,
+        seed: int = 0,
+    ) -> None:
+        self.model, self.sac, self.task, self.options = model, sac, task, options
+        self.generator = torch.Generator().manual_seed(seed + 71)
+        self.trained_upto = 0
+        self.refit_at = -1
+        self.model_seconds = self.data_seconds = self.sac_seconds = 0.0
+        finite = getattr(model, "num_members", 0) if options.functions == 0 else 0
+        self.functions = options.functions or int(finite) or 5
+
+    def policy(self, obs: Tensor) -> Tensor:
+        """SAC's stochastic action (env units) for a batch of states, drawn with the
+        learner's generator."""
+        action, _ = squashed_sample(self.sac.sac.actor, obs, self.generator)
+        return self.sac.unscale(action)
+
+    def sampler(self, data: ReplayBuffer, new: int) -> Any:
+        """What SAC samples its minibatches from (``sample(batch_size)``), given the
+        run's transitions and how many are new since the last fit."""
+        raise NotImplementedError
+
+    def fit(
+        self,
+        data: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> FitReport:
+        start = time.perf_counter()
+        report = FitReport()
+        if self.refit_at < 0 or len(data) - self.refit_at >= self.options.refit_every:
+            report = self.model.fit(data, generator, progress=progress)
+            self.refit_at = len(data)
+        t0 = time.perf_counter()
+        new = len(data) - self.trained_upto
+        self.sac.sac.replay_buffer = self.sampler(data, new)
+        t1 = time.perf_counter()
+        self.sac.train(round(new * self.options.updates_per_step))
+        self.trained_upto = len(data)
+        self.model_seconds, self.data_seconds = t0 - start, t1 - t0
+        self.sac_seconds = time.perf_counter() - t1
+        report.wall_seconds = time.perf_counter() - start
+        return report
+
+    def progress_total(self) -> int | None:
+        return self.model.progress_total()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "sac": self.sac.state_dict(),
+            "generator": self.generator.get_state(),
+            "trained_upto": self.trained_upto,
+            "refit_at": self.refit_at,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.sac.load_state_dict(state["sac"])
+        self.generator.set_state(state["generator"])
+        self.trained_upto = int(state["trained_upto"])
+        self.refit_at = int(state["refit_at"])
+
+
+class MBPOLearner(ModelSACLearner):
+    """Branches rollouts into the model buffer and trains SAC on real and imagined
+    transitions (see the module)."""
+
+    options: MBPOOptions
 
     def __init__(
         self,
@@ -318,39 +424,13 @@ class MBPOLearner:
         options: MBPOOptions,
         seed: int = 0,
     ) -> None:
-        self.model, self.sac, self.task, self.options = model, sac, task, options
-        self.generator = torch.Generator().manual_seed(seed + 71)
+        super().__init__(model, sac, task, options, seed)
         self.model_data = TransitionRing(task.obs_dim, task.action_dim, 1)
-        self.trained_upto = 0
-        self.refit_at = -1
-        self.rollout_seconds = self.sac_seconds = 0.0
-        finite = getattr(model, "num_members", 0) if options.functions == 0 else 0
-        self.functions = options.functions or int(finite) or 5
 
-    def policy(self, obs: Tensor) -> Tensor:
-        """SAC's stochastic action (env units) for a batch of states, with the learner's
-        generator."""
-        actor = self.sac.sac.actor
-        mu, log_std, _ = actor.get_action_dist_params(obs)
-        eps = torch.randn(mu.shape, generator=self.generator)
-        return self.sac.unscale(torch.tanh(mu + log_std.exp() * eps))
-
-    def fit(
-        self,
-        data: ReplayBuffer,
-        generator: torch.Generator | None = None,
-        progress: ProgressFn | None = None,
-    ) -> FitReport:
-        start = time.perf_counter()
+    def sampler(self, data: ReplayBuffer, new: int) -> MixedSampler:
         opts = self.options
-        report = FitReport()
-        if self.refit_at < 0 or len(data) - self.refit_at >= opts.refit_every:
-            report = self.model.fit(data, generator, progress=progress)
-            self.refit_at = len(data)
-        new = len(data) - self.trained_upto
         k = rollout_length(opts.rollout_schedule, len(data))
         self.model_data.resize(opts.rollouts_per_step * k * opts.retain_steps)
-        t0 = time.perf_counter()
         if new > 0:
             imagined = branched_rollouts(
                 self.model,
@@ -363,69 +443,45 @@ class MBPOLearner:
                 self.generator,
             )
             self.model_data.add(**imagined)
-        t1 = time.perf_counter()
-        real = data.all()
-        self.sac.sac.replay_buffer = MixedSampler(  # type: ignore[assignment]
-            {
-                "obs": real.obs,
-                "action": real.action,
-                "reward": real.reward,
-                "next_obs": real.next_obs,
-                "done": real.terminated,
-            },
+        return MixedSampler(
+            real_transitions(data),
             self.model_data.ordered(),
             opts.real_ratio,
             self.sac.scale,
             self.generator,
         )
-        self.sac.train(round(new * opts.updates_per_step))
-        self.trained_upto = len(data)
-        self.rollout_seconds, self.sac_seconds = t1 - t0, time.perf_counter() - t1
-        report.wall_seconds = time.perf_counter() - start
-        return report
-
-    def progress_total(self) -> int | None:
-        return self.model.progress_total()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "sac": self.sac.state_dict(),
-            "model_data": self.model_data.state_dict(),
-            "generator": self.generator.get_state(),
-            "trained_upto": self.trained_upto,
-            "refit_at": self.refit_at,
-        }
+        return {**super().state_dict(), "model_data": self.model_data.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.sac.load_state_dict(state["sac"])
+        super().load_state_dict(state)
         self.model_data.load_state_dict(state["model_data"])
-        self.generator.set_state(state["generator"])
-        self.trained_upto = int(state["trained_upto"])
-        self.refit_at = int(state["refit_at"])
 
 
-class MBPOAlgorithm(Algorithm):
-    """MBPO: SAC on branched model rollouts (see the module)."""
+class ModelSACAlgorithm(Algorithm):
+    """SAC with a dynamics model of ``[model]``: the learner of :attr:`learner_class`,
+    its options the section named after the mode."""
+
+    learner_class: type[ModelSACLearner] = ModelSACLearner
+    name = "SAC with a model"
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:
         kind = config.model.kind
         if getattr(MODELS[kind], "needs_history", False):
-            return ("model.kind", kind, "a model of states (MBPO branches from real states)")
+            return (
+                "model.kind",
+                kind,
+                f"a model of states ({self.name} imagines from real states)",
+            )
         return None
 
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
-        opts: MBPOOptions = config.mbpo
+        opts: ModelSACOptions = getattr(config, self.mode)
         seed = config.experiment.seed
-        if task.reward_fn is None:
-            raise ConfigError(
-                f"env.id = {task.env_id!r} has no reward function; MBPO rewards its imagined "
-                "transitions with the task's reward_fn"
-            )
         model = build_model(config, task.obs_dim, task.action_dim)
         sac = SACLearner(make_sac(task, opts, seed), opts, task.action_low, task.action_high, seed)
-        learner = MBPOLearner(model, sac, task, opts, seed)
+        learner = self.learner_class(model, sac, task, opts, seed)
         agent = SACAgent(
             sac, task.obs_dim, noise_beta=opts.noise_beta, episode_length=config.env.episode_length
         )
@@ -434,9 +490,16 @@ class MBPOAlgorithm(Algorithm):
             learner=learner,
             model=model,
             eval_agent=SACAgent(sac, task.obs_dim, deterministic=True),
-            title=f"MBPO ({config.model.kind} + SAC)",
-            fit_description=f"fit {config.model.kind}, rollouts, SAC updates",
+            title=f"{self.name} ({config.model.kind} + SAC)",
+            fit_description=f"fit {config.model.kind}, imagine, SAC updates",
         )
+
+
+class MBPOAlgorithm(ModelSACAlgorithm):
+    """MBPO: SAC on branched model rollouts (see the module)."""
+
+    learner_class = MBPOLearner
+    name = "MBPO"
 
 
 ALGORITHMS.add(

@@ -56,6 +56,7 @@ __all__ = [
     "SACLearner",
     "SACOptions",
     "make_sac",
+    "squashed_sample",
 ]
 
 _SQUASH_LIMIT = 0.995  # |a| of a distilled mean in [-1, 1] units is clipped to this before atanh
@@ -400,6 +401,20 @@ class SACLearner:
         self._np_rng = ("MT19937", keys, r["pos"], r["has_gauss"], r["gauss"])
         self._copied = 0  # the buffer is rebuilt from the run's transitions at the next fit
         self._capacity = 0
+
+
+def squashed_sample(
+    actor: Any, obs: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """A sample of SAC's squashed Gaussian policy at ``obs (N, obs_dim)``, drawn with
+    ``generator``: the action in SAC's ``[-1, 1]`` units ``(N, action_dim)`` and its
+    log-density ``(N,)`` (SB3's: the Gaussian's minus ``log(1 - tanh(u)^2 + 1e-6)``)."""
+    mu, log_std, _ = actor.get_action_dist_params(obs)
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+    u = mu + log_std.exp() * eps
+    action = torch.tanh(u)
+    gaussian = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)
+    return action, (gaussian - torch.log(1 - action**2 + 1e-6)).sum(-1)
 
 
 def _seeded_torch_state(seed: int) -> Tensor:
