@@ -231,7 +231,7 @@ class ImaginedTransitions:
         weight = 1.0
         for t in range(self.horizon):
             returns.add_(torch.where(alive, self.reward[t], 0.0), alpha=weight)
-            alive &= ~self.done[t]
+            alive = alive & ~self.done[t]  # not in place: gradients flow through where()
             weight *= discount
         if terminal_value is not None:
             value = terminal_value(self.next_obs[-1])
