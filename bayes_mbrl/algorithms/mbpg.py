@@ -54,7 +54,7 @@ from bayes_mbrl.options import (
     option,
     positive_list,
 )
-from bayes_mbrl.planning.imagine import ImaginedTransitions, imagine
+from bayes_mbrl.planning.imagine import ImaginedTransitions, functions_per_start, imagine
 
 if TYPE_CHECKING:
     from bayes_mbrl.envs import TaskSpec
@@ -294,8 +294,7 @@ class MBPGLearner:
         self.model, self.policy, self.task, self.options = model, policy, task, options
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=options.learning_rate)
         self.generator = torch.Generator().manual_seed(seed + 83)
-        finite = getattr(model, "num_members", 0) if options.functions == 0 else 0
-        self.functions = options.functions or int(finite) or 5
+        self.functions = functions_per_start(model, options.functions)
         self.last_returns = math.nan
         self.last_grad_norm = math.nan
         self.fits = 0

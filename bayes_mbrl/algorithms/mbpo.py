@@ -53,7 +53,7 @@ from bayes_mbrl.algorithms.sac import (
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.options import at_least, greater_than, interval, option
-from bayes_mbrl.planning.imagine import imagine
+from bayes_mbrl.planning.imagine import functions_per_start, imagine
 
 if TYPE_CHECKING:
     from bayes_mbrl.envs import TaskSpec
@@ -354,8 +354,7 @@ class ModelSACLearner:
         self.trained_upto = 0
         self.refit_at = -1
         self.model_seconds = self.data_seconds = self.sac_seconds = 0.0
-        finite = getattr(model, "num_members", 0) if options.functions == 0 else 0
-        self.functions = options.functions or int(finite) or 5
+        self.functions = functions_per_start(model, options.functions)
 
     def policy(self, obs: Tensor) -> Tensor:
         """SAC's stochastic action (env units) for a batch of states, drawn with the

@@ -45,6 +45,7 @@ __all__ = [
     "Policy",
     "TerminalValueFn",
     "draw_functions",
+    "functions_per_start",
     "imagine",
     "rollout",
 ]
@@ -338,6 +339,13 @@ def rollout(
         start_index=torch.arange(b, device=start.device).repeat_interleave(k).repeat(groups),
         layout=(groups, b, k),
     )
+
+
+def functions_per_start(model: DynamicsModel, requested: int = 0, fallback: int = 5) -> int:
+    """How many posterior functions a learner rolls each start state through (TS-inf):
+    ``requested``, else the model's finite support (``num_functions_hint``, e.g. an
+    ensemble's members), else ``fallback``."""
+    return requested or int(getattr(model, "num_functions_hint", 0) or 0) or fallback
 
 
 def draw_functions(
