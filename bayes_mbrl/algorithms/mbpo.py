@@ -182,15 +182,10 @@ class TransitionRing:
         the rollout length)."""
         if capacity == self.capacity:
             return
-        kept = (
-            {k: v[max(0, self.size - capacity) :] for k, v in self.ordered().items()}
-            if (self.data)
-            else {}
-        )
-        self.capacity = capacity
-        self.data = self._empty(capacity)
-        self.size = 0
-        if kept:
+        newest = max(0, self.size - capacity)
+        kept = {k: v[newest:].clone() for k, v in self.ordered().items()}
+        self.capacity, self.data, self.size = capacity, self._empty(capacity), 0
+        if kept and len(kept["obs"]):
             self.add(**kept)
 
     def add(
