@@ -5,9 +5,10 @@ without its ``-s<seed>`` suffix). A run with evaluation episodes
 (``experiment.eval_episodes``) is read from them: the point ``(eval_at_steps,
 eval_return)`` is the policy trained on that many steps; a run without (an MPC run, whose
 planner acts without exploration noise) from its training episodes ``(env_steps,
-return)``. Reports per run the first step count whose return reaches ``--target``, the
-run's wall time (``timings.csv``), and per label the mean over seeds; plots each label's
-mean curve over the seeds with the seeds' spread.
+return)``. Reports per run the first step count whose return reaches ``--target``
+(and the first from which it stays there until the run's end) and the run's wall time
+(``timings.csv``), per label the mean over seeds; plots each label's mean curve over
+the seeds with the seeds' spread.
 
     python experiments/eval_curves.py runs/mbpo/mbpo-s0 ... runs/mbpo/sac-s0 ... \\
         --target -200 --out experiments/mbpo_pendulum.json --plot experiments/mbpo_pendulum.png
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["curve", "main", "steps_to"]
+__all__ = ["curve", "main", "steps_to", "steps_to_stay"]
 
 
 def curve(run: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -43,9 +44,25 @@ def steps_to(steps: np.ndarray, returns: np.ndarray, target: float) -> int | Non
     return int(steps[hit[0]]) if len(hit) else None
 
 
+def steps_to_stay(steps: np.ndarray, returns: np.ndarray, target: float) -> int | None:
+    """The first step count from which every later return is at least ``target``."""
+    below = np.flatnonzero(returns < target)
+    if not len(below):
+        return int(steps[0]) if len(steps) else None
+    return int(steps[below[-1] + 1]) if below[-1] + 1 < len(steps) else None
+
+
 def _label(run: Path) -> tuple[str, int]:
     m = re.fullmatch(r"(.*)-s(\d+)", run.name)
     return (m.group(1), int(m.group(2))) if m else (run.name, 0)
+
+
+def _mean(values: list[int | None]) -> float | None:
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
+def _mean(values: list[int | None]) -> float | None:
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 
 def main() -> None:
@@ -71,6 +88,7 @@ def main() -> None:
                 "steps": steps.tolist(),
                 "returns": [round(float(r), 1) for r in returns],
                 "steps_to_target": steps_to(steps, returns, args.target),
+                "steps_to_stay": steps_to_stay(steps, returns, args.target),
                 "wall_seconds": round(float(timings["episode_seconds"].sum()), 1),
                 "episodes": len(timings),
             }
@@ -86,9 +104,9 @@ def main() -> None:
         summary[label] = {
             "seeds": [r["seed"] for r in mine],
             "steps_to_target": reached,
-            "mean_steps_to_target": float(np.mean(reached))
-            if all(x is not None for x in reached)
-            else None,
+            "mean_steps_to_target": _mean(reached),
+            "steps_to_stay": [r["steps_to_stay"] for r in mine],
+            "mean_steps_to_stay": _mean([r["steps_to_stay"] for r in mine]),
             "wall_seconds": [r["wall_seconds"] for r in mine],
             "last_return_mean": float(np.mean([r["returns"][-1] for r in mine])),
         }
