@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_planning import A, B, LinearGaussianModel, Q
-from tiny_runs import StopAfter
+from tiny_runs import assert_resumes_like_uninterrupted
 from torch import Tensor
 
 from bayes_mbrl.algorithms.mbpg import (
@@ -29,7 +29,6 @@ from bayes_mbrl.algorithms.mbpg import (
     reward_to_go,
 )
 from bayes_mbrl.config import load_config
-from bayes_mbrl.experiment import resume_experiment, run_experiment
 
 SIGMA, HORIZON, GAMMA = 0.1, 5, 0.95
 S0 = torch.tensor([1.0, -0.5])
@@ -165,11 +164,6 @@ MBPG_TINY = [
 @pytest.mark.parametrize("estimator", ["pathwise", "likelihood_ratio"])
 def test_mbpg_run_resumes_like_the_uninterrupted_one(estimator: str, tmp_path: Path) -> None:
     config = load_config(None, [*MBPG_TINY, f"mbpg.estimator={estimator}"], seed=0)
-    reference = run_experiment(config, tmp_path / "ref")
-    assert all(math.isfinite(r) for r in reference.returns)
-    run_dir = tmp_path / "run"
-    run_experiment(config, run_dir, callbacks=[StopAfter(2)])
-    resume_experiment(run_dir, progress=False)
-    assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    ref = assert_resumes_like_uninterrupted(config, tmp_path)
+    rows = list(csv.DictReader(open(ref / "metrics.csv")))
     assert [r["eval_at_steps"] for r in rows] == ["", "20", "40"]

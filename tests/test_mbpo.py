@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_imagine import known_two_member_ensemble
-from tiny_runs import MBPO, SAC, StopAfter
+from tiny_runs import MBPO, SAC, assert_resumes_like_uninterrupted
 
 from bayes_mbrl.algorithms.mbpo import (
     MBPOLearner,
@@ -41,7 +41,7 @@ from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import TaskSpec, get_task
 from bayes_mbrl.errors import ConfigError
 from bayes_mbrl.evaluation import evaluation_due
-from bayes_mbrl.experiment import resume_experiment, run_experiment
+from bayes_mbrl.experiment import run_experiment
 from bayes_mbrl.models import ProbabilisticEnsemble
 
 
@@ -194,14 +194,8 @@ def test_learner_refits_rolls_out_and_updates_on_schedule() -> None:
 
 
 def test_mbpo_run_resumes_like_the_uninterrupted_one(tmp_path: Path) -> None:
-    config = load_config(None, MBPO, seed=0)
-    reference = run_experiment(config, tmp_path / "ref")
-    assert len(reference.returns) == 4 and all(math.isfinite(r) for r in reference.returns)
-    run_dir = tmp_path / "run"
-    run_experiment(config, run_dir, callbacks=[StopAfter(2)])
-    resume_experiment(run_dir, progress=False)
-    assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
-    rows = list(csv.DictReader(open(tmp_path / "ref" / "metrics.csv")))
+    ref = assert_resumes_like_uninterrupted(load_config(None, MBPO, seed=0), tmp_path)
+    rows = list(csv.DictReader(open(ref / "metrics.csv")))
     assert [r["eval_at_steps"] for r in rows] == ["", "25", "50", "75"]
     assert all(math.isfinite(float(r["eval_return"])) for r in rows[1:])
 
@@ -302,9 +296,4 @@ def test_mve_run_resumes_like_the_uninterrupted_one(tmp_path: Path) -> None:
         if not s.startswith(("mbpo.rollout", "mbpo.retain", "mbpo.updates"))
     ]
     config = load_config(None, [*overrides, "mve.horizon=2"], seed=0)
-    reference = run_experiment(config, tmp_path / "ref")
-    assert all(math.isfinite(r) for r in reference.returns)
-    run_dir = tmp_path / "run"
-    run_experiment(config, run_dir, callbacks=[StopAfter(2)])
-    resume_experiment(run_dir, progress=False)
-    assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
+    assert_resumes_like_uninterrupted(config, tmp_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import POLICY_DISTILL, SAC, StopAfter
+from tiny_runs import POLICY_DISTILL, SAC, assert_resumes_like_uninterrupted
 
 from bayes_mbrl.algorithms.policy_distill import GaussianPolicy, load_distilled_policy
 from bayes_mbrl.algorithms.sac import SACAgent, SACLearner, SACOptions, make_sac
@@ -26,7 +26,7 @@ from bayes_mbrl.config import load_config
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import get_task
 from bayes_mbrl.errors import ConfigError, ModelError
-from bayes_mbrl.experiment import Experiment, resume_experiment, run_experiment
+from bayes_mbrl.experiment import Experiment, run_experiment
 
 SAC_TINY = SAC
 DISTILL_TINY = [*POLICY_DISTILL, "experiment.episodes=3"]
@@ -111,15 +111,7 @@ def test_critic_learns_the_value_of_a_constant_reward() -> None:
 
 
 def test_sac_run_resumes_like_the_uninterrupted_one(tmp_path: Path) -> None:
-    config = load_config(None, SAC_TINY, seed=0)
-    reference = run_experiment(config, tmp_path / "ref")
-    assert len(reference.returns) == 4 and all(math.isfinite(r) for r in reference.returns)
-    run_dir = tmp_path / "run"
-    run_experiment(config, run_dir, callbacks=[StopAfter(2)])
-    resume_experiment(run_dir, progress=False)
-    assert (run_dir / "metrics.csv").read_bytes() == (tmp_path / "ref" / "metrics.csv").read_bytes()
-    ref_log = (tmp_path / "ref" / "transitions.f32").read_bytes()
-    assert (run_dir / "transitions.f32").read_bytes() == ref_log
+    assert_resumes_like_uninterrupted(load_config(None, SAC_TINY, seed=0), tmp_path)
 
 
 @pytest.fixture(scope="module")

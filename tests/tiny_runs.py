@@ -3,7 +3,11 @@ overrides), and a callback that stops a run early to test resuming."""
 
 from __future__ import annotations
 
-from bayes_mbrl.experiment import Callback, Experiment
+import math
+from pathlib import Path
+
+from bayes_mbrl.config import Config
+from bayes_mbrl.experiment import Callback, Experiment, resume_experiment, run_experiment
 
 POLICY_DISTILL = [
     "experiment.mode=policy_distill",
@@ -67,3 +71,18 @@ MBPO = [
     "mbpo.retain_steps=40",
     "mbpo.rollout_schedule=[25, 75, 1, 3]",
 ]
+
+
+def assert_resumes_like_uninterrupted(config: Config, tmp_path: Path, stop: int = 2) -> Path:
+    """Run ``config`` whole, and again stopped after ``stop`` episodes and resumed; assert
+    both wrote the same ``metrics.csv`` and transitions, all returns finite. Returns the
+    uninterrupted run's directory."""
+    reference = run_experiment(config, tmp_path / "ref")
+    assert all(math.isfinite(r) for r in reference.returns)
+    assert len(reference.returns) == config.experiment.episodes
+    run_dir = tmp_path / "run"
+    run_experiment(config, run_dir, callbacks=[StopAfter(stop)])
+    resume_experiment(run_dir, progress=False)
+    for name in ("metrics.csv", "transitions.f32"):
+        assert (run_dir / name).read_bytes() == (reference.run_dir / name).read_bytes(), name
+    return reference.run_dir
