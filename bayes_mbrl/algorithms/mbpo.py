@@ -34,6 +34,7 @@ batched per episode.
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 from dataclasses import dataclass
@@ -317,7 +318,7 @@ def real_transitions(data: ReplayBuffer) -> dict[str, Tensor]:
     }
 
 
-class ModelSACLearner:
+class ModelSACLearner(abc.ABC):
     """SAC with a dynamics model: before each episode the model is refitted (every
     ``refit_every`` environment steps) and SAC takes ``updates_per_step`` gradient steps
     per new environment step on the minibatches of :meth:`sampler`, which subclasses
@@ -357,10 +358,10 @@ class ModelSACLearner:
         action, _ = squashed_sample(self.sac.sac.actor, obs, self.generator)
         return self.sac.unscale(action)
 
+    @abc.abstractmethod
     def sampler(self, data: ReplayBuffer, new: int) -> Any:
         """What SAC samples its minibatches from (``sample(batch_size)``), given the
         run's transitions and how many are new since the last fit."""
-        raise NotImplementedError
 
     def fit(
         self,
@@ -457,7 +458,7 @@ class ModelSACAlgorithm(Algorithm):
     """SAC with a dynamics model of ``[model]``: the learner of :attr:`learner_class`,
     its options the section named after the mode."""
 
-    learner_class: type[ModelSACLearner] = ModelSACLearner
+    learner_class: type[ModelSACLearner]
     name = "SAC with a model"
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:
