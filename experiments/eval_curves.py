@@ -61,10 +61,6 @@ def _mean(values: list[int | None]) -> float | None:
     return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 
-def _mean(values: list[int | None]) -> float | None:
-    return float(np.mean(values)) if values and all(v is not None for v in values) else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -73,7 +69,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--title", default="")
+    parser.add_argument(
+        "--name", nargs="*", default=[], metavar="LABEL=TEXT", help="legend text for a label"
+    )
     args = parser.parse_args()
+    names = dict(n.split("=", 1) for n in args.name)
     rows: list[dict[str, Any]] = []
     for run in args.runs:
         steps, returns, source = curve(run)
@@ -125,7 +125,8 @@ def main() -> None:
             values = np.array(
                 [np.interp(grid, r["steps"], r["returns"]) for r in mine], dtype=float
             )
-            line = ax.plot(grid, values.mean(0), label=f"{label} ({mine[0]['source']})")[0]
+            text = names.get(label, label)
+            line = ax.plot(grid, values.mean(0), label=f"{text} ({mine[0]['source']})")[0]
             ax.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
         ax.axhline(args.target, color="k", ls=":", lw=1)
         ax.set(
