@@ -70,6 +70,7 @@ from bayes_mbrl.options import (
     option,
     positive_list,
 )
+from bayes_mbrl.planning.imagine import lambda_returns
 
 if TYPE_CHECKING:
     from bayes_mbrl.envs import TaskSpec
@@ -145,36 +146,6 @@ class LatentACOptions(Options):
         at_least(0, "an integer"),
         "write latent diagnostics into the run directory every k episodes (0: never)",
     )
-
-
-def lambda_returns(rewards: Tensor, values: Tensor, discount: float, lam: float) -> Tensor:
-    """The λ-returns of imagined trajectories.
-
-    ``G_H = v_H``, ``G_t = r_t + γ ((1 - λ) v_{t+1} + λ G_{t+1})``: λ = 0 gives the
-    one-step TD targets ``r_t + γ v_{t+1}``, λ = 1 the discounted sum of the rewards
-    up to the horizon plus ``γ^(H-t) v_H``.
-
-    Args:
-        rewards: ``(H, ...)``; ``rewards[t]`` is the reward of ``(z_t, a_t)``.
-        values: ``(H + 1, ...)`` value estimates of ``z_0 .. z_H``.
-        discount: γ.
-        lam: λ.
-
-    Returns:
-        ``(H, ...)`` the returns of ``z_0 .. z_{H-1}`` (differentiable in both inputs).
-    """
-    horizon = rewards.shape[0]
-    if values.shape[0] != horizon + 1 or values.shape[1:] != rewards.shape[1:]:
-        raise ValueError(
-            f"values must have shape (H + 1, ...) = ({horizon + 1}, "
-            f"{', '.join(map(str, rewards.shape[1:]))}), got {tuple(values.shape)}"
-        )
-    out = []
-    ret = values[horizon]
-    for t in range(horizon - 1, -1, -1):
-        ret = rewards[t] + discount * ((1.0 - lam) * values[t + 1] + lam * ret)
-        out.append(ret)
-    return torch.stack(out[::-1], 0)
 
 
 class TanhGaussianPolicy(nn.Module):

@@ -21,6 +21,15 @@ Two unbiased estimators of its gradient (the seeds, "policy gradients through mo
   ``H`` Jacobians of the closed loop, whose norm and conditioning degrade with ``H``
   (the notes' warning; ``experiments/policy_gradients.py`` measures both).
 
+A horizon short enough for a well-conditioned pathwise gradient sees little of a task
+whose reward comes later (a pendulum needs more than 30 steps to swing up). With
+``mbpg.critic = true`` a value function ``V(s)`` is learned on the same rollouts, by
+regression onto their λ-returns bootstrapped from a slowly moving copy of itself, and
+the objective looks past the horizon through it (SVG(H), MAAC, Dreamer):
+
+    pathwise:          J = E[ sum_{t<H} gamma^t r_t + gamma^H V(s_H) ];
+    likelihood ratio:  the reward-to-go is the λ-return ``G^λ_t``, the baseline ``V(s_t)``.
+
 ``experiment.mode = "mbpg"`` (the ``[mbpg]`` section) runs either in the runner: before
 each episode the model is refitted and the policy takes ``updates`` Adam steps, each
 on ``rollouts`` fresh model rollouts; the agent samples from the policy, evaluation
@@ -29,6 +38,7 @@ uses its mean.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -43,7 +53,7 @@ from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, bu
 from bayes_mbrl.algorithms.mpc import _obs_tensor
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import RewardFn, TerminationFn
-from bayes_mbrl.errors import DataError
+from bayes_mbrl.errors import CheckpointError, DataError
 from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.options import (
     Options,
@@ -54,7 +64,12 @@ from bayes_mbrl.options import (
     option,
     positive_list,
 )
-from bayes_mbrl.planning.imagine import ImaginedTransitions, functions_per_start, imagine
+from bayes_mbrl.planning.imagine import (
+    ImaginedTransitions,
+    TerminalValueFn,
+    functions_per_start,
+    imagine,
+)
 
 if TYPE_CHECKING:
     from bayes_mbrl.envs import TaskSpec
@@ -66,9 +81,11 @@ __all__ = [
     "MBPGOptions",
     "PolicyAgent",
     "SquashedGaussianPolicy",
+    "ValueFunction",
     "likelihood_ratio_surrogate",
     "pathwise_returns",
     "reward_to_go",
+    "score_surrogate",
 ]
 
 ESTIMATORS = ("pathwise", "likelihood_ratio")
@@ -148,8 +165,50 @@ class SquashedGaussianPolicy(nn.Module):
 
     def set_normalization(self, obs: Tensor) -> None:
         """Normalize inputs by the mean and spread of ``obs``."""
-        self.obs_mean.copy_(obs.mean(0))
-        self.obs_std.copy_(obs.std(0).clamp_min(1e-3) if len(obs) > 1 else torch.ones_like(obs[0]))
+        _set_normalization(self.obs_mean, self.obs_std, obs)
+
+
+def _set_normalization(mean: Tensor, std: Tensor, obs: Tensor) -> None:
+    mean.copy_(obs.mean(0))
+    std.copy_(obs.std(0).clamp_min(1e-3) if len(obs) > 1 else torch.ones_like(obs[0]))
+
+
+class ValueFunction(nn.Module):
+    """``V(s) = value_mean + value_scale * net(s)``: an MLP (tanh) of the normalized
+    observation whose output is in units of ``value_scale`` (set from the rewards by
+    :meth:`set_normalization`, so that values of hundreds need no long climb of the
+    output layer)."""
+
+    obs_mean: Tensor
+    obs_std: Tensor
+    value_mean: Tensor
+    value_scale: Tensor
+
+    def __init__(self, obs_dim: int, hidden_sizes: list[int]) -> None:
+        super().__init__()
+        sizes = [obs_dim, *hidden_sizes, 1]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+        self.register_buffer("value_mean", torch.zeros(()))
+        self.register_buffer("value_scale", torch.ones(()))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = (obs - self.obs_mean) / self.obs_std
+        for layer in self.layers[:-1]:
+            x = torch.tanh(layer(x))
+        return self.value_mean + self.value_scale * self.layers[-1](x).squeeze(-1)
+
+    def set_normalization(self, obs: Tensor, rewards: Tensor, discount: float) -> None:
+        """Inputs scaled by the mean and spread of ``obs``; outputs centred on the value
+        of receiving the mean reward forever, ``mean(r) / (1 - discount)``, in units of
+        ``std(r) / (1 - discount)`` (at most 1000 steps' worth when ``discount`` is 1)."""
+        _set_normalization(self.obs_mean, self.obs_std, obs)
+        steps = 1.0 / max(1.0 - discount, 1e-3)
+        r = rewards.float()
+        self.value_mean.fill_(float(r.mean()) * steps)
+        spread = float(r.std()) if len(r) > 1 else 0.0
+        self.value_scale.fill_(max(spread, 1e-3) * steps)
 
 
 def reward_to_go(rewards: Tensor, alive: Tensor, discount: float) -> Tensor:
@@ -204,14 +263,16 @@ def pathwise_returns(
     discount: float = 1.0,
     functions: int = 1,
     generator: torch.Generator | None = None,
+    terminal_value: TerminalValueFn | None = None,
 ) -> Tensor:
     """Discounted ``horizon``-step returns ``(N,)`` of reparameterized model rollouts
-    (``N = starts x functions``), differentiable in the policy's parameters through
-    the model: ``-returns.mean()`` is the pathwise estimator's loss."""
+    (``N = starts x functions``; plus ``discount^H terminal_value(s_H)`` if given),
+    differentiable in the policy's parameters through the model: ``-returns.mean()``
+    is the pathwise estimator's loss."""
     out, _ = _rollout(
         model, policy, starts, horizon, reward_fn, termination_fn, functions, generator
     )
-    return out.returns(discount)
+    return out.returns(discount, terminal_value)
 
 
 def likelihood_ratio_surrogate(
@@ -239,15 +300,27 @@ def likelihood_ratio_surrogate(
             model, policy, starts, horizon, reward_fn, termination_fn, functions, generator
         )
     assert out.reward is not None
-    alive = out.alive()
-    to_go = reward_to_go(out.reward.float(), alive, discount)
+    to_go = reward_to_go(out.reward.float(), out.alive(), discount)
     advantage = to_go - to_go.mean(1, keepdim=True) if baseline else to_go
+    return score_surrogate(policy, out, drawn, advantage, discount), to_go[0]
+
+
+def score_surrogate(
+    policy: SquashedGaussianPolicy,
+    out: ImaginedTransitions,
+    drawn: list[Tensor],
+    advantage: Tensor,
+    discount: float,
+) -> Tensor:
+    """``(N,)`` ``sum_t discount^t log pi(u_t | s_t) advantage_t`` over the alive steps
+    of rollouts simulated without gradients (``drawn``: the policy's ``u`` per step;
+    ``advantage`` ``(H, N)``, no gradient): its gradient is the likelihood-ratio
+    estimate."""
     weights = discount ** torch.arange(out.horizon, dtype=torch.float32)[:, None]
     log_pi = policy.log_prob(
         out.obs.reshape(-1, out.obs.shape[-1]), torch.stack(drawn).reshape(-1, policy.action_dim)
     ).reshape(out.horizon, -1)
-    surrogate = (torch.where(alive, log_pi * advantage * weights, 0.0)).sum(0)
-    return surrogate, to_go[0]
+    return (torch.where(out.alive(), log_pi * advantage.detach() * weights, 0.0)).sum(0)
 
 
 @dataclass
@@ -273,14 +346,41 @@ class MBPGOptions(Options):
     max_grad_norm: float = option(
         0.0, at_least(0.0), "clip each gradient to this norm (0: no clipping)"
     )
+    critic: bool = option(
+        False,
+        None,
+        "learn a state value V(s) on the model rollouts (λ-returns from a target copy) "
+        "and use it: pathwise, the returns get gamma^H V(s_H); likelihood ratio, the "
+        "λ-returns are the reward-to-go and V(s_t) the baseline",
+    )
+    critic_hidden_sizes: list[int] = option(
+        [64, 64], positive_list, "hidden widths of the critic (tanh)"
+    )
+    critic_learning_rate: float = option(1e-3, greater_than(0), "Adam step size of the critic")
+    return_lambda: float = option(
+        0.95, interval(0.0, 1.0), "λ of the critic's λ-return targets (0: one-step TD)"
+    )
+    target_rate: float = option(
+        0.02,
+        interval(0.0, 1.0, lo_open=True),
+        "Polyak rate of the target critic the targets bootstrap from (1: the critic itself)",
+    )
 
 
 class MBPGLearner:
     """Refits the model, then ``updates`` policy-gradient steps on model rollouts.
 
+    With ``options.critic`` it also learns a :class:`ValueFunction` on the same
+    rollouts: each step regresses ``V(s_t)`` onto the rollouts' λ-returns bootstrapped
+    from a Polyak-averaged target copy (:meth:`ImaginedTransitions.lambda_returns`),
+    and the policy's objective looks past the horizon through it.
+
     Attributes:
+        critic, critic_target: the value function and its target copy (None without
+            ``options.critic``).
         last_returns: mean model return of the last gradient step's rollouts.
         last_grad_norm: norm of the last gradient (before clipping).
+        last_critic_loss: the last step's critic loss (NaN without a critic).
     """
 
     def __init__(
@@ -295,21 +395,69 @@ class MBPGLearner:
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=options.learning_rate)
         self.generator = torch.Generator().manual_seed(seed + 83)
         self.functions = functions_per_start(model, options.functions)
+        self.critic: ValueFunction | None = None
+        self.critic_target: ValueFunction | None = None
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        if options.critic:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 97)  # the critic's initial weights
+                self.critic = ValueFunction(task.obs_dim, options.critic_hidden_sizes)
+            self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+            self.critic_optimizer = torch.optim.Adam(
+                self.critic.parameters(), lr=options.critic_learning_rate
+            )
         self.last_returns = math.nan
         self.last_grad_norm = math.nan
+        self.last_critic_loss = math.nan
         self.fits = 0
 
-    def loss(self, starts: Tensor) -> tuple[Tensor, Tensor]:
-        """The estimator's loss (its gradient is minus the gradient estimate) and the
-        rollouts' returns, from ``starts``."""
+    def loss(self, starts: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The policy's loss (its gradient is minus the gradient estimate), the rollouts'
+        returns and the critic's loss (None without a critic), from ``starts``."""
         o, t = self.options, self.task
-        args = (self.model, self.policy, starts, o.horizon, t.reward_fn, t.termination_fn)
-        kwargs = {"discount": o.gamma, "functions": self.functions, "generator": self.generator}
-        if o.estimator == "pathwise":
-            returns = pathwise_returns(*args, **kwargs)  # type: ignore[arg-type]
-            return -returns.mean(), returns.detach()
-        surrogate, returns = likelihood_ratio_surrogate(*args, **kwargs)  # type: ignore[arg-type]
-        return -surrogate.mean(), returns
+        if self.critic is None:
+            args = (self.model, self.policy, starts, o.horizon, t.reward_fn, t.termination_fn)
+            kw = {"discount": o.gamma, "functions": self.functions, "generator": self.generator}
+            if o.estimator == "pathwise":
+                returns = pathwise_returns(*args, **kw)  # type: ignore[arg-type]
+                return -returns.mean(), returns.detach(), None
+            surrogate, returns = likelihood_ratio_surrogate(*args, **kw)  # type: ignore[arg-type]
+            return -surrogate.mean(), returns, None
+        assert self.critic_target is not None
+        critic, pathwise = self.critic, o.estimator == "pathwise"
+        with torch.set_grad_enabled(pathwise):
+            out, drawn = _rollout(
+                self.model, self.policy, starts, o.horizon, t.reward_fn, t.termination_fn,
+                self.functions, self.generator,
+            )  # fmt: skip
+        with torch.no_grad():
+            targets = out.lambda_returns(self.critic_target, o.gamma, o.return_lambda)
+        alive = out.alive()
+        values = critic(out.obs.detach())
+        critic_loss = torch.where(alive, (values - targets) ** 2, 0.0).sum() / alive.sum()
+        if pathwise:
+            critic.requires_grad_(False)  # gradients flow through V, its weights stay
+            try:
+                returns = out.returns(o.gamma, critic)
+            finally:
+                critic.requires_grad_(True)
+            return -returns.mean(), returns.detach(), critic_loss
+        surrogate = score_surrogate(self.policy, out, drawn, targets - values, o.gamma)
+        return -surrogate.mean(), out.returns(o.gamma, self.critic_target), critic_loss
+
+    def _critic_step(self, critic_loss: Tensor) -> None:
+        assert self.critic is not None and self.critic_target is not None
+        assert self.critic_optimizer is not None
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        with torch.no_grad():
+            rate = self.options.target_rate
+            for target, p in zip(
+                self.critic_target.parameters(), self.critic.parameters(), strict=True
+            ):
+                target.lerp_(p, rate)
+        self.last_critic_loss = float(critic_loss.detach())
 
     def fit(
         self,
@@ -320,13 +468,17 @@ class MBPGLearner:
         start = time.perf_counter()
         report = self.model.fit(data, generator, progress=progress)
         obs = data.all().obs
-        if self.fits == 0:  # the policy's input scaling, fixed from the first data on
+        if self.fits == 0:  # the networks' input scaling, fixed from the first data on
             self.policy.set_normalization(obs)
+            if self.critic is not None and self.critic_target is not None:
+                rewards = data.all().reward
+                self.critic.set_normalization(obs, rewards, self.options.gamma)
+                self.critic_target.set_normalization(obs, rewards, self.options.gamma)
         self.fits += 1
         starts_per_step = max(1, self.options.rollouts // self.functions)
         for _ in range(self.options.updates):
             rows = torch.randint(len(obs), (starts_per_step,), generator=self.generator)
-            loss, returns = self.loss(obs[rows])
+            loss, returns, critic_loss = self.loss(obs[rows])
             self.optimizer.zero_grad()
             loss.backward()
             params = list(self.policy.parameters())
@@ -341,6 +493,8 @@ class MBPGLearner:
                     "shorten mbpg.horizon or set mbpg.max_grad_norm"
                 )
             self.optimizer.step()
+            if critic_loss is not None:  # after: the policy's loss backpropagated through V
+                self._critic_step(critic_loss)
             self.last_returns, self.last_grad_norm = float(returns.mean()), float(norm)
         report.wall_seconds = time.perf_counter() - start
         return report
@@ -355,6 +509,13 @@ class MBPGLearner:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "fits": self.fits,
+            "critic": None if self.critic is None else self.critic.state_dict(),
+            "critic_target": None
+            if self.critic_target is None
+            else self.critic_target.state_dict(),
+            "critic_optimizer": (
+                None if self.critic_optimizer is None else self.critic_optimizer.state_dict()
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -363,6 +524,16 @@ class MBPGLearner:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if self.critic is not None:
+            if state.get("critic") is None:
+                raise CheckpointError(
+                    "this checkpoint has no critic but mbpg.critic = true; resume with the "
+                    "run's own config.toml"
+                )
+            assert self.critic_target is not None and self.critic_optimizer is not None
+            self.critic.load_state_dict(state["critic"])
+            self.critic_target.load_state_dict(state["critic_target"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
 
 
 class PolicyAgent:

@@ -47,6 +47,7 @@ __all__ = [
     "draw_functions",
     "functions_per_start",
     "imagine",
+    "lambda_returns",
     "rollout",
 ]
 
@@ -54,9 +55,9 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """Compute precisions of the model's matmuls during planning and imagination."""
 
 Policy = Callable[[Tensor], Tensor]
+"""A batched policy ``obs (N, obs_dim) -> action (N, action_dim)`` of torch tensors."""
 TerminalValueFn = Callable[[Tensor], Tensor]
 """``states (N, obs_dim) -> values (N,)``: the value of the state after a plan's horizon."""
-"""A batched policy ``obs (N, obs_dim) -> action (N, action_dim)`` of torch tensors."""
 
 REWARD_SIGNATURE = "(obs (..., D), action (..., A), next_obs (..., D)) -> reward (...)"
 TERMINATION_SIGNATURE = "(obs (..., D), action (..., A), next_obs (..., D)) -> bool (...)"
@@ -170,6 +171,50 @@ def _policy_actions(policy: Policy, action_dim: int) -> Callable[[int, Tensor], 
 
 
 # ---------------------------------------------------------------------- the result
+def lambda_returns(
+    rewards: Tensor,
+    values: Tensor,
+    discount: float,
+    lam: float,
+    continues: Tensor | None = None,
+) -> Tensor:
+    """The λ-returns of imagined trajectories.
+
+    ``G_H = v_H``, ``G_t = r_t + γ c_t ((1 - λ) v_{t+1} + λ G_{t+1})``: λ = 0 gives the
+    one-step TD targets ``r_t + γ c_t v_{t+1}``, λ = 1 the discounted sum of the rewards
+    up to the horizon plus ``γ^(H-t) v_H``; ``c_t = 0`` where step ``t`` ends the
+    episode (nothing after it counts).
+
+    Args:
+        rewards: ``(H, ...)``; ``rewards[t]`` is the reward of ``(z_t, a_t)``.
+        values: ``(H + 1, ...)`` value estimates of ``z_0 .. z_H``.
+        discount: γ.
+        lam: λ.
+        continues: ``(H, ...)`` ``c_t``: 0 where the transition terminates (None: all 1).
+
+    Returns:
+        ``(H, ...)`` the returns of ``z_0 .. z_{H-1}`` (differentiable in both inputs).
+    """
+    horizon = rewards.shape[0]
+    if values.shape[0] != horizon + 1 or values.shape[1:] != rewards.shape[1:]:
+        raise ValueError(
+            f"values must have shape (H + 1, ...) = ({horizon + 1}, "
+            f"{', '.join(map(str, rewards.shape[1:]))}), got {tuple(values.shape)}"
+        )
+    if continues is not None and continues.shape != rewards.shape:
+        raise ValueError(
+            f"continues must have the shape of rewards {tuple(rewards.shape)}, "
+            f"got {tuple(continues.shape)}"
+        )
+    out = []
+    ret = values[horizon]
+    for t in range(horizon - 1, -1, -1):
+        step = discount if continues is None else discount * continues[t]
+        ret = rewards[t] + step * ((1.0 - lam) * values[t + 1] + lam * ret)
+        out.append(ret)
+    return torch.stack(out[::-1], 0)
+
+
 @dataclass
 class ImaginedTransitions:
     """Imagined transitions, time-major, particles in the layout of the module docstring.
@@ -212,6 +257,24 @@ class ImaginedTransitions:
         before = torch.zeros_like(self.done[:1])
         ended = torch.cat([before, self.done[:-1]]).cumsum(0) > 0
         return ~ended
+
+    def lambda_returns(self, value: TerminalValueFn, discount: float, lam: float) -> Tensor:
+        """``(H, N)`` λ-returns of ``obs[0] .. obs[H-1]`` (:func:`lambda_returns`) with the
+        state values ``value`` of ``obs`` and of the last ``next_obs``: the critic's
+        regression targets (a terminated particle's later rewards and values do not
+        count). Differentiable in the rewards, the states and ``value``'s parameters.
+
+        Raises:
+            ConfigError: no reward function was given to the rollout.
+        """
+        if self.reward is None:
+            raise ConfigError("these imagined transitions have no rewards; pass a reward_fn")
+        states = torch.cat([self.obs, self.next_obs[-1:]])
+        values = value(states.reshape(-1, states.shape[-1])).reshape(states.shape[:2])
+        alive = self.alive()
+        rewards = torch.where(alive, self.reward, 0.0)
+        continues = (alive & ~self.done).to(rewards.dtype)
+        return lambda_returns(rewards, values.to(rewards.dtype), discount, lam, continues)
 
     def returns(
         self, discount: float = 1.0, terminal_value: TerminalValueFn | None = None
