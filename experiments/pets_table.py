@@ -60,7 +60,18 @@ def main() -> None:
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--curves", type=Path, help="learning curves, one colour per variant")
     parser.add_argument("--title", default="")
+    parser.add_argument(
+        "--recorded",
+        nargs="*",
+        default=[],
+        metavar="NAME=V0,V1,...",
+        help="a variant whose runs are gone, from its recorded per-seed means (drawn hatched)",
+    )
     args = parser.parse_args()
+    recorded = {
+        name: [float(v) for v in values.split(",")]
+        for name, values in (r.split("=", 1) for r in args.recorded)
+    }
     variants: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for run in sorted(args.runs):
         if not (run / "metrics.csv").exists():
@@ -68,12 +79,20 @@ def main() -> None:
         match = re.fullmatch(r"(.+)-s(\d+)", run.name)
         variant, seed = (match.group(1), match.group(2)) if match else (run.name, "?")
         variants[variant][seed] = read_run(run, args.last)
-    names = [v for v in args.order if v in variants] + sorted(set(variants) - set(args.order))
+    known = set(variants) | set(recorded)
+    names = [v for v in args.order if v in known] + sorted(known - set(args.order))
     summary: dict[str, Any] = {}
     print(f"| variant | seeds | mean of the last {args.last} episodes per seed | mean | "
           "plan s/step |")  # fmt: skip
     print("| --- | --- | --- | --- | --- |")
     for name in names:
+        if name in recorded:
+            vals = recorded[name]
+            summary[name] = {"recorded": vals, "mean": statistics.fmean(vals)}
+            per_seed = ", ".join(f"{v:.1f}" for v in vals)
+            mean = statistics.fmean(vals)
+            print(f"| {name} (recorded) | {len(vals)} seeds | {per_seed} | {mean:.1f} |  |")
+            continue
         seeds = variants[name]
         done = {s: r for s, r in seeds.items() if r["last_mean"] is not None}
         per_seed = [done[s]["last_mean"] for s in sorted(done)]
@@ -93,11 +112,16 @@ def main() -> None:
     if args.plot:
         fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names)), 3.5))
         for i, name in enumerate(names):
-            vals = [r["last_mean"] for r in variants[name].values() if r["last_mean"] is not None]
+            if name in recorded:
+                vals, hatch = recorded[name], "//"
+            else:
+                runs = variants[name].values()
+                vals, hatch = [r["last_mean"] for r in runs if r["last_mean"] is not None], ""
             if vals:
-                ax.bar(i, statistics.fmean(vals), color="0.8")
+                ax.bar(i, statistics.fmean(vals), color="0.8", hatch=hatch)
                 ax.plot([i] * len(vals), vals, "o", color="C0")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        labels = [f"{n} (recorded)" if n in recorded else n for n in names]
+        ax.set_xticks(range(len(names)), labels, rotation=30, ha="right")
         ax.set_ylabel(f"mean return, last {args.last} episodes")
         ax.set_title(args.title)
         fig.tight_layout()
