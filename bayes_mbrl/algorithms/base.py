@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, ModelError
@@ -46,6 +47,8 @@ __all__ = [
     "build_algorithm",
     "build_model",
     "check_learner",
+    "frozen",
+    "polyak_update",
 ]
 
 
@@ -224,3 +227,23 @@ def _field_names(cls: type[Any]) -> list[str]:
     import dataclasses
 
     return [f.name for f in dataclasses.fields(cls)]
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """``module``'s parameters take no gradient inside (gradients still flow through it)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, rate: float) -> None:
+    """``target <- target + rate * (source - target)``, parameter by parameter."""
+    for t, p in zip(target.parameters(), source.parameters(), strict=True):
+        t.lerp_(p, rate)

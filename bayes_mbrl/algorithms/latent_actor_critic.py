@@ -40,8 +40,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts
+from bayes_mbrl.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmParts,
+    frozen,
+    polyak_update,
+)
 from bayes_mbrl.algorithms.latent_mpc import (
     BeliefTracker,
     LatentDiagnostics,
@@ -274,19 +278,6 @@ class ACReport:
     updates: int = 0
 
 
-@contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """``module``'s parameters take no gradient inside (gradients still flow through it)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def _seed(generator: torch.Generator) -> int:
     return int(torch.randint(2**62, (1,), generator=generator))
 
@@ -444,7 +435,7 @@ class LatentActorCritic:
     def _losses(self, starts: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         opts = self.options
         pathwise = opts.gradient == "pathwise"
-        with _frozen(self.model.nets):
+        with frozen(self.model.nets):
             traj = self.imagine(starts, generator, pathwise=pathwise)
             values = self.target_critic(traj.states)  # (H + 1, B); frozen parameters
             returns = lambda_returns(traj.rewards, values, opts.discount, opts.return_lambda)
@@ -521,11 +512,7 @@ class LatentActorCritic:
                 nn.utils.clip_grad_norm_(self.critic.parameters(), opts.grad_clip)
                 self.actor_optimizer.step()
                 self.critic_optimizer.step()
-                with torch.no_grad():
-                    for tp, p in zip(
-                        self.target_critic.parameters(), self.critic.parameters(), strict=True
-                    ):
-                        tp.lerp_(p, opts.target_rate)
+                polyak_update(self.target_critic, self.critic, opts.target_rate)
                 for key in sums:
                     sums[key] += float(losses[key].detach())
                 count += 1

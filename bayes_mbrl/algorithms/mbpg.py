@@ -49,7 +49,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
+from bayes_mbrl.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmParts,
+    build_model,
+    frozen,
+    polyak_update,
+)
 from bayes_mbrl.algorithms.mpc import _obs_tensor
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import RewardFn, TerminationFn
@@ -436,14 +443,11 @@ class MBPGLearner:
         values = critic(out.obs.detach())
         critic_loss = torch.where(alive, (values - targets) ** 2, 0.0).sum() / alive.sum()
         if pathwise:
-            critic.requires_grad_(False)  # gradients flow through V, its weights stay
-            try:
+            with frozen(critic):  # gradients flow through V, its weights stay
                 returns = out.returns(o.gamma, critic)
-            finally:
-                critic.requires_grad_(True)
             return -returns.mean(), returns.detach(), critic_loss
         surrogate = score_surrogate(self.policy, out, drawn, targets - values, o.gamma)
-        return -surrogate.mean(), out.returns(o.gamma, self.critic_target), critic_loss
+        return -surrogate.mean(), targets[0], critic_loss
 
     def _critic_step(self, critic_loss: Tensor) -> None:
         assert self.critic is not None and self.critic_target is not None
@@ -451,12 +455,7 @@ class MBPGLearner:
         self.critic_optimizer.zero_grad()
         critic_loss.backward()
         self.critic_optimizer.step()
-        with torch.no_grad():
-            rate = self.options.target_rate
-            for target, p in zip(
-                self.critic_target.parameters(), self.critic.parameters(), strict=True
-            ):
-                target.lerp_(p, rate)
+        polyak_update(self.critic_target, self.critic, self.options.target_rate)
         self.last_critic_loss = float(critic_loss.detach())
 
     def fit(
