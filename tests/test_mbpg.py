@@ -33,6 +33,7 @@ from bayes_mbrl.algorithms.mbpg import (
 from bayes_mbrl.config import load_config
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import TaskSpec
+from bayes_mbrl.errors import DataError
 from bayes_mbrl.planning.imagine import ImaginedTransitions
 
 SIGMA, HORIZON, GAMMA = 0.1, 5, 0.95
@@ -165,6 +166,11 @@ def test_imagined_lambda_returns_bootstrap_and_stop_at_termination() -> None:
     # with no value at all, λ = 1 reproduces the discounted return
     zero = out.lambda_returns(lambda st: torch.zeros(len(st)), 0.5, 1.0)
     torch.testing.assert_close(zero[0], out.returns(0.5))
+    # a value function of the wrong shape, or one that returns NaN, is named
+    with pytest.raises(DataError, match="value must map states"):
+        out.lambda_returns(lambda st: torch.zeros(len(st), 1), 0.5, 1.0)
+    with pytest.raises(DataError, match="NaN or inf"):
+        out.lambda_returns(lambda st: torch.full((len(st),), math.nan), 0.5, 1.0)
 
 
 def test_the_critic_learns_the_value_of_the_policy() -> None:

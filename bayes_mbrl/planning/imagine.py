@@ -215,6 +215,24 @@ def lambda_returns(
     return torch.stack(out[::-1], 0)
 
 
+def _checked_values(value: TerminalValueFn, states: Tensor, name: str) -> Tensor:
+    """``value(states)``, checked to be one finite value per state (``name``: the
+    argument's name, for the message).
+
+    Raises:
+        DataError: another shape, or NaN or inf.
+    """
+    out = value(states)
+    if not isinstance(out, Tensor) or out.shape != states.shape[:1]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise DataError(
+            f"{name} must map states (N, obs_dim) to values (N,) = ({len(states)},), got {shape}"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise DataError(f"{name} returned NaN or inf; check the value function")
+    return out
+
+
 @dataclass
 class ImaginedTransitions:
     """Imagined transitions, time-major, particles in the layout of the module docstring.
@@ -266,11 +284,13 @@ class ImaginedTransitions:
 
         Raises:
             ConfigError: no reward function was given to the rollout.
+            DataError: ``value`` did not return one finite value per state.
         """
         if self.reward is None:
             raise ConfigError("these imagined transitions have no rewards; pass a reward_fn")
         states = torch.cat([self.obs, self.next_obs[-1:]])
-        values = value(states.reshape(-1, states.shape[-1])).reshape(states.shape[:2])
+        flat = states.reshape(-1, states.shape[-1])
+        values = _checked_values(value, flat, "value").reshape(states.shape[:2])
         alive = self.alive()
         rewards = torch.where(alive, self.reward, 0.0)
         continues = (alive & ~self.done).to(rewards.dtype)
@@ -298,15 +318,7 @@ class ImaginedTransitions:
             alive = alive & ~self.done[t]  # not in place: gradients flow through where()
             weight *= discount
         if terminal_value is not None:
-            value = terminal_value(self.next_obs[-1])
-            if not isinstance(value, Tensor) or value.shape != returns.shape:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise DataError(
-                    f"terminal_value must map states (N, obs_dim) to values (N,) = "
-                    f"({self.num_particles},), got {shape}"
-                )
-            if not bool(torch.isfinite(value).all()):
-                raise DataError("terminal_value returned NaN or inf; check the value function")
+            value = _checked_values(terminal_value, self.next_obs[-1], "terminal_value")
             returns.add_(torch.where(alive, value.to(returns.dtype), 0.0), alpha=weight)
         return returns
 
