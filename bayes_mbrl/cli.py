@@ -11,6 +11,7 @@ Examples::
     bayes-mbrl run mountaincar-ensemble-mpc --seed 3 --set planner.horizon=40
     bayes-mbrl run my_experiment.toml --out runs/try1 --no-progress
     bayes-mbrl resume runs/try1
+    bayes-mbrl resume runs/try1 --episodes 40          # a finished run, 40 episodes in all
     bayes-mbrl analyze runs/try1                    # uncertainty report of the run
 
 Errors a user can cause (:class:`~bayes_mbrl.errors.BayesMBRLError`, and operating
@@ -102,6 +103,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
     resume.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    resume.add_argument(
+        "--episodes",
+        type=int,
+        metavar="N",
+        help="extend the run to N episodes in all (at least its saved total)",
+    )
     resume.set_defaults(func=_cmd_resume)
 
     analyze = sub.add_parser(
@@ -315,7 +322,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from bayes_mbrl.experiment import resume_experiment
 
     progress = False if args.no_progress else None
-    return _run_and_report(run_dir, lambda: resume_experiment(run_dir, progress=progress))
+    extra = {} if args.episodes is None else {"episodes": args.episodes}
+    return _run_and_report(run_dir, lambda: resume_experiment(run_dir, progress=progress, **extra))
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

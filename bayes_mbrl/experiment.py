@@ -33,13 +33,14 @@ import torch
 from bayes_mbrl.algorithms import RandomAgent
 from bayes_mbrl.algorithms.base import Agent, build_algorithm, build_model
 from bayes_mbrl.callbacks import Callback, LearningCurvePlot, ProgressBars
-from bayes_mbrl.config import Config
+from bayes_mbrl.config import Config, dump_config
 from bayes_mbrl.data import ReplayBuffer, validate_transitions
 from bayes_mbrl.envs import get_task, make_env
 from bayes_mbrl.errors import CheckpointError, ConfigError, ModelError
 from bayes_mbrl.evaluation import EVAL_START_SEED, evaluation_due, run_episodes
 from bayes_mbrl.models import FitReport
 from bayes_mbrl.runs import (
+    CONFIG_FILE,
     LoadedRun,
     RunStore,
     TransitionLog,
@@ -426,21 +427,42 @@ def run_experiment(
 
 
 def resume_experiment(
-    run_dir: Path | str, progress: bool | None = None, callbacks: Sequence[Callback] = ()
+    run_dir: Path | str,
+    progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+    episodes: int | None = None,
 ) -> RunResult:
-    """Continue an interrupted run from its newest checkpoint.
+    """Continue an interrupted run from its newest checkpoint, or extend a finished one.
 
     Args:
         run_dir: a directory written by :func:`run_experiment`.
         progress: override ``experiment.progress`` (None keeps the saved value).
         callbacks: hooks called during the run.
+        episodes: a new total ``experiment.episodes`` (None keeps the saved one), at
+            least the saved total: the run goes on to it as if it had been started with
+            it (the random state, the data and every learner's state continue from the
+            checkpoint), and the run directory's ``config.toml`` records the new total.
 
     Raises:
         CheckpointError: the directory holds no run or its files are inconsistent.
+        ConfigError: ``episodes`` is smaller than the run's total.
     """
     config = read_run_config(run_dir)
     if progress is not None:
         config.experiment.progress = progress
+    if episodes is not None:
+        saved = config.experiment.episodes
+        if episodes < saved:
+            raise ConfigError(
+                f"{run_dir} is a run of {saved} episodes; it can be extended, not shortened "
+                f"(got episodes = {episodes}); its first {episodes} episodes are already in "
+                "metrics.csv"
+            )
+        config.experiment.episodes = episodes
     experiment = Experiment(config, Path(run_dir), callbacks)
     experiment.restore()
+    if episodes is not None:
+        stored = read_run_config(run_dir)
+        stored.experiment.episodes = episodes
+        dump_config(stored, Path(run_dir) / CONFIG_FILE)
     return experiment.run()

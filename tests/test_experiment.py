@@ -19,7 +19,7 @@ import torch
 
 from bayes_mbrl.cli import main
 from bayes_mbrl.config import Config, load_config
-from bayes_mbrl.errors import CheckpointError, EnvError, UnsafeCheckpointError
+from bayes_mbrl.errors import CheckpointError, ConfigError, EnvError, UnsafeCheckpointError
 from bayes_mbrl.experiment import (
     Callback,
     Experiment,
@@ -114,6 +114,26 @@ def test_stopped_after_an_episode_and_resumed_equals_uninterrupted(
     assert (run_dir / "transitions.f32").read_bytes() == (
         reference_run / "transitions.f32"
     ).read_bytes()
+
+
+def test_a_finished_run_extended_equals_the_longer_run(tmp_path: Path) -> None:
+    """``resume --episodes`` continues a finished run as if it had been started with the
+    larger total, and records the total; shortening is refused without touching it."""
+    longer = tmp_path / "longer"
+    run_experiment(tiny_config("experiment.episodes=4"), longer)
+    run_dir = tmp_path / "run"
+    run_experiment(tiny_config(), run_dir)  # 3 episodes, finished
+    before = (run_dir / "metrics.csv").read_bytes()
+    with pytest.raises(ConfigError, match="extended, not shortened"):
+        resume_experiment(run_dir, episodes=2)
+    assert (run_dir / "metrics.csv").read_bytes() == before
+    assert load_config(run_dir / "config.toml").experiment.episodes == 3
+    assert main(["resume", str(run_dir), "--episodes", "4", "--no-progress"]) == 0
+    assert (run_dir / "metrics.csv").read_bytes() == (longer / "metrics.csv").read_bytes()
+    assert (run_dir / "transitions.f32").read_bytes() == (longer / "transitions.f32").read_bytes()
+    saved = load_config(run_dir / "config.toml")
+    assert saved.experiment.episodes == 4 and saved.experiment.progress is False
+    assert len(resume_experiment(run_dir).returns) == 4  # nothing left to run
 
 
 SLOW_RUN = textwrap.dedent(
