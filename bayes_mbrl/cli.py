@@ -322,8 +322,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from bayes_mbrl.experiment import resume_experiment
 
     progress = False if args.no_progress else None
-    extra = {} if args.episodes is None else {"episodes": args.episodes}
-    return _run_and_report(run_dir, lambda: resume_experiment(run_dir, progress=progress, **extra))
+    return _run_and_report(
+        run_dir, lambda: resume_experiment(run_dir, progress=progress, episodes=args.episodes)
+    )
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
