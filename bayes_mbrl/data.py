@@ -95,11 +95,17 @@ def validate_transitions(
     action_low: Tensor | None = None,
     action_high: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    discrete_actions: bool = False,
 ) -> TransitionBatch:
     """Check and convert one transition or a batch of them.
 
     A single transition may be given unbatched (``obs`` of shape ``(obs_dim,)``,
     scalar reward); it is returned as a batch of one.
+
+    With ``discrete_actions`` the actions come from ``Discrete(action_dim)``: each may
+    be given as an integer index (a scalar for one transition; ``(N,)`` or ``(N, 1)``
+    for a batch) or as a one-hot vector of size ``action_dim``; they are stored as
+    one-hot vectors (what the models take).
 
     Args:
         obs: ``(N, obs_dim)`` or ``(obs_dim,)``.
@@ -113,15 +119,21 @@ def validate_transitions(
         action_low: ``(action_dim,)`` lower action bounds, or None for unbounded.
         action_high: ``(action_dim,)`` upper action bounds, or None.
         dtype: floating dtype of the returned tensors.
+        discrete_actions: the actions are indices of ``Discrete(action_dim)`` or
+            one-hot vectors (see above).
 
     Returns:
         A validated :class:`TransitionBatch` on the CPU.
 
     Raises:
-        DataError: wrong shape, non-finite value, or action outside its bounds.
+        DataError: wrong shape, non-finite value, or action outside its bounds (for
+            discrete actions: an index out of range or not an integer, a vector that is
+            not one-hot).
     """
     o = _as_tensor("obs", obs, dtype)
     a = _as_tensor("action", action, dtype)
+    if discrete_actions:
+        a = _one_hot_actions(a, action_dim, single=o.dim() == 1)
     r = _as_tensor("reward", reward, dtype)
     no = _as_tensor("next_obs", next_obs, dtype)
     te = _as_tensor("terminated", terminated, torch.bool)
@@ -184,6 +196,44 @@ def validate_transitions(
     return TransitionBatch(o, a, r, no, te, tr)
 
 
+def _one_hot_actions(a: Tensor, n: int, single: bool) -> Tensor:
+    """Discrete actions (indices or one-hot rows) as one-hot rows; the checks of
+    :func:`validate_transitions`."""
+    is_index = (a.dim() == 0) if single else (a.dim() == 1 or (a.dim() == 2 and a.shape[1] == 1))
+    if single and a.dim() == 1 and a.shape[0] == 1 and n > 1:
+        is_index = True
+    if is_index:
+        idx = a.reshape(-1)
+        bad = (idx != idx.round()) | ~torch.isfinite(idx)
+        if bad.any():
+            raise DataError(
+                f"discrete action {idx[bad][0].item()} is not an integer; pass an index in "
+                f"0..{n - 1} of Discrete({n}) or a one-hot vector of size {n}"
+            )
+        out = (idx < 0) | (idx >= n)
+        if out.any():
+            row = int(out.nonzero()[0, 0])
+            raise DataError(
+                f"discrete action {int(idx[row])} (transition {row}) is out of range for "
+                f"Discrete({n}); use an index in 0..{n - 1}"
+            )
+        return torch.nn.functional.one_hot(idx.long(), n).to(a.dtype)
+    rows = a.reshape(1, -1) if single else a
+    if rows.dim() != 2 or rows.shape[1] != n:
+        raise DataError(
+            f"discrete action has shape {tuple(a.shape)}; pass an index of Discrete({n}) "
+            f"(a scalar per transition) or a one-hot vector of size {n}"
+        )
+    ok = ((rows == 0) | (rows == 1)).all(-1) & (rows.sum(-1) == 1)
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0, 0])
+        raise DataError(
+            f"discrete action {rows[row].tolist()} (transition {row}) is not one-hot; pass "
+            f"an index of Discrete({n}) or a vector with a single 1"
+        )
+    return a
+
+
 def _action_bounds(
     low: Tensor | np.ndarray | None, high: Tensor | np.ndarray | None, action_dim: int
 ) -> tuple[Tensor | None, Tensor | None]:
@@ -221,6 +271,8 @@ class ReplayBuffer:
             sizes it for the whole experiment, so nothing is silently dropped).
         action_low: ``(action_dim,)`` lower action bounds used for validation, or None.
         action_high: ``(action_dim,)`` upper action bounds, or None.
+        discrete_actions: actions come from ``Discrete(action_dim)``: :meth:`add` takes
+            an index or a one-hot vector and stores the one-hot vector.
 
     Example:
         >>> buf = ReplayBuffer(obs_dim=3, action_dim=1, capacity=100)
@@ -236,6 +288,7 @@ class ReplayBuffer:
         capacity: int,
         action_low: Tensor | np.ndarray | None = None,
         action_high: Tensor | np.ndarray | None = None,
+        discrete_actions: bool = False,
     ) -> None:
         if obs_dim < 1 or action_dim < 1 or capacity < 1:
             raise DataError(
@@ -246,6 +299,7 @@ class ReplayBuffer:
         self.action_dim = action_dim
         self.capacity = capacity
         self.action_low, self.action_high = _action_bounds(action_low, action_high, action_dim)
+        self.discrete_actions = discrete_actions
         size = capacity * (2 * obs_dim + action_dim + 1) * 4 + 2 * capacity
         try:
             self._obs = torch.zeros(capacity, obs_dim)
@@ -291,6 +345,7 @@ class ReplayBuffer:
             action_dim=self.action_dim,
             action_low=self.action_low,
             action_high=self.action_high,
+            discrete_actions=self.discrete_actions,
         )
         self.add_batch(batch)
 
@@ -409,6 +464,7 @@ class ReplayBuffer:
             state["truncated"],
             obs_dim=self.obs_dim,
             action_dim=self.action_dim,
+            discrete_actions=self.discrete_actions,
         )
         if len(batch) > self.capacity:
             raise DataError(

@@ -158,16 +158,50 @@ def test_cartpole_swingup_reward_matches_env() -> None:
 @pytest.mark.parametrize("env_id", registered_task_ids())
 def test_task_spec_matches_env(env_id: str) -> None:
     task = get_task(env_id)
-    env = make_env(env_id)
+    env = make_env(env_id, discrete_ok=task.discrete_actions)
     assert task.env_id == env_id
     assert env.observation_space.shape == (task.obs_dim,)
-    assert isinstance(env.action_space, spaces.Box)
-    assert env.action_space.shape == (task.action_dim,)
-    torch.testing.assert_close(task.action_low, torch.as_tensor(env.action_space.low))
-    torch.testing.assert_close(task.action_high, torch.as_tensor(env.action_space.high))
+    if task.discrete_actions:  # one-hot actions
+        assert isinstance(env.action_space, spaces.Discrete)
+        assert int(env.action_space.n) == task.action_dim
+        assert task.action_low.tolist() == [0.0] * task.action_dim
+        assert task.action_high.tolist() == [1.0] * task.action_dim
+    else:
+        assert isinstance(env.action_space, spaces.Box)
+        assert env.action_space.shape == (task.action_dim,)
+        torch.testing.assert_close(task.action_low, torch.as_tensor(env.action_space.low))
+        torch.testing.assert_close(task.action_high, torch.as_tensor(env.action_space.high))
     assert env.spec is not None
     assert task.max_episode_steps == env.spec.max_episode_steps
     env.close()
+
+
+def test_cartpole_reward_and_termination_match_env() -> None:
+    task = get_task("CartPole-v1")
+    env = make_env("CartPole-v1", discrete_ok=True)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    rows: dict[str, list[Any]] = {k: [] for k in ("obs", "action", "next_obs", "reward", "term")}
+    for _ in range(400):  # random pushes: episodes of 10-40 steps, each ending by a limit
+        index = int(rng.integers(2))
+        next_obs, reward, terminated, truncated, _ = env.step(index)
+        one_hot = np.eye(2, dtype=np.float32)[index]
+        assert task.env_action(torch.as_tensor(one_hot)) == index
+        for k, v in zip(
+            rows, (obs, one_hot, next_obs, float(reward), bool(terminated)), strict=True
+        ):
+            rows[k].append(v)
+        obs = next_obs
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+    batch = {
+        k: torch.as_tensor(np.stack(v) if k in ("obs", "action", "next_obs") else v)
+        for k, v in rows.items()
+    }
+    batch = {k: v.float() if k != "term" else v for k, v in batch.items()}
+    assert int(batch["term"].sum()) >= 10
+    _check_batch(task, batch)
 
 
 def test_reward_fns_broadcast_and_check_shapes() -> None:

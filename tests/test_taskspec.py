@@ -218,21 +218,18 @@ def test_from_env_matches_get_task() -> None:
     assert task.max_episode_steps == built_in.max_episode_steps
 
 
-def test_from_env_refuses_discrete_and_image_envs() -> None:
-    with pytest.raises(
-        EnvError,
-        match=r"Grid-v0: continuous planners need a Box action space; "
-        r"got Discrete\(4\)",
-    ):
-        TaskSpec.from_env(gymnasium.make(GRID_ID), reward)
-    with pytest.raises(EnvError, match=r"Grid-v0: continuous planners need a Box action space"):
-        TaskSpec.from_env(GRID_ID, reward)
-    # the same message as get_task's for a discrete env
-    with pytest.raises(EnvError) as from_env_info:
-        TaskSpec.from_env("CartPole-v1", reward)
-    with pytest.raises(EnvError) as get_task_info:
-        get_task("CartPole-v1")
-    assert str(from_env_info.value) == str(get_task_info.value)
+def test_from_env_reads_a_discrete_env_as_one_hot_actions() -> None:
+    task = TaskSpec.from_env(gymnasium.make(GRID_ID), reward)
+    assert task.discrete_actions and (task.obs_dim, task.action_dim) == (3, 4)
+    assert task.action_low.tolist() == [0.0] * 4 and task.action_high.tolist() == [1.0] * 4
+    assert task.env_action(torch.tensor([0.0, 0.0, 1.0, 0.0])) == 2
+    assert TaskSpec.from_env(GRID_ID, reward).discrete_actions
+    assert get_task("CartPole-v1").discrete_actions
+    with pytest.raises(EnvError, match="discrete actions are one-hot vectors: give action_low = 0"):
+        TaskSpec("d", 2, 3, -1.0, 1.0, reward, discrete_actions=True)
+
+
+def test_from_env_refuses_image_envs() -> None:
     image = PointEnv()
     image.observation_space = spaces.Box(0, 255, (16, 16, 3), np.uint8)
     with pytest.raises(

@@ -7,7 +7,8 @@ environment's own. Supported tasks: ``Pendulum-v1``, ``MountainCarContinuous-v0`
 ``bayes_mbrl/PendulumSwingUp-v0`` (``Pendulum-v1`` started hanging down), the
 last two registered with gymnasium on import of this package, as is
 ``bayes_mbrl/NoisyCliff-v0`` (a point mass by a cliff under large process noise, for
-risk-averse planning). For latent models,
+risk-averse planning), and ``bayes_mbrl/DynaMaze-v0`` (Sutton & Barto's Dyna maze
+and its blocking and shortcut variants, discrete, for tabular Dyna). For latent models,
 ``bayes_mbrl/PendulumPartial-v0`` (noisy ``[cos theta, sin theta]``, no velocity) and
 ``bayes_mbrl/PendulumPixels-v0`` (flattened 32 x 32 frames), also registered here,
 observe ``Pendulum-v1`` through :class:`PartialObservation` and
@@ -32,6 +33,7 @@ from bayes_mbrl.envs.cartpole_swingup import (
     CartPoleSwingUpEnv,
     register_cartpole_swingup,
 )
+from bayes_mbrl.envs.dyna_maze import DynaMazeEnv, MazeLayout, register_dyna_maze
 from bayes_mbrl.envs.noisy_cliff import NoisyCliffEnv, register_noisy_cliff
 from bayes_mbrl.envs.observations import (
     PENDULUM_PARTIAL_ID,
@@ -56,6 +58,7 @@ register_cartpole_swingup()
 register_pendulum_swingup()
 register_observation_envs()
 register_noisy_cliff()
+register_dyna_maze()
 
 __all__ = [
     "OBSERVATION_KINDS",
@@ -63,6 +66,8 @@ __all__ = [
     "PENDULUM_PIXELS_ID",
     "BoundLike",
     "CartPoleSwingUpEnv",
+    "DynaMazeEnv",
+    "MazeLayout",
     "NoisyCliffEnv",
     "PartialObservation",
     "PendulumSwingUpEnv",

@@ -36,8 +36,10 @@ __all__ = [
     "ExpectedRewardFn",
     "RewardFn",
     "TerminationFn",
+    "cartpole_reward",
     "cartpole_swingup_expected_reward",
     "cartpole_swingup_reward",
+    "cartpole_termination",
     "make_cartpole_swingup_expected_reward",
     "make_cartpole_swingup_reward",
     "mountain_car_reward",
@@ -144,6 +146,37 @@ def mountain_car_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> T
         next_obs[..., 1] >= MOUNTAIN_CAR_GOAL_VELOCITY
     )
     return torch.broadcast_to(done, _batch_shape(obs, action, next_obs))
+
+
+#: gymnasium's CartPole-v1 limits: the episode ends beyond them
+CARTPOLE_X_LIMIT = 2.4
+CARTPOLE_THETA_LIMIT = 12 * 2 * math.pi / 360
+
+
+def cartpole_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Termination of gymnasium's ``CartPole-v1``: ``|x'| > 2.4`` or ``|theta'| > 12 deg``.
+
+    Args:
+        obs: ``[x, x_dot, theta, theta_dot]`` before the step, ``(..., 4)``; unused.
+        action: one-hot push ``(..., 2)`` (left, right); unused.
+        next_obs: the state after the step, ``(..., 4)``.
+
+    Returns:
+        Bool tensor, shape ``(...)``.
+    """
+    _check_dims("CartPole-v1", obs, action, next_obs, 4, 2)
+    x, theta = next_obs[..., 0], next_obs[..., 2]
+    done = (x.abs() > CARTPOLE_X_LIMIT) | (theta.abs() > CARTPOLE_THETA_LIMIT)
+    return torch.broadcast_to(done, _batch_shape(obs, action, next_obs))
+
+
+def cartpole_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """Reward of gymnasium's ``CartPole-v1``: 1 for every step, the last one included.
+
+    Arguments as :func:`cartpole_termination`; returns ``(...)`` ones.
+    """
+    _check_dims("CartPole-v1", obs, action, next_obs, 4, 2)
+    return torch.ones(_batch_shape(obs, action, next_obs), dtype=next_obs.dtype)
 
 
 def mountain_car_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:

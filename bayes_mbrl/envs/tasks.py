@@ -39,8 +39,10 @@ from bayes_mbrl.envs.rewards import (
     ExpectedRewardFn,
     RewardFn,
     TerminationFn,
+    cartpole_reward,
     cartpole_swingup_expected_reward,
     cartpole_swingup_reward,
+    cartpole_termination,
     mountain_car_reward,
     mountain_car_termination,
     pendulum_reward,
@@ -117,6 +119,10 @@ class TaskSpec:
             whose flat vector of size ``obs_dim = frame_stack * height * width``
             reshapes to it (most recent frame last); required for ``"pixels"``,
             ``None`` (the default) for the other kinds.
+        discrete_actions: the actions are ``Discrete(action_dim)``: models, rewards and
+            replay buffers see them as one-hot vectors of size ``action_dim`` (bounds
+            0 and 1), the env as an index (:meth:`env_action`). Continuous planners
+            refuse such a task.
 
     Raises:
         EnvError: If a size is not a positive int, a bound is not numbers, has the
@@ -147,6 +153,7 @@ class TaskSpec:
     expected_reward_fn: ExpectedRewardFn | None
     observation: str
     frame_shape: tuple[int, int, int] | None
+    discrete_actions: bool
 
     def __init__(
         self,
@@ -161,6 +168,7 @@ class TaskSpec:
         expected_reward_fn: ExpectedRewardFn | None = None,
         observation: str = "state",
         frame_shape: tuple[int, int, int] | None = None,
+        discrete_actions: bool = False,
     ) -> None:
         if not isinstance(env_id, str):
             raise EnvError(f"TaskSpec: env_id must be a str; got {env_id!r}")
@@ -205,6 +213,19 @@ class TaskSpec:
         set_field(self, "expected_reward_fn", expected_reward_fn)
         set_field(self, "observation", observation)
         set_field(self, "frame_shape", frame_shape)
+        if discrete_actions and not (bool((low == 0).all()) and bool((high == 1).all())):
+            raise EnvError(
+                f"{where}: discrete actions are one-hot vectors: give action_low = 0 and "
+                f"action_high = 1; got {low.tolist()} and {high.tolist()}"
+            )
+        set_field(self, "discrete_actions", bool(discrete_actions))
+
+    def env_action(self, action: Tensor) -> Any:
+        """The action as the env takes it: the index of a one-hot ``(action_dim,)``
+        vector for discrete actions, else a float32 numpy array."""
+        if self.discrete_actions:
+            return int(action.reshape(-1, self.action_dim).argmax(-1)[0])
+        return action.detach().cpu().numpy().astype(np.float32)
 
     @classmethod
     def from_env(
@@ -234,13 +255,14 @@ class TaskSpec:
         Returns:
             The :class:`TaskSpec`, with ``obs_dim = observation_space.shape[0]``,
             ``action_dim = action_space.shape[0]`` and the action space's bounds as
-            float32 tensors.
+            float32 tensors; for a ``Discrete(n)`` action space, ``action_dim = n`` and
+            ``discrete_actions = True`` (one-hot actions).
 
         Raises:
             EnvError: If ``env`` is neither an env nor a registered id, or its spaces do
-                not fit continuous, state-based planning (a discrete action space, image
-                observations; see :func:`check_continuous_env`), or an argument is
-                refused by :class:`TaskSpec`.
+                not fit state-based models (image observations, an unbounded or
+                multi-dimensional Box action; see :func:`check_continuous_env`), or an
+                argument is refused by :class:`TaskSpec`.
 
         Example:
             >>> from bayes_mbrl.envs.rewards import pendulum_reward
@@ -249,7 +271,7 @@ class TaskSpec:
             (3, tensor([2.]), 200)
         """
         if isinstance(env, str):
-            built = make_env(env)
+            built = make_env(env, discrete_ok=True)
             try:
                 return cls.from_env(
                     built,
@@ -266,12 +288,27 @@ class TaskSpec:
                 "TaskSpec.from_env needs a gymnasium.Env or a registered gymnasium id; "
                 f"got {type(env).__name__} {env!r}"
             )
-        check_continuous_env(env)
         if env_id is None:
             env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         if max_episode_steps is None:
             max_episode_steps = _env_time_limit(env)
         act = env.action_space
+        if isinstance(act, spaces.Discrete):
+            check_continuous_env(env, discrete_ok=True)
+            n = int(act.n)
+            return cls(
+                env_id=env_id,
+                obs_dim=int(env.observation_space.shape[0]),  # type: ignore[index]
+                action_dim=n,
+                action_low=0.0,
+                action_high=1.0,
+                reward_fn=reward_fn,
+                termination_fn=termination_fn,
+                max_episode_steps=max_episode_steps,
+                expected_reward_fn=expected_reward_fn,
+                discrete_actions=True,
+            )
+        check_continuous_env(env)
         assert isinstance(act, spaces.Box)  # check_continuous_env
         return cls(
             env_id=env_id,
@@ -601,7 +638,23 @@ def _pendulum_pixels() -> TaskSpec:
     )
 
 
+def _cartpole() -> TaskSpec:
+    """Spec of gymnasium's ``CartPole-v1`` (two discrete actions, one-hot)."""
+    return TaskSpec(
+        env_id="CartPole-v1",
+        obs_dim=4,
+        action_dim=2,
+        action_low=0.0,
+        action_high=1.0,
+        reward_fn=cartpole_reward,
+        termination_fn=cartpole_termination,
+        max_episode_steps=_time_limit("CartPole-v1"),
+        discrete_actions=True,
+    )
+
+
 _TASKS: dict[str, Callable[[], TaskSpec]] = {
+    "CartPole-v1": _cartpole,
     "Pendulum-v1": _pendulum,
     "MountainCarContinuous-v0": _mountain_car,
     CARTPOLE_SWINGUP_ID: _cartpole_swingup,
@@ -679,20 +732,25 @@ def _probe_spaces(env_id: str) -> None:
         env.close()
 
 
-def check_continuous_env(env: gymnasium.Env[Any, Any]) -> None:
+def check_continuous_env(env: gymnasium.Env[Any, Any], discrete_ok: bool = False) -> None:
     """Check that an env fits continuous-action, state-based planners.
 
     The action space must be a bounded 1-D float :class:`gymnasium.spaces.Box`
-    and the observation space a 1-D ``Box``.
+    (or, with ``discrete_ok``, a :class:`gymnasium.spaces.Discrete`) and the
+    observation space a 1-D ``Box``.
 
     Args:
         env: The environment (wrapped or not).
+        discrete_ok: accept a ``Discrete`` action space (for discrete-action learners).
 
     Raises:
         EnvError: If a space does not fit; the message names the space and the fix.
     """
     name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
     act = env.action_space
+    if discrete_ok and isinstance(act, spaces.Discrete):
+        _check_flat_observation(name, env.observation_space)
+        return
     if not isinstance(act, spaces.Box):
         raise EnvError(
             f"{name}: continuous planners need a Box action space; got {act!r}. "
@@ -714,7 +772,10 @@ def check_continuous_env(env: gymnasium.Env[Any, Any]) -> None:
             f"{act!r}. Wrap the env to clip/rescale actions to finite bounds "
             "(e.g. gymnasium.wrappers.RescaleAction after clipping)."
         )
-    obs = env.observation_space
+    _check_flat_observation(name, env.observation_space)
+
+
+def _check_flat_observation(name: str, obs: spaces.Space[Any]) -> None:
     if not isinstance(obs, spaces.Box):
         raise EnvError(
             f"{name}: state models need a flat Box observation; got {obs!r}. "
@@ -727,7 +788,9 @@ def check_continuous_env(env: gymnasium.Env[Any, Any]) -> None:
         )
 
 
-def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gymnasium.Env[Any, Any]:
+def make_env(
+    env_id: str, render_mode: str | None = None, discrete_ok: bool = False, **kwargs: Any
+) -> gymnasium.Env[Any, Any]:
     """Build a gymnasium env for continuous-action, state-based planning.
 
     Args:
@@ -735,6 +798,7 @@ def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gymn
             ``bayes_mbrl/CartPoleSwingUp-v0``).
         render_mode: Passed to :func:`gymnasium.make` when not ``None`` (so an env
             whose constructor takes no ``render_mode`` builds as with ``gymnasium.make``).
+        discrete_ok: accept a ``Discrete`` action space (for discrete-action learners).
         **kwargs: Passed to :func:`gymnasium.make` (env constructor arguments,
             ``max_episode_steps``, ...).
 
@@ -765,7 +829,7 @@ def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> gymn
     except TypeError as exc:
         raise EnvError(f"cannot build {env_id!r} with arguments {sorted(kwargs)}: {exc}") from exc
     try:
-        check_continuous_env(env)
+        check_continuous_env(env, discrete_ok=discrete_ok)
     except EnvError:
         env.close()
         raise
