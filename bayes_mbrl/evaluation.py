@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from bayes_mbrl.envs import TaskSpec, make_env
 
 __all__ = ["EVAL_START_SEED", "evaluation_due", "run_episodes"]
@@ -33,14 +31,16 @@ def run_episodes(agent: Any, task: TaskSpec, episode_length: int, seeds: list[in
 
     returns = []
     for seed in seeds:
-        env = make_env(task.env_id, max_episode_steps=episode_length)
+        env = make_env(
+            task.env_id, max_episode_steps=episode_length, discrete_ok=task.discrete_actions
+        )
         try:
             obs, _ = env.reset(seed=seed)
             agent.reset()
             total, done, steps = 0.0, False, 0
             while not done and steps < episode_length:
                 action = agent.act(_obs_tensor(obs, task.obs_dim))
-                obs, reward, term, trunc, _ = env.step(action.numpy().astype(np.float32))
+                obs, reward, term, trunc, _ = env.step(task.env_action(action))
                 total += float(reward)
                 done, steps = term or trunc, steps + 1
         finally:

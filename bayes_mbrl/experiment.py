@@ -118,13 +118,19 @@ class Experiment:
             *self.parts.callbacks,
             *callbacks,
         ]
-        self.random_agent = RandomAgent(self.task.action_low, self.task.action_high, self.generator)
+        self.random_agent = RandomAgent(
+            self.task.action_low,
+            self.task.action_high,
+            self.generator,
+            discrete=self.task.discrete_actions,
+        )
         self.buffer = ReplayBuffer(
             self.task.obs_dim,
             self.task.action_dim,
             config.experiment.episodes * config.env.episode_length,
             self.task.action_low,
             self.task.action_high,
+            discrete_actions=self.task.discrete_actions,
         )
         self.store = RunStore(
             Path(run_dir),
@@ -161,7 +167,7 @@ class Experiment:
                 f"'bayes-mbrl resume {self.run_dir}' or choose another directory"
             )
         # probe the environment before anything is written, so a bad env id fails fast
-        make_env(self.config.env.id).close()
+        make_env(self.config.env.id, discrete_ok=self.task.discrete_actions).close()
         self.store.create(self.config)
 
     def run(self) -> RunResult:
@@ -222,7 +228,11 @@ class Experiment:
         evaluation = {} if random_episode else self._evaluate()
         agent: Agent = self.random_agent if random_episode else self.parts.agent
         agent.reset()
-        env = make_env(self.config.env.id, max_episode_steps=self.config.env.episode_length)
+        env = make_env(
+            self.config.env.id,
+            max_episode_steps=self.config.env.episode_length,
+            discrete_ok=task.discrete_actions,
+        )
         expected = self._replay
         self._replay = np.zeros((0, self.log.width), dtype=np.float32)
         matching = True
@@ -234,8 +244,7 @@ class Experiment:
             obs, _ = env.reset(seed=exp.seed * 100_003 + episode)
             for step in range(self.config.env.episode_length):
                 action = agent.act(obs)
-                action_np = action.numpy().astype(np.float32)
-                next_obs, reward, terminated, truncated, _ = env.step(action_np)
+                next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
                 if not (np.isfinite(next_obs).all() and math.isfinite(float(reward))):
                     warnings.warn(
                         f"episode {episode + 1}, step {step + 1}: the environment "
@@ -252,6 +261,7 @@ class Experiment:
                     obs, action, float(reward), next_obs, terminated, truncated,
                     obs_dim=task.obs_dim, action_dim=task.action_dim,
                     action_low=task.action_low, action_high=task.action_high,
+                    discrete_actions=task.discrete_actions,
                 )  # fmt: skip
                 row = np.concatenate(
                     [

@@ -677,9 +677,10 @@ def _(ctx: Ctx) -> list[str]:
 
 
 @cli_case(
-    EnvError,
-    r"CartPole-v1: continuous planners need a Box action space; got Discrete\(2\)\. Use a"
-    r" continuous-action environment",
+    ConfigError,
+    r"env\.id = 'CartPole-v1' has discrete actions \(Discrete\(2\)\); experiment\.mode = "
+    r"'mpc' acts in continuous \(Box\) action spaces only\. Set experiment\.mode to one of "
+    r"\['dqn', 'dyna_dqn'\]",
     id="cli-run-discrete-env",
 )
 def _(ctx: Ctx) -> list[str]:
@@ -979,8 +980,8 @@ def _(ctx: Ctx) -> None:
 
 
 @case(
-    EnvError,
-    r"CartPole-v1: continuous planners need a Box action space; got Discrete\(2\)",
+    ConfigError,
+    r"env\.id = 'CartPole-v1' has discrete actions \(Discrete\(2\)\); experiment\.mode = 'mpc'",
     id="env-discrete-action-runner",
 )
 def _(ctx: Ctx) -> None:

@@ -86,3 +86,27 @@ def assert_resumes_like_uninterrupted(config: Config, tmp_path: Path, stop: int 
     for name in ("metrics.csv", "transitions.f32"):
         assert (run_dir / name).read_bytes() == (reference.run_dir / name).read_bytes(), name
     return reference.run_dir
+
+
+DYNA_DQN = [
+    "experiment.mode=dyna_dqn",
+    "env.id=CartPole-v1",
+    "experiment.episodes=5",
+    "experiment.seed_episodes=1",
+    "experiment.progress=false",
+    "experiment.threads=1",
+    "experiment.eval_episodes=2",
+    "env.episode_length=30",
+    "model.hidden_sizes=[16, 16]",
+    "model.num_members=2",
+    "model.max_epochs=3",
+    "dyna_dqn.hidden_sizes=[32, 32]",
+    "dyna_dqn.batch_size=16",
+    "dyna_dqn.updates_per_step=1",
+    "dyna_dqn.target_update_every=8",
+    "dyna_dqn.refit_every=20",
+    "dyna_dqn.rollouts_per_step=3",
+    "dyna_dqn.rollout_length=2",
+    "dyna_dqn.retain_steps=30",
+    "dyna_dqn.eps_decay_steps=50",
+]

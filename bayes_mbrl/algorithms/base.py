@@ -143,6 +143,10 @@ class Algorithm(abc.ABC):
     #: a task observed otherwise (partial observations, pixels) is refused when the
     #: run is built, naming the modes that can
     observations: tuple[str, ...] = ("state",)
+    #: the action spaces this algorithm can act in: ``"box"`` (continuous, bounded)
+    #: and/or ``"discrete"`` (one-hot actions of a ``Discrete`` space); a task with
+    #: another is refused when the run is built, naming the modes that can
+    action_spaces: tuple[str, ...] = ("box",)
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -157,6 +161,7 @@ class Algorithm(abc.ABC):
         """The agent and learner for ``config`` on ``task``, seeded by ``generator``."""
 
 
+_SPACE_NAMES = {"box": "continuous (Box)", "discrete": "discrete"}
 _OBSERVED_THROUGH = {"partial": "partial observations", "pixels": "pixels"}
 
 ALGORITHMS: Registry[Callable[[str], Algorithm]] = Registry("mode", "experiment.mode")
@@ -168,7 +173,8 @@ def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> 
     """The parts of ``config.experiment.mode`` (see :data:`ALGORITHMS`).
 
     Raises:
-        ConfigError: the mode cannot act on the task's kind of observation.
+        ConfigError: the mode cannot act on the task's kind of observation or in its
+            kind of action space.
         ModelError: the learner's ``fit`` does not take ``progress`` (written for an
             earlier version of the protocol).
     """
@@ -187,6 +193,23 @@ def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> 
             f"dynamics are not functions of one observation); experiment.mode = {mode!r} "
             f"plans on states. Set experiment.mode to one of {able} (with its model kind, "
             "e.g. model.kind = 'latent')"
+        )
+    space = "discrete" if getattr(task, "discrete_actions", False) else "box"
+    if space not in algorithm.action_spaces:
+        able = [
+            name
+            for name in ALGORITHMS.names()
+            if space in getattr(ALGORITHMS[name], "action_spaces", ("box",))
+        ]
+        what = {
+            "discrete": f"discrete actions (Discrete({task.action_dim}))",
+            "box": "continuous actions (a Box)",
+        }[space]
+        raise ConfigError(
+            f"env.id = {task.env_id!r} has {what}; experiment.mode = {mode!r} acts in "
+            f"{' or '.join(_SPACE_NAMES[s] for s in algorithm.action_spaces)} action spaces "
+            "only. Set experiment.mode "
+            f"to one of {able}, or use an env with the other kind of actions"
         )
     parts = algorithm.build(config, task, generator)
     check_learner(parts.learner)

@@ -136,13 +136,20 @@ class RandomAgent:
         action_low: ``(action_dim,)``.
         action_high: ``(action_dim,)``.
         generator: source of randomness.
+        discrete: the actions are one-hot vectors of ``Discrete(action_dim)``: each
+            index equally likely.
     """
 
     def __init__(
-        self, action_low: Tensor, action_high: Tensor, generator: torch.Generator | None = None
+        self,
+        action_low: Tensor,
+        action_high: Tensor,
+        generator: torch.Generator | None = None,
+        discrete: bool = False,
     ) -> None:
         self.low, self.high = action_low.float(), action_high.float()
         self.generator = generator
+        self.discrete = discrete
         self.plan_seconds = 0.0
 
     def reset(self) -> None:
@@ -151,6 +158,9 @@ class RandomAgent:
 
     def act(self, obs: np.ndarray | Tensor) -> Tensor:
         """A uniform action ``(action_dim,)``; the observation is ignored."""
+        if self.discrete:
+            index = torch.randint(self.low.shape[0], (), generator=self.generator)
+            return torch.nn.functional.one_hot(index, self.low.shape[0]).float()
         u = torch.rand(self.low.shape, generator=self.generator)
         return self.low + u * (self.high - self.low)
 
