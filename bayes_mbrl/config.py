@@ -152,6 +152,12 @@ class ExperimentConfig(Options):
         "evaluate after each episode that passes a multiple of this many environment "
         "steps (0: after every episode but the random ones)",
     )
+    max_env_steps: int = option(
+        0,
+        at_least(0, "an integer"),
+        "a budget of environment steps: no episode starts once this many are collected "
+        "(0: none; the run ends after experiment.episodes either way)",
+    )
     plugins: list[str] = option(
         [],
         _plugin_list,

@@ -127,7 +127,7 @@ class Experiment:
         self.buffer = ReplayBuffer(
             self.task.obs_dim,
             self.task.action_dim,
-            config.experiment.episodes * config.env.episode_length,
+            _capacity(config),
             self.task.action_low,
             self.task.action_high,
             discrete_actions=self.task.discrete_actions,
@@ -142,6 +142,13 @@ class Experiment:
         self.episodes_done = 0
         self.last_fit: FitReport | None = None
         self._replay: np.ndarray = np.zeros((0, self.log.width), dtype=np.float32)
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether ``experiment.max_env_steps`` environment steps are collected (the
+        run starts no further episode)."""
+        budget = self.config.experiment.max_env_steps
+        return budget > 0 and len(self.buffer) >= budget
 
     @property
     def run_dir(self) -> Path:
@@ -176,7 +183,7 @@ class Experiment:
         for cb in self.callbacks:
             cb.on_run_start(self)
         try:
-            while self.episodes_done < exp.episodes:
+            while self.episodes_done < exp.episodes and not self.budget_spent:
                 row = self._run_episode(self.episodes_done)
                 self.episodes_done += 1
                 self.metrics.append(row)
@@ -393,6 +400,16 @@ class Experiment:
         self.metrics = [dict(r) for r in state["metrics"]]
         self.episodes_done = int(state["episodes_done"])
         self.log.open(keep_rows=len(rows))
+
+
+def _capacity(config: Config) -> int:
+    """Transitions a run can collect: ``episodes * episode_length``, or with a budget of
+    environment steps, the budget plus one episode (the last may pass it)."""
+    exp, length = config.experiment, config.env.episode_length
+    most = exp.episodes * length
+    if exp.max_env_steps > 0:
+        most = min(most, exp.max_env_steps + length)
+    return most
 
 
 def available_cores() -> int:

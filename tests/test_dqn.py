@@ -81,3 +81,15 @@ def test_dqn_learner_fits_the_q_values_of_a_known_chain() -> None:
     expected = torch.tensor([[0.125, 0.25], [0.25, 0.5], [0.5, 1.0]])
     assert torch.allclose(q, expected, atol=0.05), q
     assert learner.updates == 2400
+
+
+def test_a_budget_of_environment_steps_ends_the_run(tmp_path: Path) -> None:
+    dqn = [s for s in DYNA_DQN if not s.startswith(("model.", "dyna_dqn."))]
+    dqn = [
+        s.replace("mode=dyna_dqn", "mode=dqn").replace("episodes=5", "episodes=500") for s in dqn
+    ]
+    result = run_experiment(
+        load_config(None, [*dqn, "experiment.max_env_steps=100"]), tmp_path / "b"
+    )
+    steps = [int(r["env_steps"]) for r in result.metrics]
+    assert steps[-2] < 100 <= steps[-1] and len(steps) < 500
