@@ -235,6 +235,32 @@ def check_learner(learner: Any) -> None:
         )
 
 
+def state_model_check(config: Any, why: str) -> tuple[str, Any, str] | None:
+    """:meth:`Algorithm.check` of a mode that needs a model of states: the problem
+    ``("model.kind", kind, "a model of states (<why>)")`` when ``model.kind`` is a latent
+    state-space model (its class has ``needs_history``), else None."""
+    kind = config.model.kind
+    if getattr(MODELS[kind], "needs_history", False):
+        return ("model.kind", kind, f"a model of states ({why})")
+    return None
+
+
+def refit_when_due(
+    model: DynamicsModel,
+    data: ReplayBuffer,
+    refit_at: int,
+    every: int,
+    generator: torch.Generator | None,
+    progress: ProgressFn | None,
+) -> tuple[FitReport, int]:
+    """Refit ``model`` on ``data`` if it was never fitted (``refit_at < 0``) or ``every``
+    environment steps have passed since ``refit_at``; returns the fit's report (empty
+    when not due) and the new ``refit_at``."""
+    if refit_at < 0 or len(data) - refit_at >= every:
+        return model.fit(data, generator, progress=progress), len(data)
+    return FitReport(), refit_at
+
+
 def build_model(config: Any, obs_dim: int, action_dim: int) -> DynamicsModel:
     """The dynamics model of ``config.model`` (its ``kind`` looked up in
     :data:`~bayes_mbrl.models.base.MODELS`), seeded by ``experiment.seed``."""

@@ -39,7 +39,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
+from bayes_mbrl.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmParts,
+    build_model,
+    refit_when_due,
+    state_model_check,
+)
 from bayes_mbrl.algorithms.mbpo import (
     MixedSampler,
     TransitionRing,
@@ -48,7 +55,7 @@ from bayes_mbrl.algorithms.mbpo import (
 )
 from bayes_mbrl.algorithms.mpc import _obs_tensor
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
+from bayes_mbrl.models.base import DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.options import Options, at_least, greater_than, interval, option, positive_list
 from bayes_mbrl.planning.imagine import functions_per_start
 
@@ -292,10 +299,9 @@ class DynaDQNLearner(DQNLearner):
     ) -> FitReport:
         """Refit the model when due, then imagine and train (:meth:`DQNLearner.fit`)."""
         start = time.perf_counter()
-        report = FitReport()
-        if self.refit_at < 0 or len(data) - self.refit_at >= self.options.refit_every:
-            report = self.model.fit(data, generator, progress=progress)
-            self.refit_at = len(data)
+        report, self.refit_at = refit_when_due(
+            self.model, data, self.refit_at, self.options.refit_every, generator, progress
+        )
         self.model_seconds = time.perf_counter() - start
         super().fit(data, generator)
         report.wall_seconds = time.perf_counter() - start
@@ -403,10 +409,7 @@ class DynaDQNAlgorithm(Algorithm):
     action_spaces = ("discrete",)
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:
-        kind = config.model.kind
-        if getattr(MODELS[kind], "needs_history", False):
-            return ("model.kind", kind, "a model of states (Dyna-DQN imagines from real states)")
-        return None
+        return state_model_check(config, "Dyna-DQN imagines from real states")
 
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
         opts: DynaDQNOptions = config.dyna_dqn

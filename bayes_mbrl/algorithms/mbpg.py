@@ -56,12 +56,13 @@ from bayes_mbrl.algorithms.base import (
     build_model,
     frozen,
     polyak_update,
+    state_model_check,
 )
 from bayes_mbrl.algorithms.mpc import _obs_tensor
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import RewardFn, TerminationFn
 from bayes_mbrl.errors import CheckpointError, DataError
-from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
+from bayes_mbrl.models.base import DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.options import (
     Options,
     at_least,
@@ -569,10 +570,7 @@ class MBPGAlgorithm(Algorithm):
     """Model-based policy gradient (see the module)."""
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:
-        kind = config.model.kind
-        if getattr(MODELS[kind], "needs_history", False):
-            return ("model.kind", kind, "a model of states (rollouts start from real states)")
-        return None
+        return state_model_check(config, "rollouts start from real states")
 
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
         opts: MBPGOptions = config.mbpg

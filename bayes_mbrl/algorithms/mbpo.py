@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
+from bayes_mbrl.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmParts,
+    build_model,
+    refit_when_due,
+    state_model_check,
+)
 from bayes_mbrl.algorithms.sac import (
     SACAgent,
     SACCoreOptions,
@@ -52,7 +59,7 @@ from bayes_mbrl.algorithms.sac import (
     squashed_sample,
 )
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
+from bayes_mbrl.models.base import DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.options import at_least, greater_than, interval, option
 from bayes_mbrl.planning.imagine import functions_per_start, imagine
 
@@ -370,10 +377,9 @@ class ModelSACLearner(abc.ABC):
         progress: ProgressFn | None = None,
     ) -> FitReport:
         start = time.perf_counter()
-        report = FitReport()
-        if self.refit_at < 0 or len(data) - self.refit_at >= self.options.refit_every:
-            report = self.model.fit(data, generator, progress=progress)
-            self.refit_at = len(data)
+        report, self.refit_at = refit_when_due(
+            self.model, data, self.refit_at, self.options.refit_every, generator, progress
+        )
         t0 = time.perf_counter()
         new = len(data) - self.trained_upto
         self.sac.sac.replay_buffer = self.sampler(data, new)
@@ -462,14 +468,7 @@ class ModelSACAlgorithm(Algorithm):
     name = "SAC with a model"
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:
-        kind = config.model.kind
-        if getattr(MODELS[kind], "needs_history", False):
-            return (
-                "model.kind",
-                kind,
-                f"a model of states ({self.name} imagines from real states)",
-            )
-        return None
+        return state_model_check(config, f"{self.name} imagines from real states")
 
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
         opts: ModelSACOptions = getattr(config, self.mode)

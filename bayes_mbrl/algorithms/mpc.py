@@ -22,9 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
+from bayes_mbrl.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmParts,
+    build_model,
+    state_model_check,
+)
 from bayes_mbrl.errors import ConfigError, DataError
-from bayes_mbrl.models.base import MODELS
 from bayes_mbrl.options import Options, at_least, option
 from bayes_mbrl.planning import PLANNERS, Planner, PlanResult, RolloutEvaluator, make_objective
 
@@ -191,15 +196,11 @@ class MPCAlgorithm(Algorithm):
     section: the learner is the dynamics model, the agent an :class:`MPCAgent`."""
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:
-        kind = config.model.kind
-        if getattr(MODELS[kind], "needs_history", False):
-            return (
-                "model.kind",
-                kind,
-                "a model of states (a latent state-space model acts through its belief: "
-                "set experiment.mode = 'latent_mpc')",
-            )
-        return None
+        return state_model_check(
+            config,
+            "a latent state-space model acts through its belief: "
+            "set experiment.mode = 'latent_mpc'",
+        )
 
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
         model = build_model(config, task.obs_dim, task.action_dim)

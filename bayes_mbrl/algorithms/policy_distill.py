@@ -37,11 +37,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bayes_mbrl.algorithms.base import ALGORITHMS, Algorithm, AlgorithmParts, build_model
+from bayes_mbrl.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    AlgorithmParts,
+    build_model,
+    state_model_check,
+)
 from bayes_mbrl.algorithms.mpc import MPCAgent, _obs_tensor, build_evaluator
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.errors import ConfigError, ModelError
-from bayes_mbrl.models.base import MODELS, DynamicsModel, FitReport, ProgressFn
+from bayes_mbrl.models.base import DynamicsModel, FitReport, ProgressFn
 from bayes_mbrl.models.ensemble import ACTIVATIONS
 from bayes_mbrl.options import OptionError, Options, at_least, greater_than, option, positive_list
 from bayes_mbrl.planning import PLANNERS
@@ -448,9 +454,7 @@ class PolicyDistillAlgorithm(Algorithm):
     """MPC as the teacher, a Gaussian policy as the student (see the module)."""
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:
-        if getattr(MODELS[config.model.kind], "needs_history", False):
-            return ("model.kind", config.model.kind, "a model of states (not a latent model)")
-        return None
+        return state_model_check(config, "not a latent model")
 
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
         opts: PolicyDistillOptions = config.policy_distill
