@@ -380,3 +380,17 @@ def test_the_ensemble_learns_cartpole_from_one_hot_actions() -> None:
     assert bool((err < 0.05 * change).all()), (err, change)
     flipped = model.predict(data.obs[-200:], 1.0 - data.action[-200:]).mean
     assert float((flipped - pred.mean)[:, 1].abs().mean()) > 0.1
+
+
+def test_the_tabular_model_goes_to_arviz_like_any_model() -> None:
+    import arviz as az
+
+    from bayes_mbrl.uncertainty import to_inference_data
+
+    buf = _tabular_buffer(torch.Generator().manual_seed(4))
+    model = TabularDynamics(4, 2)
+    model.fit(buf)
+    idata = to_inference_data(model, buf, num_draws=200)
+    loo = az.loo(idata)
+    # 2 possible next states per pair, equally likely: about log(1/2) per transition
+    assert abs(float(loo.elpd_loo) / len(buf) - math.log(0.5)) < 0.1
