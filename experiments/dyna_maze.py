@@ -112,14 +112,8 @@ def _changing(
 def _optimal_expected_steps(maze: MazeDynamics, gamma: float) -> float:
     """Expected steps from the start to the goal under the discounted-optimal policy
     of the true slippery maze."""
-    s, a = maze.num_states, 4
-    table = maze.table()
-    p = torch.zeros(s, a, s, dtype=torch.float64)
-    perp = ((2, 3), (2, 3), (0, 1), (0, 1))
-    for act in range(a):
-        p[torch.arange(s), act, table[:, act]] += 1 - maze.slip
-        for side in perp[act]:
-            p[torch.arange(s), act, table[:, side]] += maze.slip / 2
+    s = maze.num_states
+    p = maze.transition_probabilities()
     terminal = torch.zeros(s, dtype=torch.bool)
     terminal[maze.goal] = True
     reward = torch.einsum("sat,t->sa", p, terminal.double())

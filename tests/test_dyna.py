@@ -83,6 +83,9 @@ def test_slips_go_sideways_at_the_given_rate() -> None:
     se = math.sqrt(0.15 * 0.85 / n)
     assert abs(freq[up] - 0.7) < 4 * math.sqrt(0.21 / n)
     assert abs(freq[left] - 0.15) < 4 * se and abs(freq[right] - 0.15) < 4 * se
+    exact = maze.transition_probabilities()[DYNA_MAZE.cell((4, 1)), 0]
+    assert float(exact.sum()) == pytest.approx(1.0)
+    assert [float(exact[c]) for c in (up, left, right)] == pytest.approx([0.7, 0.15, 0.15])
     with pytest.raises(EnvError, match="slip must be a probability"):
         MazeDynamics("dyna", slip=1.5)
     with pytest.raises(EnvError, match="unknown maze layout 'dyn'"):

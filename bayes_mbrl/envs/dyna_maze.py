@@ -214,6 +214,18 @@ class MazeDynamics:
         changed = self.layout.changed_walls is not None and self.env_steps >= self.layout.change_at
         return self.tables[1 if changed else 0]
 
+    def transition_probabilities(self) -> Tensor:
+        """``(S, 4, S)`` float64: the exact next-cell distribution of each cell and action
+        now (the intended move with probability ``1 - slip``, each perpendicular one
+        with ``slip / 2``), as :meth:`step` samples it."""
+        table, cells = self.table(), torch.arange(self.num_states)
+        p = torch.zeros(self.num_states, 4, self.num_states, dtype=torch.float64)
+        for a in range(4):
+            p[cells, a, table[:, a]] += 1.0 - self.slip
+            for side in _PERPENDICULAR[a]:
+                p[cells, a, table[:, side]] += self.slip / 2
+        return p
+
     def neighbours(self) -> Tensor:
         """``(S, 4, S)`` bool: the cells one move (any action, walls as they are now) can
         reach from each cell, itself included; a prior for a tabular model that knows
