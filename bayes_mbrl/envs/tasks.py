@@ -293,33 +293,26 @@ class TaskSpec:
         if max_episode_steps is None:
             max_episode_steps = _env_time_limit(env)
         act = env.action_space
-        if isinstance(act, spaces.Discrete):
-            check_continuous_env(env, discrete_ok=True)
-            n = int(act.n)
-            return cls(
-                env_id=env_id,
-                obs_dim=int(env.observation_space.shape[0]),  # type: ignore[index]
-                action_dim=n,
-                action_low=0.0,
-                action_high=1.0,
-                reward_fn=reward_fn,
-                termination_fn=termination_fn,
-                max_episode_steps=max_episode_steps,
-                expected_reward_fn=expected_reward_fn,
-                discrete_actions=True,
-            )
-        check_continuous_env(env)
-        assert isinstance(act, spaces.Box)  # check_continuous_env
+        discrete = isinstance(act, spaces.Discrete)
+        check_continuous_env(env, discrete_ok=discrete)
+        low: BoundLike
+        high: BoundLike
+        if isinstance(act, spaces.Discrete):  # one-hot actions
+            action_dim, low, high = int(act.n), 0.0, 1.0
+        else:
+            assert isinstance(act, spaces.Box)  # check_continuous_env
+            action_dim, low, high = int(act.shape[0]), act.low, act.high
         return cls(
             env_id=env_id,
             obs_dim=int(env.observation_space.shape[0]),  # type: ignore[index]
-            action_dim=int(act.shape[0]),
-            action_low=act.low,
-            action_high=act.high,
+            action_dim=action_dim,
+            action_low=low,
+            action_high=high,
             reward_fn=reward_fn,
             termination_fn=termination_fn,
             max_episode_steps=max_episode_steps,
             expected_reward_fn=expected_reward_fn,
+            discrete_actions=discrete,
         )
 
 
