@@ -25,6 +25,7 @@ __all__ = [
     "Normalizer",
     "ReplayBuffer",
     "TransitionBatch",
+    "one_hot_rows",
     "validate_transitions",
 ]
 
@@ -196,6 +197,11 @@ def validate_transitions(
     return TransitionBatch(o, a, r, no, te, tr)
 
 
+def one_hot_rows(x: Tensor) -> Tensor:
+    """``(...)`` bool: which rows of ``x (..., n)`` are one-hot (all 0 or 1, one 1)."""
+    return ((x == 0) | (x == 1)).all(-1) & (x.sum(-1) == 1)
+
+
 def _one_hot_actions(a: Tensor, n: int, single: bool) -> Tensor:
     """Discrete actions (indices or one-hot rows) as one-hot rows; the checks of
     :func:`validate_transitions`."""
@@ -224,7 +230,7 @@ def _one_hot_actions(a: Tensor, n: int, single: bool) -> Tensor:
             f"discrete action has shape {tuple(a.shape)}; pass an index of Discrete({n}) "
             f"(a scalar per transition) or a one-hot vector of size {n}"
         )
-    ok = ((rows == 0) | (rows == 1)).all(-1) & (rows.sum(-1) == 1)
+    ok = one_hot_rows(rows)
     if not bool(ok.all()):
         row = int((~ok).nonzero()[0, 0])
         raise DataError(

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, OneHotCategorical
 
-from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.data import ReplayBuffer, one_hot_rows
 from bayes_mbrl.errors import DataError, ModelError
 from bayes_mbrl.models.base import (
     MODELS,
@@ -77,7 +77,7 @@ def one_hot_index(x: Tensor, size: int, what: str) -> Tensor:
             f"the tabular model takes {what} as one-hot vectors of size {size}; got width "
             f"{x.shape[-1]}"
         )
-    ok = ((x == 0) | (x == 1)).all(-1) & (x.sum(-1) == 1)
+    ok = one_hot_rows(x)
     if not bool(ok.all()):
         bad = int((~ok).flatten().nonzero()[0])
         raise DataError(
