@@ -195,8 +195,9 @@ class DQNLearner:
 
     def sampler(self, data: ReplayBuffer, new: int) -> Any:
         """What DQN samples minibatches from: the run's transitions."""
-        empty = {k: v[:0] for k, v in real_transitions(data).items()}
-        return MixedSampler(real_transitions(data), empty, 1.0, _one_hot_index, self.generator)
+        real = real_transitions(data)
+        empty = {k: v[:0] for k, v in real.items()}
+        return MixedSampler(real, empty, 1.0, _one_hot_index, self.generator)
 
     def train(self, steps: int) -> None:
         """``steps`` DQN gradient steps, copying into the target network every
