@@ -71,6 +71,7 @@ from bayes_mbrl.options import (
     option,
 )
 from bayes_mbrl.planning import OBJECTIVES, PLANNERS, PRECISIONS, PROPAGATIONS
+from bayes_mbrl.planning.lqr import ILQR_DYNAMICS
 from bayes_mbrl.registry import import_plugins
 
 __all__ = [
@@ -220,6 +221,15 @@ class PlannerConfig(Options):
     )
     icem_keep_fraction: float = option(
         0.3, interval(0.0, 1.0), "iCEM: fraction of the elites carried to the next iteration"
+    )
+    ilqr_dynamics: str = option(
+        "mean",
+        one_of(lambda: ILQR_DYNAMICS),
+        "iLQR: differentiate the predictive mean, or every posterior function (the "
+        "backward pass averaged over them)",
+    )
+    ilqr_restarts: int = option(
+        0, at_least(0, "an integer"), "iLQR: random initial sequences compared with the warm start"
     )
 
 

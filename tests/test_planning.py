@@ -360,12 +360,13 @@ def test_planners_are_built_by_name_from_the_planner_settings() -> None:
     equals that of the planner built by hand with the same seed."""
     from types import SimpleNamespace
 
-    assert tuple(PLANNERS) == ("cem", "icem", "mppi", "random_shooting") and "cem" in PLANNERS
+    assert tuple(PLANNERS)[:4] == ("cem", "icem", "mppi", "random_shooting") and "ilqr" in PLANNERS
     assert tuple(PROPAGATIONS) == ("ts_inf", "ts_1", "expectation", "moment_matching")
     cfg = SimpleNamespace(
         horizon=4, population=30, iterations=3, elite_fraction=0.2, momentum=0.3,
         mppi_temperature=0.7, mppi_noise_std=0.2,
         icem_noise_beta=1.5, icem_population_decay=1.5, icem_keep_fraction=0.5,
+        ilqr_dynamics="functions", ilqr_restarts=2,
     )  # fmt: skip
     low, high = -torch.ones(2), torch.ones(2)
     by_hand = {
@@ -389,7 +390,9 @@ def test_planners_are_built_by_name_from_the_planner_settings() -> None:
         ),
     }
     target = torch.full((4, 2), 0.3)
-    for kind in PLANNERS:
+    ilqr = PLANNERS["ilqr"].from_config(cfg, low, high)  # it plans through an evaluator
+    assert (ilqr.iterations, ilqr.dynamics, ilqr.restarts) == (3, "functions", 2)
+    for kind in by_hand:
         planner = PLANNERS[kind].from_config(cfg, low, high, torch.Generator().manual_seed(0))
         assert type(planner) is type(by_hand[kind](None))
         assert (planner.horizon, planner.population) == (4, 30)

@@ -8,6 +8,15 @@ next to its class (see :mod:`bayes_mbrl.registry`).
 
 from bayes_mbrl.planning.belief import belief_step, gp_belief_step
 from bayes_mbrl.planning.imagine import PRECISIONS, ImaginedTransitions, Policy, imagine
+from bayes_mbrl.planning.lqr import (
+    ILQRPlanner,
+    ILQRResult,
+    LQRSolution,
+    TrajectoryProblem,
+    box_qp,
+    ilqr,
+    lqr,
+)
 from bayes_mbrl.planning.objectives import (
     OBJECTIVES,
     CVaR,
@@ -42,7 +51,7 @@ from bayes_mbrl.planning.propagation import (
     TSInf,
     information_gain,
 )
-from bayes_mbrl.planning.rollout import RolloutEvaluator
+from bayes_mbrl.planning.rollout import RolloutEvaluator, Scorer
 
 __all__ = [
     "OBJECTIVES",
@@ -54,8 +63,11 @@ __all__ = [
     "CVaR",
     "Expectation",
     "ICEMPlanner",
+    "ILQRPlanner",
+    "ILQRResult",
     "ImaginedTransitions",
     "InformationGain",
+    "LQRSolution",
     "MPPIPlanner",
     "Mean",
     "MeanMinusStd",
@@ -72,12 +84,17 @@ __all__ = [
     "RandomShootingPlanner",
     "ReturnSplit",
     "RolloutEvaluator",
+    "Scorer",
     "TSInf",
+    "TrajectoryProblem",
     "WorstFunction",
     "belief_step",
+    "box_qp",
     "decompose_returns",
     "gp_belief_step",
+    "ilqr",
     "imagine",
     "information_gain",
+    "lqr",
     "make_objective",
 ]

@@ -55,6 +55,8 @@ class PlannerSettings(Protocol):
     icem_noise_beta: float
     icem_population_decay: float
     icem_keep_fraction: float
+    ilqr_dynamics: str
+    ilqr_restarts: int
 
 
 @dataclass

@@ -24,7 +24,6 @@ over chunks of the population that bound the memory of the GP's pairwise terms).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,7 +34,8 @@ from bayes_mbrl.envs.rewards import ExpectedRewardFn
 from bayes_mbrl.errors import ConfigError, DataError
 from bayes_mbrl.models.base import DynamicsModel
 from bayes_mbrl.planning.belief import sigma_points, unscented_expected_reward
-from bayes_mbrl.planning.imagine import PRECISIONS, TerminalValueFn
+from bayes_mbrl.planning.imagine import PRECISIONS, TerminalValueFn, draw_functions
+from bayes_mbrl.planning.lqr import TrajectoryProblem
 from bayes_mbrl.planning.moment_matching import SEGP
 from bayes_mbrl.planning.objectives import Mean, Objective, ReturnSplit, decompose_returns
 from bayes_mbrl.planning.propagation import MM_CHUNK_BYTES, PROPAGATIONS, make_propagation
@@ -45,6 +45,7 @@ __all__ = [
     "PRECISIONS",
     "PROPAGATIONS",
     "RolloutEvaluator",
+    "Scorer",
     "sigma_points",
     "unscented_expected_reward",
 ]
@@ -199,7 +200,7 @@ class RolloutEvaluator:
         if not bool(torch.isfinite(actions).all()):
             raise DataError("actions contain NaN or inf; pass finite candidate action sequences")
 
-    def scorer(self, start_obs: Tensor) -> Callable[[Tensor], Tensor]:
+    def scorer(self, start_obs: Tensor) -> Scorer:
         """The score function of one planning call from ``start_obs``.
 
         The posterior functions are drawn once and shared by every evaluation of the
@@ -216,10 +217,53 @@ class RolloutEvaluator:
             start_obs: ``(obs_dim,)`` current state.
 
         Returns:
-            ``actions (population, horizon, action_dim) -> scores (population,)``.
+            a :class:`Scorer`: ``actions (population, horizon, action_dim) -> scores
+            (population,)``, which also poses the differentiable
+            :meth:`Scorer.trajectory_problem` that gradient-based planners (iLQR) solve.
         """
-        prepared = self.strategy.prepare(self)
-        return lambda actions: self.objective(self.particle_returns(start_obs, actions, prepared))
+        return Scorer(self, start_obs, self.strategy.prepare(self))
+
+    def trajectory_problem(self, start_obs: Tensor, dynamics: str = "mean") -> TrajectoryProblem:
+        """The planning problem from ``start_obs`` as a differentiable trajectory problem.
+
+        Args:
+            start_obs: ``(obs_dim,)``.
+            dynamics: ``"mean"``: one deterministic function, the predictive mean over
+                :meth:`num_functions` posterior draws (an ensemble's members);
+                ``"functions"``: each draw's mean as its own function (``F`` rows).
+
+        Returns:
+            a :class:`~bayes_mbrl.planning.lqr.TrajectoryProblem` with the task's
+            reward, the discount and the terminal value; terminations are not part of it.
+        """
+        if dynamics not in ("mean", "functions"):
+            raise ConfigError(f"dynamics must be 'mean' or 'functions', got {dynamics!r}")
+        start = torch.as_tensor(start_obs, dtype=torch.float32)
+        self._check(start, torch.zeros(1, self.horizon, self.model.action_dim))
+        n = max(1, self.num_functions() or int(getattr(self.model, "num_functions_hint", 0) or 0))
+        with torch.inference_mode(False):
+            # drawn outside inference mode: autograd differentiates through the draws
+            fs = draw_functions(self.model, n, self.generator)
+
+        def each(x: Tensor, u: Tensor) -> Tensor:
+            return fs(x, u).mean
+
+        def mean(x: Tensor, u: Tensor) -> Tensor:
+            f, b = x.shape[:2]
+            flat = f * b
+            xs = x.reshape(1, flat, -1).expand(n, flat, x.shape[-1])
+            us = u.reshape(1, flat, -1).expand(n, flat, u.shape[-1])
+            return fs(xs, us).mean.mean(0).reshape(f, b, -1)
+
+        per_function = dynamics == "functions"
+        return TrajectoryProblem(
+            start_obs=start,
+            dynamics=each if per_function else mean,
+            num_functions=n if per_function else 1,
+            reward_fn=self.reward_fn,
+            discount=self.discount,
+            terminal_value=self.terminal_value,
+        )
 
     def decompose(self, start_obs: Tensor, actions: Tensor) -> ReturnSplit:
         """The expected return of each sequence and the epistemic and aleatoric
@@ -296,3 +340,28 @@ class RolloutEvaluator:
     def __call__(self, start_obs: Tensor, actions: Tensor) -> Tensor:
         """Objective value of each sequence, ``(population,)``."""
         return self.objective(self.particle_returns(start_obs, actions))
+
+
+class Scorer:
+    """The score function of one planning call (:meth:`RolloutEvaluator.scorer`).
+
+    Calling it scores ``(population, horizon, action_dim)`` sequences with the
+    functions drawn once for the call; :meth:`trajectory_problem` poses the same plan
+    as a differentiable problem for gradient-based planners.
+
+    Attributes:
+        evaluator: the evaluator it is bound to.
+        start_obs: ``(obs_dim,)`` the state planned from.
+    """
+
+    def __init__(self, evaluator: RolloutEvaluator, start_obs: Tensor, prepared: Any) -> None:
+        self.evaluator, self.start_obs, self._prepared = evaluator, start_obs, prepared
+
+    def __call__(self, actions: Tensor) -> Tensor:
+        """Scores ``(population,)`` of ``actions (population, horizon, action_dim)``."""
+        ev = self.evaluator
+        return ev.objective(ev.particle_returns(self.start_obs, actions, self._prepared))
+
+    def trajectory_problem(self, dynamics: str = "mean") -> TrajectoryProblem:
+        """:meth:`RolloutEvaluator.trajectory_problem` from this call's state."""
+        return self.evaluator.trajectory_problem(self.start_obs, dynamics)
