@@ -229,7 +229,9 @@ class PlannerConfig(Options):
         "backward pass averaged over them)",
     )
     ilqr_restarts: int = option(
-        0, at_least(0, "an integer"), "iLQR: random initial sequences compared with the warm start"
+        0,
+        at_least(0, "an integer"),
+        "iLQR: smooth random sequences whose best is a second start (0: the warm start only)",
     )
 
 

@@ -14,6 +14,14 @@ from bayes_mbrl.algorithms.base import (
     build_algorithm,
     build_model,
 )
+from bayes_mbrl.algorithms.gps import (
+    EnvSampler,
+    FunctionSampler,
+    GPSOptions,
+    GuidedPolicySearch,
+    LinearGaussianController,
+    kl_constrained_step,
+)
 from bayes_mbrl.algorithms.mpc import MODES, MPCAgent, MPCAlgorithm, RandomAgent
 from bayes_mbrl.registry import import_package_modules
 
@@ -25,10 +33,16 @@ __all__ = [
     "Agent",
     "Algorithm",
     "AlgorithmParts",
+    "EnvSampler",
+    "FunctionSampler",
+    "GPSOptions",
+    "GuidedPolicySearch",
     "Learner",
+    "LinearGaussianController",
     "MPCAgent",
     "MPCAlgorithm",
     "RandomAgent",
     "build_algorithm",
     "build_model",
+    "kl_constrained_step",
 ]

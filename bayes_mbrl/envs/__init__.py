@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from bayes_mbrl.envs.cartpole_swingup import (
     CartPoleSwingUpEnv,
+    cartpole_swingup_step,
     register_cartpole_swingup,
 )
 from bayes_mbrl.envs.dyna_maze import DynaMazeEnv, MazeLayout, register_dyna_maze
@@ -75,6 +76,7 @@ __all__ = [
     "RewardFn",
     "TaskSpec",
     "TerminationFn",
+    "cartpole_swingup_step",
     "check_continuous_env",
     "get_task",
     "make_env",

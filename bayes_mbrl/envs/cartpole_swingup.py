@@ -66,12 +66,19 @@ from typing import Any, SupportsFloat
 
 import gymnasium
 import numpy as np
+import torch
 from gymnasium import spaces
 from numpy.typing import NDArray
 
 from bayes_mbrl.errors import EnvError
 
-__all__ = ["ENV_ID", "MAX_EPISODE_STEPS", "CartPoleSwingUpEnv", "register_cartpole_swingup"]
+__all__ = [
+    "ENV_ID",
+    "MAX_EPISODE_STEPS",
+    "CartPoleSwingUpEnv",
+    "cartpole_swingup_step",
+    "register_cartpole_swingup",
+]
 
 ENV_ID = "bayes_mbrl/CartPoleSwingUp-v0"
 """Gymnasium id under which the env is registered."""
@@ -384,6 +391,56 @@ class CartPoleSwingUpEnv(gymnasium.Env[NDArray[np.float32], NDArray[np.float32]]
                 pygame.display.quit()
             self._screen = None
             self._clock = None
+
+
+def cartpole_swingup_step(
+    state: torch.Tensor,
+    action: torch.Tensor,
+    *,
+    cart_mass: float = 0.5,
+    pole_mass: float = 0.5,
+    pole_length: float = 0.6,
+    friction: float = 0.1,
+    gravity: float = 9.82,
+    max_force: float = 10.0,
+    dt: float = 0.1,
+    substeps: int = 20,
+) -> torch.Tensor:
+    """One control interval of :class:`CartPoleSwingUpEnv` in torch, batched and
+    differentiable (for trajectory optimization with the true dynamics).
+
+    The same equations and RK4 substeps as the env's ``step`` (the action is clipped to
+    ``[-1, 1]`` and scaled by ``max_force``); computes in the dtype of ``state``.
+
+    Args:
+        state: ``(..., 4)`` states ``(x, x_dot, theta, theta_dot)``.
+        action: ``(..., 1)`` actions (broadcast against ``state``'s batch).
+        cart_mass ... substeps: the env's constants (defaults: the env's).
+
+    Returns:
+        ``(..., 4)`` the states ``dt`` seconds later.
+    """
+    big_m, m, length, g = cart_mass, pole_mass, pole_length, gravity
+    force = max_force * action[..., 0].to(state.dtype).clamp(-1.0, 1.0)
+
+    def derivatives(y: torch.Tensor) -> torch.Tensor:
+        x_dot, theta, theta_dot = y[..., 1], y[..., 2], y[..., 3]
+        s, c = torch.sin(theta), torch.cos(theta)
+        net = force - friction * x_dot
+        denom = 4.0 * (big_m + m) - 3.0 * m * c * c
+        x_ddot = (2.0 * m * length * theta_dot**2 * s + 3.0 * m * g * s * c + 4.0 * net) / denom
+        theta_ddot = -3.0 * (g * s + x_ddot * c) / (2.0 * length)
+        return torch.stack([x_dot, x_ddot, theta_dot, theta_ddot], -1)
+
+    h = dt / substeps
+    y = state
+    for _ in range(substeps):
+        k1 = derivatives(y)
+        k2 = derivatives(y + 0.5 * h * k1)
+        k3 = derivatives(y + 0.5 * h * k2)
+        k4 = derivatives(y + h * k3)
+        y = y + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return y
 
 
 def register_cartpole_swingup() -> None:

@@ -17,6 +17,13 @@ from bayes_mbrl.registry import import_package_modules
 
 import_package_modules(__name__)
 
+# registered by the line above, in module order (after the families imported first)
+from bayes_mbrl.models.gmm import GaussianMixture, GMMDynamics, GMMOptions, NIWPrior  # noqa: E402
+from bayes_mbrl.models.linear_gaussian import (  # noqa: E402
+    LinearGaussianDynamics,
+    fit_linear_gaussian,
+)
+
 __all__ = [
     "MODELS",
     "BNNOptions",
@@ -26,6 +33,11 @@ __all__ = [
     "ExactGPDynamics",
     "FitReport",
     "FunctionSample",
+    "GMMDynamics",
+    "GMMOptions",
+    "GaussianMixture",
+    "LinearGaussianDynamics",
+    "NIWPrior",
     "PosteriorDraws",
     "Predictive",
     "ProbabilisticEnsemble",
@@ -34,5 +46,6 @@ __all__ = [
     "SparseGPDynamics",
     "StepLoss",
     "check_model",
+    "fit_linear_gaussian",
     "train_early_stopped",
 ]

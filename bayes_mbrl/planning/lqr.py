@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from bayes_mbrl.errors import ConfigError, ModelError
+from bayes_mbrl.planning.noise import colored_noise
 from bayes_mbrl.planning.optimizers import PLANNERS, Planner, PlannerSettings, PlanResult, ScoreFn
 
 __all__ = [
@@ -152,8 +153,10 @@ def lqr(
     """
     _, D, _ = _check_lqr_shapes(F, f, C, c)
     batch = F.shape[:-3]
-    V_final = torch.zeros(*batch, D, D, dtype=F.dtype) if C_final is None else C_final
-    v_final = torch.zeros(*batch, D, dtype=F.dtype) if c_final is None else c_final
+    V_final = (
+        torch.zeros(*batch, D, D, dtype=F.dtype, device=F.device) if C_final is None else C_final
+    )
+    v_final = torch.zeros(*batch, D, dtype=F.dtype, device=F.device) if c_final is None else c_final
 
     def solve(t: int, Q_uu: Tensor, Q_ux: Tensor, q_u: Tensor) -> tuple[Tensor, Tensor]:
         chol, info = torch.linalg.cholesky_ex(Q_uu)
@@ -429,7 +432,7 @@ def _cost_derivatives(cost: Callable[[Tensor], Tensor], w: Tensor) -> tuple[Tens
         total = cost(w).sum()
         (g,) = torch.autograd.grad(total, w, create_graph=True, allow_unused=True)
         if g is None:
-            return torch.zeros_like(w), torch.zeros(*w.shape, n, dtype=w.dtype)
+            return torch.zeros_like(w), torch.zeros(*w.shape, n, dtype=w.dtype, device=w.device)
         rows = []
         for i in range(n):
             if not g.requires_grad:
@@ -468,7 +471,6 @@ def _expand(
     (F, D, D), c_final (F, D))`` for :func:`_backward` in deviation coordinates."""
     T, A = u.shape
     F, D = xs.shape[1], xs.shape[2]
-    dtype = xs.dtype
     # every step at once: (F, T, ...)
     xt = xs[:-1].transpose(0, 1)  # (F, T, D)
     xn = xs[1:].transpose(0, 1)
@@ -496,7 +498,7 @@ def _expand(
         if psd_costs:
             HT = _psd(HT)
     else:
-        gT, HT = torch.zeros(F, D, dtype=dtype), torch.zeros(F, D, D, dtype=dtype)
+        gT, HT = xs.new_zeros(F, D), xs.new_zeros(F, D, D)
     return Fz, C, c, HT, gT
 
 
@@ -550,8 +552,8 @@ def ilqr(
     u = actions.to(dtype)
     if low is not None and high is not None:
         u = torch.minimum(torch.maximum(u, low), high)
-    weights = discount ** torch.arange(T + 1, dtype=dtype)
-    alpha_t = torch.tensor(list(alphas), dtype=dtype)
+    weights = discount ** torch.arange(T + 1, dtype=dtype, device=x0.device)
+    alpha_t = torch.tensor(list(alphas), dtype=dtype, device=x0.device)
     nA = alpha_t.shape[0]
 
     with torch.no_grad():
@@ -583,7 +585,7 @@ def ilqr(
         if expansion is None:  # the trajectory moved: expand around it again
             expansion = _expand(dynamics, cost, terminal_cost, xs, u, weights, psd_costs)
         Fz, C, c, HT, gT = expansion
-        f0 = torch.zeros(F, T, D, dtype=dtype)
+        f0 = x0.new_zeros(F, T, D)
 
         # ---- backward pass (with retries under growing regularization)
         solution = None
@@ -696,7 +698,7 @@ def problem_rollout_cost(problem: TrajectoryProblem, actions: Tensor) -> Tensor:
     B, T, A = actions.shape
     x0 = problem.start_obs.reshape(1, 1, -1).expand(F, B, -1)
     controls = actions.transpose(0, 1).unsqueeze(1).expand(T, F, B, A)
-    weights = problem.discount ** torch.arange(T + 1, dtype=actions.dtype)
+    weights = problem.discount ** torch.arange(T + 1, dtype=actions.dtype, device=actions.device)
     with torch.no_grad():
         states = _rollout(problem.dynamics, x0, controls)
         return _trajectory_cost(
@@ -728,14 +730,17 @@ class ILQRPlanner(Planner):
     the model's predictive mean (``dynamics = "mean"``), or each of the evaluator's
     posterior functions with the backward pass averaged over them
     (``dynamics = "functions"``). The reward is the task's; terminations are not
-    modelled (iLQR needs a smooth cost). With ``restarts > 0`` the start is the best
-    (under the same dynamics) of the warm start and ``restarts`` uniform random
-    sequences, a cheap guard against the local minima of a swing-up.
+    modelled (iLQR needs a smooth cost). With ``restarts > 0`` iLQR runs a second time,
+    from the best (under the same dynamics) of ``restarts`` smooth random sequences,
+    and the plan of lower cost is kept: iLQR follows the local gradient, and from a
+    pendulum held still against gravity no local change looks better than holding it
+    (a swing through the bottom costs more at first); a random swing is a start from
+    which iLQR finds the swing-up.
 
     Args:
         iterations: the most iLQR iterations per plan.
         dynamics: ``"mean"`` or ``"functions"``.
-        restarts: random initial sequences compared with the warm start.
+        restarts: smooth random sequences whose best is a second start (0: none).
         tolerance: relative improvement below which a plan stops early.
         population: unused by iLQR (kept for the common signature).
     """
@@ -774,6 +779,15 @@ class ILQRPlanner(Planner):
             "restarts": cfg.ilqr_restarts,
         }
 
+    def _red_noise(self, n: int) -> Tensor:
+        """``n`` smooth random sequences ``(n, horizon, action_dim)``: red noise (spectrum
+        ``1/f**2`` along the horizon) around the middle of the range, with a standard
+        deviation of half the range, clipped to the bounds."""
+        eps = colored_noise(2.0, (n, self.action_dim, self.horizon), self.generator)
+        half = (self.high - self.low) / 2
+        seqs = (self.low + self.high) / 2 + half * eps.transpose(1, 2)
+        return torch.minimum(torch.maximum(seqs, self.low), self.high)
+
     def _optimize(self, score: ScoreFn) -> PlanResult:
         make_problem = getattr(score, "trajectory_problem", None)
         if make_problem is None:
@@ -783,19 +797,24 @@ class ILQRPlanner(Planner):
                 "cem, icem, mppi or random_shooting for a black-box score"
             )
         problem: TrajectoryProblem = make_problem(self.dynamics)
-        start = self.initial_mean()
+        starts = [self.initial_mean()]
         if self.restarts > 0:
-            candidates = torch.cat([start.unsqueeze(0), self._uniform(self.restarts)])
-            costs = problem_rollout_cost(problem, candidates)
-            start = candidates[int(torch.nan_to_num(costs, nan=math.inf).argmin())]
-        result = solve_problem(
-            problem,
-            start,
-            action_low=self.low,
-            action_high=self.high,
-            max_iterations=self.iterations,
-            tolerance=self.tolerance,
-        )
+            candidates = self._red_noise(self.restarts)
+            costs = torch.nan_to_num(problem_rollout_cost(problem, candidates), nan=math.inf)
+            starts.append(candidates[int(costs.argmin())])
+        result: ILQRResult | None = None
+        for start in starts:
+            found = solve_problem(
+                problem,
+                start,
+                action_low=self.low,
+                action_high=self.high,
+                max_iterations=self.iterations,
+                tolerance=self.tolerance,
+            )
+            if result is None or found.cost < result.cost:
+                result = found
+        assert result is not None
         self.last_result = result
         actions = result.actions.float()
         value = float(self._score(score, actions.unsqueeze(0))[0])
