@@ -17,6 +17,7 @@ from bayes_mbrl.planning.lqr import (
     ilqr,
     lqr,
 )
+from bayes_mbrl.planning.mcts import MCTSOptions, MCTSPlanner, MCTSResult
 from bayes_mbrl.planning.objectives import (
     OBJECTIVES,
     CVaR,
@@ -68,6 +69,9 @@ __all__ = [
     "ImaginedTransitions",
     "InformationGain",
     "LQRSolution",
+    "MCTSOptions",
+    "MCTSPlanner",
+    "MCTSResult",
     "MPPIPlanner",
     "Mean",
     "MeanMinusStd",
