@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--starts", type=int, default=5)
-    parser.add_argument("--planners", nargs="+", default=["ilqr", "cem", "icem"])
+    parser.add_argument("--planners", nargs="+", default=["ilqr", "ilqr:functions", "cem", "icem"])
     parser.add_argument("--ilqr-iterations", type=int, default=10)
     parser.add_argument("--cem-iterations", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -51,9 +51,17 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "threads": args.threads,
     }
-    for kind in args.planners:
+    for name in args.planners:
+        # "ilqr:functions" is iLQR differentiating every posterior function
+        kind, _, dynamics = name.partition(":")
         iterations = args.ilqr_iterations if kind == "ilqr" else args.cem_iterations
-        pcfg = dataclasses.replace(run.config.planner, kind=kind, iterations=iterations)
+        pcfg = dataclasses.replace(
+            run.config.planner,
+            kind=kind,
+            iterations=iterations,
+            ilqr_dynamics=dynamics or "mean",
+            ilqr_restarts=0,
+        )
         config = dataclasses.replace(run.config, planner=pcfg)
         g = torch.Generator().manual_seed(0)
         planner = PLANNERS[kind].from_config(pcfg, task.action_low, task.action_high, g)
@@ -70,14 +78,14 @@ def main() -> None:
                     break
             returns.append(total)
             per_action.append(agent.plan_seconds / length)
-        results[kind] = {
+        results[name] = {
             "iterations": iterations,
             "returns": returns,
             "mean_return": statistics.mean(returns),
             "plan_seconds_per_action": statistics.median(per_action),
         }
         print(
-            f"{kind} ({iterations} iterations): mean return {statistics.mean(returns):.1f} "
+            f"{name} ({iterations} iterations): mean return {statistics.mean(returns):.1f} "
             f"({', '.join(f'{r:.1f}' for r in returns)}); planning "
             f"{1000 * statistics.median(per_action):.1f} ms per action",
             flush=True,
