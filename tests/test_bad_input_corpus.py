@@ -680,7 +680,7 @@ def _(ctx: Ctx) -> list[str]:
     ConfigError,
     r"env\.id = 'CartPole-v1' has discrete actions \(Discrete\(2\)\); experiment\.mode = "
     r"'mpc' acts in continuous \(Box\) action spaces only\. Set experiment\.mode to one of "
-    r"\['dqn', 'dyna_dqn'\]",
+    r"\['dqn', 'dyna_dqn', 'mcts'\]",
     id="cli-run-discrete-env",
 )
 def _(ctx: Ctx) -> list[str]:

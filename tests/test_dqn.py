@@ -46,7 +46,7 @@ def test_plain_dqn_runs_and_the_modes_refuse_the_wrong_action_space(tmp_path: Pa
     with pytest.raises(
         ConfigError,
         match=r"'CartPole-v1' has discrete actions \(Discrete\(2\)\); experiment.mode = 'mpc' .*"
-        r"one of \['dqn', 'dyna_dqn'\]",
+        r"one of \['dqn', 'dyna_dqn', 'mcts'\]",
     ):
         run_experiment(
             load_config(None, ["env.id=CartPole-v1", "experiment.episodes=1"]), tmp_path / "y"
