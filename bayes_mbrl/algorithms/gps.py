@@ -133,6 +133,16 @@ class LinearGaussianController:
         chol = torch.linalg.cholesky(self.cov[t])
         return self.mean_action(x, t) + noise.to(DTYPE) @ chol.T
 
+    def act(
+        self, x: Tensor, t: int, generator: torch.Generator | None = None, noise: bool = True
+    ) -> Tensor:
+        """``(N, A)`` actions for states ``(N, D)`` at step ``t``: drawn from the controller
+        (``noise``) or its mean."""
+        if not noise:
+            return self.mean_action(x, t)
+        eps = torch.randn(x.shape[0], self.k.shape[-1], generator=generator, dtype=DTYPE)
+        return self.sample_action(x, t, eps)
+
 
 # ------------------------------------------------------------------ forward pass
 @dataclass
@@ -509,14 +519,9 @@ class FunctionSampler:
         noise: bool = True,
     ) -> tuple[Tensor, Tensor]:
         x = self.start.expand(num, -1)
-        A = controller.k.shape[-1]
         states, actions = [x], []
         for t in range(controller.horizon):
-            if noise:
-                eps = torch.randn(num, A, generator=generator, dtype=DTYPE)
-                u = controller.sample_action(x, t, eps)
-            else:
-                u = controller.mean_action(x, t)
+            u = controller.act(x, t, generator, noise)
             x = self.step(x, u)
             if noise and self.noise_std > 0:
                 x = x + self.noise_std * torch.randn(x.shape, generator=generator, dtype=DTYPE)
@@ -556,14 +561,9 @@ class EnvSampler:
         for env in envs:
             env.reset(options={"state": self.start})
         x = torch.as_tensor(np.stack([e.unwrapped.state for e in envs]), dtype=DTYPE)
-        A = controller.k.shape[-1]
         states, actions = [x], []
         for t in range(controller.horizon):
-            if noise:
-                eps = torch.randn(num, A, generator=generator, dtype=DTYPE)
-                u = controller.sample_action(x, t, eps)
-            else:
-                u = controller.mean_action(x, t)
+            u = controller.act(x, t, generator, noise)
             for env, a in zip(envs, u.numpy(), strict=True):
                 env.step(a.astype(np.float32))
             x = torch.as_tensor(np.stack([e.unwrapped.state for e in envs]), dtype=DTYPE)
