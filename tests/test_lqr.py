@@ -362,3 +362,38 @@ def test_ilqr_over_an_ensembles_functions_plans_with_the_averaged_backward_pass(
         plan = planner.plan(evaluator.scorer(obs))
         assert plan.actions.shape == (5, 1) and math.isfinite(plan.value)
         assert plan.iteration_values[-1] >= plan.iteration_values[0]
+
+
+def test_a_trajectory_problem_counts_the_terminal_value_discounted() -> None:
+    from bayes_mbrl.planning import TrajectoryProblem
+
+    def dynamics(x: Tensor, u: Tensor) -> Tensor:
+        return x + u
+
+    problem = TrajectoryProblem(
+        start_obs=torch.zeros(1),
+        dynamics=dynamics,
+        num_functions=1,
+        reward_fn=lambda o, a, n: -(a**2).sum(-1),
+        discount=0.5,
+        terminal_value=lambda s: -((s - 3.0) ** 2).sum(-1),
+    )
+    actions = torch.ones(2, 4, 1)  # ends at x = 4: value -1, discounted by 0.5**4
+    cost = problem_rollout_cost(problem, actions)
+    expected = sum(0.5**t for t in range(4)) + 0.5**4 * 1.0
+    torch.testing.assert_close(cost, torch.full((2,), expected))
+    # iLQR trades the discounted control costs against the terminal value: at its
+    # optimum every control satisfies the stationarity condition of this quadratic problem
+    result = ilqr(
+        dynamics,
+        problem.stage_cost,
+        torch.zeros(1, 1),
+        torch.zeros(4, 1),
+        terminal_cost=problem.terminal_cost(),
+        discount=0.5,
+        max_iterations=3,
+    )
+    u = result.actions.reshape(-1)
+    # stationarity: 2 * 0.5**t * u_t = 2 * 0.5**4 * (3 - sum u)
+    residual = 2 * 0.5 ** torch.arange(4.0) * u - 2 * 0.5**4 * (3 - u.sum())
+    assert residual.abs().max() < 1e-5

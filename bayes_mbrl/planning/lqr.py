@@ -90,9 +90,9 @@ class LQRSolution:
         Q_uu: ``(..., T, A, A)`` the control block of each step's Q-function
             (regularized; in a linear-Gaussian controller the inverse is the
             covariance of the maximum-entropy controller).
-        expected: ``(2,)``-summable terms of the predicted change of the cost for a
-            step of size ``alpha``: ``alpha * expected[0] + alpha**2 * expected[1]``
-            (meaningful for the deviation form of :func:`ilqr`).
+        expected: ``(d1, d2)``: the local model's predicted change of the cost for a
+            step of size ``alpha`` along ``k`` is ``alpha * d1 + alpha**2 * d2`` (summed
+            over the batch; meaningful in the deviation form of :func:`ilqr`).
     """
 
     K: Tensor
@@ -368,8 +368,8 @@ class TrajectoryProblem:
         return -self.reward_fn(x, u, x_next)
 
     def terminal_cost(self) -> TerminalCost | None:
-        """``-discount**H * value`` of the state after the horizon (set by :func:`ilqr`'s
-        caller through ``terminal_value``), or None."""
+        """``x (..., D) -> -terminal_value(x)``, the cost of the state after the horizon
+        (:func:`ilqr` weights it by ``discount**H``), or None without a terminal value."""
         value = self.terminal_value
         if value is None:
             return None
