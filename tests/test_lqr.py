@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.errors import ConfigError, ModelError
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models import DynamicsModel, FitReport, FunctionSample, Predictive
 from bayes_mbrl.planning import PLANNERS, ILQRPlanner, RolloutEvaluator, box_qp, ilqr, lqr
 from bayes_mbrl.planning.lqr import problem_rollout_cost
@@ -116,6 +116,22 @@ def test_lqr_refuses_a_cost_that_is_not_convex_in_the_controls() -> None:
     with pytest.raises(ModelError, match="Q_uu at step 2 is not positive definite"):
         lqr(
             F, torch.zeros(T, d, dtype=torch.float64), C, torch.zeros(T, d + a, dtype=torch.float64)
+        )
+    bad = C.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="C contains NaN"):
+        lqr(
+            F,
+            torch.zeros(T, d, dtype=torch.float64),
+            bad,
+            torch.zeros(T, d + a, dtype=torch.float64),
+        )
+    with pytest.raises(DataError, match="x0 contains NaN"):
+        ilqr(
+            lambda x, u: x,
+            lambda x, u, n: u.sum(-1),
+            torch.full((1, 2), float("nan")),
+            torch.zeros(3, 1),
         )
     with pytest.raises(ConfigError, match="trailing shape"):
         lqr(

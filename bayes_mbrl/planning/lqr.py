@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayes_mbrl.errors import ConfigError, ModelError
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.planning.noise import colored_noise
 from bayes_mbrl.planning.optimizers import PLANNERS, Planner, PlannerSettings, PlanResult, ScoreFn
 
@@ -122,6 +122,12 @@ def _check_lqr_shapes(F: Tensor, f: Tensor, C: Tensor, c: Tensor) -> tuple[int, 
             raise ConfigError(
                 f"{name} must have trailing shape {shape} (T = {T}, D = {D}, A = {A}), "
                 f"got {tuple(t.shape)}"
+            )
+    for name, t in (("F", F), ("f", f), ("C", C), ("c", c)):
+        if not bool(torch.isfinite(t).all()):
+            raise DataError(
+                f"{name} contains NaN or inf; LQR needs finite dynamics and costs (check the "
+                "model or the expansion that produced them)"
             )
     return T, D, A
 
@@ -452,6 +458,9 @@ def _check_ilqr(x0: Tensor, actions: Tensor, alphas: Sequence[float], max_iterat
         raise ConfigError(f"actions must have shape (T, A), got {tuple(actions.shape)}")
     if max_iterations < 1:
         raise ConfigError(f"max_iterations must be >= 1, got {max_iterations}")
+    for name, t in (("x0", x0), ("actions", actions)):
+        if not bool(torch.isfinite(t).all()):
+            raise DataError(f"{name} contains NaN or inf; iLQR starts from finite values")
     if not alphas or any(not 0 < a <= 1 for a in alphas):
         raise ConfigError(f"alphas must be step sizes in (0, 1], got {list(alphas)}")
 
