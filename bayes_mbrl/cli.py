@@ -302,12 +302,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _announce_run_dir() -> Any:
     """A callback printing ``run directory: DIR`` once the run has created it (a run
-    that fails before, e.g. on a bad env id, prints nothing of it)."""
+    that fails before, e.g. on a bad env id, prints nothing of it), then the
+    algorithm's notes (:attr:`~bayes_mbrl.algorithms.base.AlgorithmParts.notes`)."""
     from bayes_mbrl.callbacks import Callback
 
     class AnnounceRunDir(Callback):
         def _on_run_start(self, experiment: Any) -> None:
             print(f"run directory: {experiment.run_dir}", flush=True)
+            for note in experiment.parts.notes:
+                print(note, flush=True)
 
     return AnnounceRunDir()
 
@@ -323,7 +326,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     progress = False if args.no_progress else None
     return _run_and_report(
-        run_dir, lambda: resume_experiment(run_dir, progress=progress, episodes=args.episodes)
+        run_dir,
+        lambda: resume_experiment(
+            run_dir, progress=progress, callbacks=[_announce_run_dir()], episodes=args.episodes
+        ),
     )
 
 

@@ -70,7 +70,7 @@ from bayes_mbrl.options import (
     one_of,
     option,
 )
-from bayes_mbrl.planning import OBJECTIVES, PLANNERS, PRECISIONS, PROPAGATIONS
+from bayes_mbrl.planning import OBJECTIVES, PLANNERS, PRECISION_CHOICES, PROPAGATIONS
 from bayes_mbrl.planning.lqr import ILQR_DYNAMICS
 from bayes_mbrl.registry import import_plugins
 
@@ -179,10 +179,12 @@ class EnvConfig(Options):
 class PlannerConfig(Options):
     """The uncertainty-aware trajectory optimiser and its rollout evaluator (``[planner]``)."""
 
-    kind: str = option("cem", one_of(lambda: tuple(PLANNERS)), "trajectory optimiser")
+    kind: str = option("icem", one_of(lambda: tuple(PLANNERS)), "trajectory optimiser")
     horizon: int = option(30, _INT1, "planning horizon in steps")
-    population: int = option(200, _INT1, "candidate action sequences per iteration")
-    iterations: int = option(5, _INT1, "optimiser iterations per planning call")
+    population: int = option(
+        100, _INT1, "candidate action sequences per iteration (iCEM: of the first iteration)"
+    )
+    iterations: int = option(3, _INT1, "optimiser iterations per planning call")
     elite_fraction: float = option(
         0.1, interval(0.0, 1.0, lo_open=True), "fraction of the population kept as elites (CEM)"
     )
@@ -208,7 +210,12 @@ class PlannerConfig(Options):
         1.0, at_least(0), "weight of the std for mean_minus_std and optimistic"
     )
     cvar_alpha: float = option(0.1, interval(0.0, 1.0, lo_open=True), "tail fraction of cvar")
-    precision: str = option("float32", one_of(lambda: tuple(PRECISIONS)), "rollout precision")
+    precision: str = option(
+        "auto",
+        one_of(lambda: PRECISION_CHOICES),
+        "precision of the model's matmuls in planning: float32, bfloat16, or auto (bfloat16 "
+        "on a CPU with native bf16 for a model that computes in it, float32 otherwise)",
+    )
     mppi_temperature: float = option(1.0, greater_than(0), "MPPI softmax temperature")
     mppi_noise_std: float = option(
         0.5, greater_than(0), "MPPI noise as a fraction of the half action range"

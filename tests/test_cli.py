@@ -170,7 +170,10 @@ def test_resume_passes_progress(
     calls: list[tuple[Path, bool | None]] = []
 
     def fake_resume(
-        run_dir: Path, progress: bool | None = None, episodes: int | None = None
+        run_dir: Path,
+        progress: bool | None = None,
+        callbacks: object = (),
+        episodes: int | None = None,
     ) -> _FakeResult:
         calls.append((run_dir, progress))
         return _FakeResult(run_dir=run_dir, returns=[1.0])

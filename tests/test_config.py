@@ -44,8 +44,9 @@ def test_defaults_are_the_documented_experiment() -> None:
     )
     assert cfg.env == EnvConfig(id="Pendulum-v1", episode_length=200)
     assert cfg.model.kind == "ensemble" and cfg.model.hidden_sizes == [200, 200, 200]
-    assert cfg.planner.kind == "cem" and cfg.planner.horizon == 30
-    assert cfg.planner.precision == "float32"
+    assert cfg.planner.kind == "icem" and cfg.planner.horizon == 30
+    assert (cfg.planner.population, cfg.planner.iterations) == (100, 3)
+    assert cfg.planner.precision == "auto"
     assert set(MODELS.names()) >= {"ensemble", "bnn", "pyro", "gp", "sparse_gp"}
 
 
@@ -90,7 +91,9 @@ def test_every_preset_loads(name: str) -> None:
 def test_preset_contents() -> None:
     bf16 = load_config("pendulum-ensemble-mpc-bf16")
     assert bf16.planner.precision == "bfloat16"
-    assert dataclasses.replace(bf16.planner, precision="float32") == Config().planner
+    cem = load_config("pendulum-ensemble-cem").planner
+    assert dataclasses.replace(bf16.planner, precision="float32") == cem
+    assert (cem.kind, cem.population, cem.iterations, cem.precision) == ("cem", 200, 5, "float32")
     mc = load_config("mountaincar-ensemble-mpc")
     assert mc.env == EnvConfig(id="MountainCarContinuous-v0", episode_length=999)
     assert mc.experiment.episodes == 10 and mc.planner.horizon == 30
@@ -302,7 +305,7 @@ def test_range_boundaries_that_are_allowed() -> None:
         ("planner.kind", "cme", ["cem", "mppi", "random_shooting"]),
         ("planner.propagation", "moment", ["ts_inf", "ts_1", "expectation"]),
         ("planner.objective", "max", ["mean", "mean_minus_std", "cvar", "optimistic"]),
-        ("planner.precision", "float16", ["float32", "bfloat16"]),
+        ("planner.precision", "float16", ["auto", "float32", "bfloat16"]),
     ],
 )
 def test_bad_choice_lists_valid_values(dotted: str, value: str, valid: list[str]) -> None:

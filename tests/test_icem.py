@@ -102,7 +102,8 @@ def test_built_from_a_config_and_bad_settings_are_named() -> None:
     cfg = load_config(None, sets).planner
     planner = PLANNERS["icem"].from_config(cfg, LOW, HIGH)
     assert isinstance(planner, ICEMPlanner)
-    assert planner.noise_beta == 3.0 and planner.num_kept == round(0.5 * 20)
+    # 10% of the default population of 100 are elites; half of them are kept
+    assert planner.noise_beta == 3.0 and planner.num_kept == round(0.5 * 0.1 * cfg.population)
     with pytest.raises(ConfigError, match="icem_population_decay"):
         load_config(None, ["planner.icem_population_decay=0.5"])
     with pytest.raises(ConfigError, match="keep_fraction"):

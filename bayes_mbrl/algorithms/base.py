@@ -119,6 +119,8 @@ class AlgorithmParts:
             (diagnostics it writes into the run directory), run after the runner's.
         eval_agent: acts in the evaluation episodes (``experiment.eval_episodes``):
             the agent without its exploration noise (None: ``agent`` itself).
+        notes: lines for the run's log, printed when the run starts (e.g. the
+            planning precision ``planner.precision = "auto"`` chose, and why).
     """
 
     agent: Agent
@@ -130,6 +132,7 @@ class AlgorithmParts:
     no_model_reason: str = ""
     callbacks: list[Any] = field(default_factory=list)
     eval_agent: Agent | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class Algorithm(abc.ABC):

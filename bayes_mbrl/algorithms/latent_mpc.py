@@ -283,6 +283,7 @@ class LatentMPCAlgorithm(Algorithm):
             model=None,
             title=title,
             fit_description=fit_description,
+            notes=[f"planning precision: {evaluator.precision_note}"],
             no_model_reason=(
                 "a latent state-space model predicts observations from a belief over its "
                 "latent state, not from the previous observation; its diagnostics "

@@ -220,6 +220,7 @@ class MPCAlgorithm(Algorithm):
             model=model,
             refits_each_episode=self.mode != "v0.5",
             title=f"{config.model.kind} + {p.kind}",
+            notes=[f"planning precision: {evaluator.precision_note}"],
         )
 
 

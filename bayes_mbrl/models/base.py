@@ -14,7 +14,7 @@ import abc
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -218,11 +218,15 @@ class DynamicsModel(abc.ABC):
         num_functions_hint: size of a finite posterior support that planners
             should stratify particles over (ensemble members), or None when
             functions are continuous draws (BNN weights, GP paths).
+        compute_dtypes: the dtypes its function draws compute in
+            (:meth:`FunctionSample.with_compute_dtype`); ``planner.precision = "auto"``
+            plans in bfloat16 only for a model that lists it.
     """
 
     obs_dim: int
     action_dim: int
     num_functions_hint: int | None = None
+    compute_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
 
     @classmethod
     def from_options(

@@ -286,6 +286,8 @@ class BayesianNeuralNet(DynamicsModel):
         True
     """
 
+    compute_dtypes = (torch.float32, torch.bfloat16)
+
     def __init__(
         self,
         obs_dim: int,

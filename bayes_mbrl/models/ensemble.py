@@ -357,6 +357,8 @@ class ProbabilisticEnsemble(DynamicsModel):
         torch.Size([2, 4])
     """
 
+    compute_dtypes = (torch.float32, torch.bfloat16)
+
     def __init__(
         self,
         obs_dim: int,

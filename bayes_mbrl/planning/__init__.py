@@ -42,6 +42,7 @@ from bayes_mbrl.planning.optimizers import (
     PlanResult,
     RandomShootingPlanner,
 )
+from bayes_mbrl.planning.precision import PRECISION_CHOICES, native_bf16, resolve_precision
 from bayes_mbrl.planning.propagation import (
     PROPAGATIONS,
     TS1,
@@ -58,6 +59,7 @@ __all__ = [
     "OBJECTIVES",
     "PLANNERS",
     "PRECISIONS",
+    "PRECISION_CHOICES",
     "PROPAGATIONS",
     "TS1",
     "CEMPlanner",
@@ -101,4 +103,6 @@ __all__ = [
     "information_gain",
     "lqr",
     "make_objective",
+    "native_bf16",
+    "resolve_precision",
 ]

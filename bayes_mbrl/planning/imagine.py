@@ -35,6 +35,7 @@ from torch import Tensor
 from bayes_mbrl.envs import RewardFn, TerminationFn
 from bayes_mbrl.errors import BayesMBRLError, ConfigError, DataError
 from bayes_mbrl.models.base import DynamicsModel, FunctionSample
+from bayes_mbrl.planning.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from bayes_mbrl.planning.propagation import ParticlePropagation
@@ -51,8 +52,6 @@ __all__ = [
     "rollout",
 ]
 
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-"""Compute precisions of the model's matmuls during planning and imagination."""
 
 Policy = Callable[[Tensor], Tensor]
 """A batched policy ``obs (N, obs_dim) -> action (N, action_dim)`` of torch tensors."""

@@ -38,6 +38,7 @@ from bayes_mbrl.planning.imagine import PRECISIONS, TerminalValueFn, draw_functi
 from bayes_mbrl.planning.lqr import TrajectoryProblem
 from bayes_mbrl.planning.moment_matching import SEGP
 from bayes_mbrl.planning.objectives import Mean, Objective, ReturnSplit, decompose_returns
+from bayes_mbrl.planning.precision import resolve_precision
 from bayes_mbrl.planning.propagation import MM_CHUNK_BYTES, PROPAGATIONS, make_propagation
 
 __all__ = [
@@ -64,8 +65,11 @@ class RolloutEvaluator:
         termination_fn: batched ``(obs, action, next_obs) -> bool``; rewards after a
             particle terminates are not counted.
         discount: per-step discount of imagined rewards.
-        precision: ``float32`` or ``bfloat16`` (model matmuls only; states and
-            returns are accumulated in float32).
+        precision: ``float32``, ``bfloat16`` (model matmuls only; states and
+            returns are accumulated in float32) or ``auto`` (bfloat16 on a CPU with
+            native bf16 for a model that computes in it, see
+            :func:`~bayes_mbrl.planning.precision.resolve_precision`); the attribute
+            ``precision`` holds the resolved one, ``precision_note`` why.
         generator: source of randomness (function draws, noise, TS-1 assignments).
         expected_reward_fn: ``moment_matching`` only: exact expected reward
             ``(next_obs_mean, next_obs_cov, action) -> (...)`` under a Gaussian belief
@@ -110,6 +114,7 @@ class RolloutEvaluator:
         terminal_value: TerminalValueFn | None = None,
         functions: int = 0,
     ) -> None:
+        precision, self.precision_note = resolve_precision(precision, model)
         strategy = make_propagation(propagation, horizon, particles, precision)
         if functions < 0:
             raise ConfigError(f"functions must be >= 0 (0: the model's default), got {functions}")
