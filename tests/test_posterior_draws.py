@@ -4,13 +4,20 @@ hand-computed indices, finiteness, persistence, and one real NUTS chain's progre
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
 from bayes_mbrl.errors import DataError, ModelError
-from bayes_mbrl.models.posterior_draws import PosteriorDraws, run_nuts_chain
+from bayes_mbrl.models.posterior_draws import (
+    SAMPLE_STATS,
+    NutsChain,
+    PosteriorDraws,
+    chain_diagnostics,
+    run_nuts_chain,
+)
 
 
 def _store(chains: int = 2, per_chain: int = 5) -> PosteriorDraws:
@@ -112,7 +119,7 @@ def test_run_nuts_chain_reports_every_iteration() -> None:
     calls: list[tuple[int, float, float]] = []
     kernel = NUTS(potential_fn=lambda p: 0.5 * (p["x"] ** 2).sum(), max_tree_depth=3)
     torch.manual_seed(0)
-    draws = run_nuts_chain(
+    draws, stats = run_nuts_chain(
         kernel,
         num_samples=4,
         warmup_steps=3,
@@ -122,8 +129,104 @@ def test_run_nuts_chain_reports_every_iteration() -> None:
         num_transitions=2,
     )
     assert draws["x"].shape == (4, 2)
+    assert list(stats) == list(SAMPLE_STATS) and all(v.shape == (4,) for v in stats.values())
+    # lp is minus the potential energy of each draw
+    energy = 0.5 * (draws["x"] ** 2).sum(-1)
+    torch.testing.assert_close(stats["lp"], -energy.double(), rtol=1e-6, atol=1e-6)
     assert [c[0] for c in calls] == list(range(7, 14))
     # the reported loss is the current state's potential energy per transition
     last = draws["x"][-1]
     assert calls[-1][1] == pytest.approx(float(0.5 * (last**2).sum()) / 2, rel=1e-5)
     assert all(math.isnan(c[2]) for c in calls)
+
+
+def test_nuts_statistics_per_draw_agree_with_the_kernel() -> None:
+    """Pyro keeps no per-iteration statistics; the ones read around each iteration must
+    add up to what the kernel reports for the whole chain (its running mean acceptance
+    probability and its divergence list, read at the last iteration before cleanup)."""
+    from pyro.infer import NUTS
+
+    at_end: dict[str, float] = {}
+
+    def hook(k: Any, stage: str, i: int) -> None:
+        if stage == "Sample":
+            at_end.update(accept=k._mean_accept_prob, divergences=len(k._divergences))
+
+    def potential(p: dict[str, Tensor]) -> Tensor:
+        return 0.5 * (p["x"] ** 2).sum() + 3 * (p["x"] ** 4).sum()
+
+    torch.manual_seed(1)
+    kernel = NUTS(potential_fn=potential, max_tree_depth=5, target_accept_prob=0.6)
+    _, stats = run_nuts_chain(
+        kernel, num_samples=200, warmup_steps=50, initial_params={"x": torch.zeros(3)}, hook=hook
+    )
+    accept = stats["acceptance_rate"]
+    assert float(accept.min()) >= 0 and float(accept.max()) <= 1
+    assert float(accept.mean()) == pytest.approx(at_end["accept"], abs=1e-9)
+    assert int(stats["diverging"].sum()) == at_end["divergences"] > 0
+    assert stats["diverging"].dtype == torch.bool
+    # one step size after warm-up; a tree of depth d holds 2**(d-1) .. 2**d - 1 leapfrog steps
+    assert len(set(stats["step_size"].tolist())) == 1
+    steps, depth = stats["n_steps"], stats["tree_depth"]
+    assert bool(((2 ** (depth - 1) <= steps) & (steps <= 2**depth - 1)).all())
+    assert int(depth.max()) <= 5 and int(steps.min()) >= 1
+    # the kernel is left as it was: its own potential, its own setup
+    assert kernel.potential_fn is potential and "setup" not in vars(kernel)
+
+
+def test_leapfrog_steps_are_counted_exactly_and_divergences_per_draw() -> None:
+    from pyro.infer import HMC, NUTS
+
+    # HMC takes a fixed number of leapfrog steps per iteration once adapted
+    torch.manual_seed(0)
+    hmc = HMC(potential_fn=lambda p: 0.5 * (p["x"] ** 2).sum(), num_steps=7)
+    _, stats = run_nuts_chain(
+        hmc, num_samples=10, warmup_steps=10, initial_params={"x": torch.zeros(2)}
+    )
+    assert stats["n_steps"].tolist() == [hmc.num_steps] * 10 and "tree_depth" not in stats
+    # a step far too large for a quartic well diverges on the first leapfrog step of every
+    # iteration: one step, a tree of depth 1, and every draw marked diverging
+    torch.manual_seed(0)
+    nuts = NUTS(potential_fn=lambda p: (p["x"] ** 4).sum(), step_size=5.0, adapt_step_size=False)
+    _, stats = run_nuts_chain(
+        nuts, num_samples=6, warmup_steps=0, initial_params={"x": torch.ones(2)}
+    )
+    assert stats["diverging"].tolist() == [True] * 6
+    assert stats["n_steps"].tolist() == [1] * 6 and stats["tree_depth"].tolist() == [1] * 6
+    assert chain_diagnostics(stats)["divergences"] == 6.0
+
+
+def test_statistics_follow_their_draws_through_chains_thinning_and_state() -> None:
+    def chain(c: int) -> NutsChain:
+        draws = {"a": 10.0 * c + torch.arange(5.0)}
+        stats = {
+            "acceptance_rate": torch.full((5,), 0.5 + 0.25 * c, dtype=torch.float64),
+            "diverging": torch.arange(5) == c,
+            "n_steps": 10 * c + torch.arange(5),
+            "step_size": torch.full((5,), 0.1 * (c + 1), dtype=torch.float64),
+            "tree_depth": torch.full((5,), c + 1),
+        }
+        return NutsChain(draws, stats)
+
+    store = PosteriorDraws()
+    store.run_chains(2, chain)
+    index = store.thinned_index(4)  # [0, 4, 5, 9]
+    assert store.take_stats(index)["n_steps"].tolist() == store.take(index)["a"].tolist()
+    assert store.take_stats(index)["diverging"].tolist() == [True, False, False, False]
+    diag = store.run_diagnostics
+    assert [d["accept_prob"] for d in diag] == [0.5, 0.75]
+    assert [d["divergences"] for d in diag] == [1.0, 1.0]
+    assert [d["leapfrog_per_sample"] for d in diag] == [2.0, 12.0]
+    assert [d["step_size"] for d in diag] == pytest.approx([0.1, 0.2])
+    assert [d["tree_depth_max"] for d in diag] == [1.0, 2.0]
+    assert all(d["seconds"] >= 0 for d in diag)
+    other = PosteriorDraws()
+    other.load_state_dict(store.state_dict())
+    assert all(torch.equal(other.stats[k], v) for k, v in store.stats.items())
+    assert other.run_diagnostics == [{k: v for k, v in d.items() if k != "seconds"} for d in diag]
+    # an older state without statistics loads its draws alone
+    other.load_state_dict({"samples": store.samples, "num_chains": 2})
+    assert other.stats == {} and other.take_stats(index) == {} and other.total == 10
+    # draws without statistics (a plain dict per chain) are still accepted
+    store.run_chains(1, lambda c: {"a": torch.zeros(3)})
+    assert store.stats == {} and store.total == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -17,6 +18,7 @@ from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models import check_model
 from bayes_mbrl.models.pyro_dynamics import PyroDynamics
 from bayes_mbrl.options import OptionError
+from bayes_mbrl.uncertainty import to_inference_data
 
 A_TRUE, B_TRUE, SIGMA_TRUE = 0.8, 0.5, 0.1
 
@@ -214,6 +216,49 @@ def test_nuts_keeps_chains_and_draws_stored_samples(
     assert bool(match.any(1).all()) and len(torch.unique(w[:, 0])) == 8
 
 
+def test_nuts_sample_stats_reach_arviz_per_chain_and_draw(
+    nuts_conjugate: tuple[PyroDynamics, ReplayBuffer], svi_model: PyroDynamics
+) -> None:
+    """Each draw carries the statistics of the NUTS iteration that produced it; the
+    InferenceData holds them as ``sample_stats`` (chain, draw), thinned with the draws."""
+    model, buf = nuts_conjugate
+    idata = to_inference_data(model, buf, num_draws=40)
+    stats = idata.sample_stats
+    assert stats["diverging"].dims == ("chain", "draw") and stats["diverging"].shape == (2, 20)
+    assert stats["diverging"].dtype == bool
+    accept = stats["acceptance_rate"].values
+    assert accept.shape == (2, 20) and 0 <= accept.min() and accept.max() <= 1
+    # the thinned draws' statistics are those of the same stored samples
+    index = model.draws.thinned_index(40)
+    np.testing.assert_array_equal(
+        stats["n_steps"].values.reshape(-1), model.draws.stats["n_steps"][index].numpy()
+    )
+    # a tree of depth d holds 2**(d-1) .. 2**d - 1 leapfrog steps; the depth is bounded
+    steps, depth = stats["n_steps"].values, stats["tree_depth"].values
+    assert ((2 ** (depth - 1) <= steps) & (steps <= 2**depth - 1)).all()
+    assert depth.max() <= model.max_tree_depth
+    # lp is the log joint density of the draw (w is unconstrained: no Jacobian)
+    data = buf.all()
+    w = torch.as_tensor(idata.posterior["w"].values[1, 3])
+    x = torch.cat([data.obs, data.action], -1).double()
+    log_joint = (
+        dist.Normal(0.0, CONJ_PRIOR).log_prob(w).sum()
+        + dist.Normal((x * w).sum(-1), CONJ_SIGMA).log_prob(data.next_obs.double()[:, 0]).sum()
+    )
+    assert float(stats["lp"].values[1, 3]) == pytest.approx(float(log_joint), abs=1e-3)
+    # per chain: one step size after warm-up, and the summary in nuts_diagnostics
+    every = to_inference_data(model, buf).sample_stats
+    for c, diag in enumerate(model.nuts_diagnostics):
+        assert set(every["step_size"].values[c]) == {diag["step_size"]}
+        assert diag["accept_prob"] == pytest.approx(every["acceptance_rate"].values[c].mean())
+        assert diag["divergences"] == every["diverging"].values[c].sum()
+        assert diag["leapfrog_per_sample"] == pytest.approx(every["n_steps"].values[c].mean())
+        assert diag["tree_depth_max"] == every["tree_depth"].values[c].max()
+        assert diag["seconds"] > 0
+    # SVI draws carry no sampler statistics
+    assert "sample_stats" not in to_inference_data(svi_model, make_buffer(20), 8).groups()
+
+
 def test_predict_splits_variance_over_draws(svi_model: PyroDynamics) -> None:
     s, u = torch.tensor([[0.0], [2.0]]), torch.tensor([[0.0], [1.0]])
     p = svi_model.predict(s, u, num_functions=500)
@@ -246,6 +291,10 @@ def test_state_dict_round_trip(
     torch.testing.assert_close(f1.latents(), f2.latents(), rtol=0, atol=0)
     torch.testing.assert_close(f1(s, u).mean, f2(s, u).mean, rtol=0, atol=0)
     assert fresh.posterior_functions().num_chains == model.posterior_functions().num_chains
+    # NUTS: each sample's sampler statistics come back with it
+    stats, loaded = model.posterior_functions().sample_stats(), fresh.posterior_functions()
+    torch.testing.assert_close(loaded.sample_stats(), stats, rtol=0, atol=0)
+    assert bool(stats) == (which == "nuts")
     with pytest.raises(ModelError, match="inference"):
         PyroDynamics(linear_model, 1, 1, inference="nuts" if which == "svi" else "svi")\
             .load_state_dict(model.state_dict())  # fmt: skip

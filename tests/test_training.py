@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 
 from bayes_mbrl.errors import ModelError
+from bayes_mbrl.models.base import FitReport
 from bayes_mbrl.models.training import StepLoss, train_early_stopped
 
 
@@ -141,3 +144,94 @@ def test_min_steps_delays_stopping() -> None:
 
     assert epochs(0) == 1
     assert epochs(7) == 4  # 2 steps per epoch: 8 >= 7 after the 4th epoch
+
+
+def _scripted_fit(
+    losses: list[float], transform: Callable[[float], float] = lambda v: v, **kwargs: Any
+) -> tuple[FitReport, float]:
+    """Fit where w counts the epochs (w = k after epoch k) and the held-out loss is
+    ``transform(losses[k])`` after epoch k (``losses[0]`` before training, at w = 0).
+
+    Returns the report and the kept w, i.e. the number of the epoch whose parameters
+    were kept (0: those before training)."""
+    w = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1.0)
+    values = iter(transform(v) for v in losses)
+    report = train_early_stopped(
+        [w],
+        opt,
+        lambda epoch: [None],
+        lambda _: StepLoss(-w, 0.0),  # one step of size 1 per epoch
+        max_epochs=len(losses) - 1,
+        validate=lambda: torch.tensor([next(values)], dtype=torch.float64),
+        **kwargs,
+    )
+    return report, float(w.detach())
+
+
+# before training, then epochs 1, 2, ...: improvements of 5, 0.4, 0.6, 0.4, 0.5, ...
+_LOSSES = [10.0, 5.0, 4.6, 4.4, 4.0, 3.9, 3.0, 2.0]
+
+
+def test_an_improvement_must_beat_the_last_by_a_fraction_of_the_progress() -> None:
+    report, kept = _scripted_fit(_LOSSES, min_improvement=0.1, patience=2)
+    # (the report numbers epochs from 0: loss _LOSSES[k] is the report's epoch k - 1)
+    # 5 < 10: the first progress counts (threshold 0.1 * 0 = 0)
+    # 4.6 beats 5 by 0.4 < 0.1 * (10 - 5) = 0.5: a new lowest (kept), not counted
+    # 4.4 beats 5 by 0.6 > 0.5: counted; the threshold is now 0.1 * (10 - 4.4) = 0.56
+    # 4.0 and 3.9 beat 4.4 by 0.4 and 0.5 < 0.56: patience 2 stops after them
+    assert report.epochs == 5
+    assert report.best_epoch == 4 and kept == 5.0  # 3.9 is the lowest: its w is kept
+    assert report.val_losses == _LOSSES[1:6]
+    # the rule it replaced (an improvement of more than 10% of |best|) counted 3.9
+    # (0.5 > 0.44) and ran all 7 epochs
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda v: v + 1000.0,
+        lambda v: v - 1000.0,
+        lambda v: 1e-3 * v,
+        lambda v: 1e3 * v - 7.0,
+    ],
+    ids=["plus_1000", "minus_1000", "times_1e-3", "times_1e3_minus_7"],
+)
+def test_stopping_and_kept_parameters_do_not_depend_on_the_loss_offset_or_scale(
+    transform: Callable[[float], float],
+) -> None:
+    """A held-out NLL has no natural zero: early stopping must not see a constant added
+    to it (nor a change of its units). The old relative rule (1% of ``|best|``) stopped the
+    ``plus_1000`` fit after ``patience`` epochs (no epoch gains 10) and ran the
+    ``minus_1000`` one to the end."""
+    # exponential convergence to -2 with a little noise
+    noise = [0.0, 0.01, -0.02, 0.015, 0.0, -0.01, 0.02, 0.0, -0.005, 0.01] * 4
+    losses = [-2.0 + 6.0 * 0.7**k + noise[k] for k in range(40)]
+    ref, ref_kept = _scripted_fit(losses, patience=3)
+    assert 5 < ref.epochs < 39  # stops early, neither at once nor at the end
+    report, kept = _scripted_fit(losses, transform, patience=3)
+    assert (report.epochs, report.best_epoch, kept) == (ref.epochs, ref.best_epoch, ref_kept)
+    assert kept == ref.best_epoch + 1  # the parameters of the lowest held-out loss
+
+
+def test_groups_count_progress_each_from_its_own_start() -> None:
+    """Two groups whose held-out losses differ by a constant and a scale stop together;
+    a group that is already at its optimum does not hold the others back."""
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1.0)
+    base = [-2.0 + 6.0 * 0.7**k for k in range(30)]
+    values = iter(torch.tensor([[v, 50.0 * v + 1e4, 3.0] for v in base], dtype=torch.float64))
+    report = train_early_stopped(
+        [w],
+        opt,
+        lambda epoch: [None],
+        lambda _: StepLoss(-w.sum(), 0.0),
+        max_epochs=len(base) - 1,
+        validate=lambda: next(values),
+        patience=3,
+        grouped=[True],
+    )
+    alone, kept_alone = _scripted_fit(base, patience=3)
+    assert report.epochs == alone.epochs and report.best_epoch == alone.best_epoch
+    # groups 0 and 1 kept their lowest epoch; group 2 never improved on its start
+    assert w.detach().tolist() == [kept_alone, kept_alone, 0.0]

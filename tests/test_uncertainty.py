@@ -8,12 +8,14 @@ posterior of ``k``, so every quantity has a closed form to test against.
 from __future__ import annotations
 
 import importlib
+import io
 import math
 import warnings
 from pathlib import Path
 
 import arviz as az
 import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,7 +25,7 @@ from torch.distributions import Distribution, Independent, Normal
 
 from bayes_mbrl.data import ReplayBuffer, TransitionBatch
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
-from bayes_mbrl.models import ProbabilisticEnsemble
+from bayes_mbrl.models import BayesianNeuralNet, ProbabilisticEnsemble
 from bayes_mbrl.models.base import DynamicsModel, FitReport, FunctionSample, Predictive
 from bayes_mbrl.uncertainty import (
     calibration_error,
@@ -443,6 +445,55 @@ def test_to_inference_data_of_ensemble_and_errors(generator: torch.Generator) ->
     bad_chains = fitted_slope_model(train, num_chains=3)
     with pytest.raises(ModelError, match="multiple of num_chains"):
         to_inference_data(bad_chains, train, num_draws=100)
+
+
+def tiny_nuts_bnn() -> BayesianNeuralNet:
+    return BayesianNeuralNet(
+        1, 1, hidden_sizes=[4], activation="tanh", inference="nuts", num_samples=20,
+        warmup_steps=20, num_chains=2, max_tree_depth=4, map_steps=100, seed=0,
+    )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Your data appears to have a single value")
+def test_nuts_bnn_sample_stats_reach_summary_and_trace_plot() -> None:
+    """A tiny NUTS BNN (2 chains of 20 + 20 iterations): its InferenceData has
+    ``sample_stats`` per chain and draw, ``az.summary`` runs on it, and
+    ``az.plot_trace(divergences=...)`` marks exactly the divergent draws. So short a
+    warm-up diverges often (here 5 and 16 of 20 draws; the second chain is stuck, its
+    acceptance near 0: what these statistics are for), which the marks must show."""
+    train = as_buffer(make_batch(100, seed=0, obs_dim=1))
+    model = tiny_nuts_bnn()
+    model.fit(train, torch.Generator().manual_seed(0))
+    idata = to_inference_data(model, train)
+    stats = idata.sample_stats
+    assert set(stats.data_vars) == {
+        "diverging", "acceptance_rate", "step_size", "tree_depth", "n_steps", "lp",
+    }  # fmt: skip
+    assert all(stats[k].dims == ("chain", "draw") for k in stats.data_vars)
+    diverging = stats["diverging"].values
+    assert diverging.shape == (2, 20) and diverging.dtype == bool
+    accept = stats["acceptance_rate"].values
+    assert 0 <= accept.min() and accept.max() <= 1
+    assert (stats["tree_depth"].values <= 4).all()
+    assert [d["divergences"] for d in model.nuts_diagnostics] == diverging.sum(1).tolist()
+    thinned = to_inference_data(model, train, num_draws=10).sample_stats
+    assert thinned["diverging"].shape == (2, 5)
+    # the statistics are saved with the samples (weights-only)
+    saved = io.BytesIO()
+    torch.save(model.state_dict(), saved)
+    saved.seek(0)
+    clone = tiny_nuts_bnn()
+    clone.load_state_dict(torch.load(saved, weights_only=True))
+    assert to_inference_data(clone, train).sample_stats.equals(stats)
+    summary = az.summary(idata, round_to="none")
+    assert list(summary.index) == ["noise_std[0]"]
+    axes = az.plot_trace(idata, var_names=["noise_std"], divergences="bottom")
+    marked = [
+        line.get_xdata().tolist() for line in axes[0, 1].get_lines() if line.get_marker() == "|"
+    ]
+    expected = [np.flatnonzero(d).tolist() for d in diverging if d.any()]
+    assert marked == expected and sum(map(len, marked)) > 0
+    matplotlib.pyplot.close("all")
 
 
 # --------------------------------------------------------------------------- compare

@@ -136,6 +136,15 @@ class FunctionSample(abc.ABC):
         """
         return {}
 
+    def sample_stats(self) -> dict[str, Tensor]:
+        """Per function, the MCMC sampler's statistics of the iteration that drew it, each
+        ``(n,)``, under ArviZ's ``sample_stats`` names (``diverging``, ``acceptance_rate``,
+        ``step_size``, ``tree_depth``, ``n_steps``, ``lp``; see
+        :data:`~bayes_mbrl.models.posterior_draws.SAMPLE_STATS`). Default: none (draws
+        that do not come from MCMC).
+        """
+        return {}
+
     @abc.abstractmethod
     def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
         """Next-observation distribution of each function.

@@ -100,7 +100,7 @@ from bayes_mbrl.models.ensemble import (
     fit_delta_normalizers,
     fold_normalizers,
 )
-from bayes_mbrl.models.posterior_draws import PosteriorDraws, run_nuts_chain
+from bayes_mbrl.models.posterior_draws import NutsChain, PosteriorDraws, run_nuts_chain
 from bayes_mbrl.models.training import StepLoss, train_early_stopped
 from bayes_mbrl.options import (
     Options,
@@ -197,12 +197,25 @@ class BNNFunctionSample(EnsembleFunctionSample):
     :meth:`latents` reports the noise: the per-dimension noise standard deviation of
     each draw (homoscedastic), or each draw's noise standard deviation at the centre
     of the training inputs (heteroscedastic), ``(n, obs_dim)`` in observation units.
+    :meth:`sample_stats` reports the NUTS statistics of each stored sample.
     """
 
-    def __init__(self, *args: Any, input_mean: Tensor, num_chains: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        input_mean: Tensor,
+        num_chains: int = 1,
+        sample_stats: dict[str, Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.input_mean = input_mean
         self.num_chains = num_chains
+        self._sample_stats = dict(sample_stats or {})
+
+    def sample_stats(self) -> dict[str, Tensor]:
+        """NUTS statistics of each draw, ``(n,)`` each (empty for guide draws)."""
+        return dict(self._sample_stats)
 
     def latents(self) -> dict[str, Tensor]:
         """``{"noise_std": (n, obs_dim)}`` (see the class docstring)."""
@@ -259,9 +272,11 @@ class BayesianNeuralNet(DynamicsModel):
         learning_rate: Adam step size (SVI).
         batch_size: minibatch size (SVI).
         max_epochs: upper bound on epochs per :meth:`fit` (SVI).
-        patience: epochs without a held-out NLL improvement of more than 1% before stopping
-            (never before :data:`MIN_STEPS_BEFORE_STOPPING` gradient steps; the guide of the
-            best held-out epoch is kept).
+        patience: epochs without a held-out NLL improvement of more than 1% of the
+            progress so far before stopping (never before
+            :data:`MIN_STEPS_BEFORE_STOPPING` gradient steps; the guide of the best
+            held-out epoch is kept; see
+            :func:`~bayes_mbrl.models.training.train_early_stopped`).
         val_fraction: fraction of the data held out for early stopping (SVI).
         inference: ``"svi"`` or ``"nuts"``.
         num_samples: NUTS samples kept per chain.
@@ -379,17 +394,25 @@ class BayesianNeuralNet(DynamicsModel):
         if self.learn_bounds:
             params += [self.min_logvar, self.max_logvar]
         self.optimizer = torch.optim.Adam(params, lr=learning_rate, foreach=True)
-        #: NUTS samples, chain-major: site name -> (num_chains * num_samples, *shape)
+        #: NUTS samples, chain-major: site name -> (num_chains * num_samples, *shape),
+        #: with each sample's sampler statistics (``draws.stats``)
         self.draws = PosteriorDraws(num_chains)
-        #: per NUTS chain of the last fit: step size, mean acceptance probability and
-        #: leapfrog steps per iteration (sampling phase), divergences, wall seconds
-        self.nuts_diagnostics: list[dict[str, float]] = []
         self.fitted = False
 
     @property
     def mcmc_samples(self) -> dict[str, Tensor]:
         """NUTS samples, chain-major: site name -> ``(num_chains * num_samples, *shape)``."""
         return self.draws.samples
+
+    @property
+    def nuts_diagnostics(self) -> list[dict[str, float]]:
+        """Per NUTS chain of the last fit (also one whose samples were refused):
+        ``step_size``, ``accept_prob`` (mean acceptance probability), ``divergences``,
+        ``leapfrog_per_sample``, ``tree_depth`` (mean), ``tree_depth_max`` and the
+        chain's wall ``seconds``, its MAP start included (see
+        :meth:`~bayes_mbrl.models.posterior_draws.PosteriorDraws.run_chains`); the
+        per-sample statistics go to ArviZ's ``sample_stats``."""
+        return self.draws.run_diagnostics
 
     # ------------------------------------------------------------- Pyro program
     def _prior_scales(self) -> list[tuple[float, float]]:
@@ -562,6 +585,7 @@ class BayesianNeuralNet(DynamicsModel):
         index: Tensor,
         noise: Tensor | None,
         num_chains: int = 1,
+        sample_stats: dict[str, Tensor] | None = None,
     ) -> BNNFunctionSample:
         ws, bs = self._full_head(ws, bs, noise)
         ws, bs = fold_normalizers(ws, bs, self.input_normalizer, self.delta_normalizer)
@@ -577,6 +601,7 @@ class BayesianNeuralNet(DynamicsModel):
             index,
             input_mean=self.input_normalizer.mean.clone(),
             num_chains=num_chains,
+            sample_stats=sample_stats,
         )
 
     # ------------------------------------------------------------------ fitting
@@ -763,9 +788,6 @@ class BayesianNeuralNet(DynamicsModel):
     def _fit_nuts(self, x_all: Tensor, y_all: Tensor, progress: ProgressFn | None) -> FitReport:
         from pyro.infer import NUTS
 
-        calls = [0]  # potential-gradient evaluations = leapfrog steps (+ a few in adaptation)
-        last: dict[str, float] = {}
-
         # one flat site: Pyro's per-site bookkeeping in every leapfrog step is then paid once
         shapes = {k: v.shape for k, v in self._nuts_init_shapes().items()}
         sizes = [math.prod(v) for v in shapes.values()]
@@ -778,21 +800,9 @@ class BayesianNeuralNet(DynamicsModel):
             }
 
         def potential(params: dict[str, Tensor]) -> Tensor:
-            calls[0] += 1
             return self.potential_energy(unflatten(params["theta"]), x_all, y_all)
 
-        def hook(k: Any, stage: str, i: int) -> None:
-            if stage == "Sample" and i == self.num_samples - 1:
-                # read before MCMC's cleanup resets the kernel
-                last.update(step_size=float(k.step_size), accept_prob=float(k._mean_accept_prob))
-                last.update(divergences=float(len(k._divergences)))
-            elif stage == "Warmup" and i == self.warmup_steps - 1:
-                last.update(warmup_calls=float(calls[0]))
-
-        diagnostics: list[dict[str, float]] = []
-
-        def chain(c: int) -> dict[str, Tensor]:
-            start = time.perf_counter()
+        def chain(c: int) -> NutsChain:
             init = self._nuts_init(x_all, y_all)
             kernel = NUTS(
                 potential_fn=potential,
@@ -800,9 +810,7 @@ class BayesianNeuralNet(DynamicsModel):
                 target_accept_prob=self.target_accept_prob,
                 full_mass=self.dense_mass,
             )
-            calls[0] = 0
-            last.clear()
-            draws = run_nuts_chain(
+            run = run_nuts_chain(
                 kernel,
                 num_samples=self.num_samples,
                 warmup_steps=self.warmup_steps,
@@ -810,19 +818,9 @@ class BayesianNeuralNet(DynamicsModel):
                 progress=progress,
                 first_step=c * (self.warmup_steps + self.num_samples),
                 num_transitions=x_all.shape[0],
-                hook=hook,
             )
-            sampling_calls = calls[0] - last.pop("warmup_calls", 0.0)
-            diagnostics.append(
-                {
-                    **last,
-                    "leapfrog_per_sample": sampling_calls / self.num_samples,
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            return unflatten(draws["theta"])
+            return NutsChain(unflatten(run.draws["theta"]), run.stats)
 
-        self.nuts_diagnostics = diagnostics
         self.draws.run_chains(
             self.num_chains,
             chain,
@@ -853,11 +851,20 @@ class BayesianNeuralNet(DynamicsModel):
         if self.inference != "nuts":
             return super().posterior_functions(num_draws, generator)
         ws, bs, index, noise = self._gather_samples(self.draws.thinned_index(num_draws))
-        return self._function_sample(ws, bs, index, noise, num_chains=self.draws.num_chains)
+        return self._function_sample(
+            ws,
+            bs,
+            index,
+            noise,
+            num_chains=self.draws.num_chains,
+            sample_stats=self.draws.take_stats(index),
+        )
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Guide, bounds, normalizers, optimizer state and NUTS samples (weights-only safe)."""
+        """Guide, bounds, normalizers, optimizer state and NUTS samples with their sampler
+        statistics (weights-only safe)."""
+        draws = self.draws.state_dict()
         return {
             "guide": self.guide_params.state_dict(),
             "min_logvar": self.min_logvar.detach().clone(),
@@ -865,7 +872,8 @@ class BayesianNeuralNet(DynamicsModel):
             "input_normalizer": self.input_normalizer.state_dict(),
             "delta_normalizer": self.delta_normalizer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "mcmc_samples": self.draws.state_dict()["samples"],
+            "mcmc_samples": draws["samples"],
+            "mcmc_stats": draws["stats"],
             "inference": self.inference,
             "fitted": self.fitted,
         }
@@ -886,7 +894,13 @@ class BayesianNeuralNet(DynamicsModel):
             self.delta_normalizer.load_state_dict(state["delta_normalizer"])
             self.optimizer.load_state_dict(state["optimizer"])
             draws = PosteriorDraws()
-            draws.load_state_dict({"samples": state["mcmc_samples"], "num_chains": self.num_chains})
+            draws.load_state_dict(
+                {
+                    "samples": state["mcmc_samples"],
+                    "stats": state.get("mcmc_stats", {}),  # absent before the statistics
+                    "num_chains": self.num_chains,
+                }
+            )
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ModelError(
                 f"saved BNN does not match this configuration ({exc}); "

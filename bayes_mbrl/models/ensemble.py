@@ -339,8 +339,10 @@ class ProbabilisticEnsemble(DynamicsModel):
         weight_decay: L2 penalty on the weights.
         batch_size: minibatch size per member.
         max_epochs: upper bound on epochs per :meth:`fit`.
-        patience: epochs without a validation improvement of more than 1% (for any
-            member) before stopping.
+        patience: epochs in which no member's held-out NLL improves by more than 1% of
+            its progress so far before stopping (each member keeps the parameters of
+            its lowest held-out NLL; see
+            :func:`~bayes_mbrl.models.training.train_early_stopped`).
         val_fraction: fraction of the data held out (not bootstrapped) for early stopping.
         probabilistic: Gaussian members trained by NLL (PETS' PE; with
             ``num_members = 1`` its P); False: deterministic members trained by squared

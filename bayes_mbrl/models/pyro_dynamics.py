@@ -71,7 +71,7 @@ from bayes_mbrl.models.base import (
     check_arguments,
     check_function_inputs,
 )
-from bayes_mbrl.models.posterior_draws import PosteriorDraws, run_nuts_chain
+from bayes_mbrl.models.posterior_draws import NutsChain, PosteriorDraws, run_nuts_chain
 from bayes_mbrl.options import (
     OptionError,
     Options,
@@ -190,6 +190,7 @@ class PyroFunctionSample(FunctionSample):
         obs_dim: observation size.
         num_chains: MCMC chains the draws come from (chain-major), 1 for SVI.
         action_dim: action size, checked on every call (None: not checked).
+        sample_stats: NUTS statistics of each draw, ``(n,)`` each (None: none).
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class PyroFunctionSample(FunctionSample):
         obs_dim: int,
         num_chains: int = 1,
         action_dim: int | None = None,
+        sample_stats: dict[str, Tensor] | None = None,
     ) -> None:
         if not latents:
             raise ModelError("a PyroFunctionSample needs at least one latent draw")
@@ -208,12 +210,17 @@ class PyroFunctionSample(FunctionSample):
         self.obs_dim = obs_dim
         self.action_dim = action_dim
         self.num_chains = num_chains
+        self._sample_stats = dict(sample_stats or {})
         # (n, *shape) -> (n, 1, *shape): the plate over functions sits at dim -2
         self._values = {k: v.reshape(self.n, 1, *v.shape[1:]) for k, v in latents.items()}
 
     def latents(self) -> dict[str, Tensor]:
         """Global latents of each function, ``(n, *shape)`` per site."""
         return dict(self._latents)
+
+    def sample_stats(self) -> dict[str, Tensor]:
+        """NUTS statistics of each function's draw, ``(n,)`` each (empty for SVI)."""
+        return dict(self._sample_stats)
 
     def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
         """Next-observation law of each function: batch ``(n, B)``, event ``(obs_dim,)``.
@@ -443,6 +450,16 @@ class PyroDynamics(DynamicsModel):
     def samples(self) -> dict[str, Tensor]:
         """NUTS samples, chain-major: site name -> ``(num_chains * num_samples, *shape)``."""
         return self.draws.samples
+
+    @property
+    def nuts_diagnostics(self) -> list[dict[str, float]]:
+        """Per NUTS chain of the last fit (also one whose samples were refused):
+        ``step_size``, ``accept_prob`` (mean acceptance probability), ``divergences``,
+        ``leapfrog_per_sample``, ``tree_depth`` (mean), ``tree_depth_max`` and the
+        chain's wall ``seconds``, its MAP start included (see
+        :meth:`~bayes_mbrl.models.posterior_draws.PosteriorDraws.run_chains`); the
+        per-sample statistics go to ArviZ's ``sample_stats``. Empty for SVI."""
+        return self.draws.run_diagnostics
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -792,7 +809,7 @@ class PyroDynamics(DynamicsModel):
         latent_dim = sum(math.prod(shape) for shape in shapes.values())
         dense = self.full_mass if self.full_mass is not None else latent_dim <= DENSE_MASS_MAX_DIM
 
-        def chain(c: int) -> dict[str, Tensor]:
+        def chain(c: int) -> NutsChain:
             """Chain ``c``, seeded apart, from its own MAP start (or the prior median)."""
             torch.manual_seed(seed + c)
             pyro.set_rng_seed(seed + c)
@@ -806,7 +823,7 @@ class PyroDynamics(DynamicsModel):
                 full_mass=dense,
             )
             try:
-                draws = run_nuts_chain(
+                run = run_nuts_chain(
                     kernel,
                     num_samples=self.num_samples,
                     warmup_steps=self.warmup_steps,
@@ -821,9 +838,9 @@ class PyroDynamics(DynamicsModel):
                     f"{exc}; the previous posterior samples were kept. Fix the model "
                     "(see docs/pyro_models.md)"
                 ) from exc
-            draws = {k: v for k, v in draws.items() if k in shapes}
+            draws = {k: v for k, v in run.draws.items() if k in shapes}
             report.train_losses.append(self._mean_energy(draws, obs, action, next_obs) / n_total)
-            return draws
+            return NutsChain(draws, run.stats)
 
         with self._scope(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
             self.draws.run_chains(
@@ -905,13 +922,18 @@ class PyroDynamics(DynamicsModel):
             return self.sample_functions(num_draws or DEFAULT_ANALYSIS_DRAWS, generator)
         draws, chains = self.draws, self.draws.num_chains
         if num_draws is None or num_draws >= draws.total:
-            latents = dict(draws.samples)
+            index = torch.arange(draws.total)
         elif num_draws % chains == 0:
-            latents = draws.take(draws.thinned_index(num_draws))
+            index = draws.thinned_index(num_draws)
         else:
             return self.sample_functions(num_draws, generator)
         return PyroFunctionSample(
-            self.model_fn, latents, self.obs_dim, chains, action_dim=self.action_dim
+            self.model_fn,
+            draws.take(index),
+            self.obs_dim,
+            chains,
+            action_dim=self.action_dim,
+            sample_stats=draws.take_stats(index),
         )
 
     # -------------------------------------------------------------- persistence
@@ -932,7 +954,8 @@ class PyroDynamics(DynamicsModel):
                 k: v.detach().clone() for k, v in self.guide.state_dict().items()
             }
         if self.draws:
-            state["samples"] = self.draws.state_dict()["samples"]
+            draws = self.draws.state_dict()
+            state["samples"], state["sample_stats"] = draws["samples"], draws["stats"]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -982,7 +1005,13 @@ class PyroDynamics(DynamicsModel):
         if self.inference == "nuts":
             try:
                 num_chains = int(state.get("num_chains", self.num_chains))
-                draws.load_state_dict({"samples": state["samples"], "num_chains": num_chains})
+                draws.load_state_dict(
+                    {
+                        "samples": state["samples"],
+                        "stats": state.get("sample_stats", {}),  # absent in older states
+                        "num_chains": num_chains,
+                    }
+                )
             except (TypeError, ValueError) as exc:
                 raise ModelError(
                     f"saved Pyro dynamics samples are malformed ({exc}); load a state_dict() of "

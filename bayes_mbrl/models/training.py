@@ -3,7 +3,8 @@
 The ensemble (maximum likelihood per member), the BNN (SVI on the ELBO) and any
 other family with an optimizer loop (a GP's Adam on the marginal likelihood) share
 the same loop: epochs of minibatch steps, a held-out loss after each epoch, the
-parameters of the best held-out epoch kept, patience, and a non-finite loss that
+parameters of the best held-out epoch kept, patience measured against the progress
+made so far (invariant to shifting or scaling the loss), and a non-finite loss that
 restores the last good parameters and raises :class:`~bayes_mbrl.errors.ModelError`
 before the bad step is taken. The family supplies what differs: how an epoch is cut
 into minibatches (its own generator, so seeded fits repeat bit for bit), the loss of
@@ -78,13 +79,36 @@ def train_early_stopped(
     """Train ``params`` by minibatch steps, early-stopped on a held-out loss.
 
     Each epoch runs ``optimizer`` on every batch of ``batches(epoch)``, then (with
-    ``validate``) evaluates the held-out loss ``(G,)``. A group improves when its loss
-    is finite and lower than its best by more than ``min_improvement`` (relative), or
-    its best is not finite; the improved groups' parameters are copied to the kept
-    snapshot. After ``patience`` epochs without any group improving (and at least
-    ``min_steps`` optimizer steps) training stops; at the end the kept parameters are
-    restored. Without ``validate`` every epoch runs and the snapshot follows the last
-    completed epoch.
+    ``validate``) evaluates the held-out loss ``(G,)``. Per group:
+
+    * **kept parameters**: a finite loss below the group's lowest so far (or any finite
+      loss while it has none) copies the group's parameters to the kept snapshot
+      (parameters that are not grouped follow any group's new lowest);
+    * **patience**: an epoch counts as an improvement when its loss is finite and
+      ``mark - current > min_improvement * (start - mark)``, where ``start`` is the
+      group's held-out loss before training (or its first finite one) and ``mark`` the
+      loss of its last counted improvement (initially ``start``): the epoch must beat
+      the last improvement by more than ``min_improvement`` of all the progress made
+      up to it. The first improvement on the start counts however small (there is no
+      progress yet to compare it with).
+
+    After ``patience`` epochs in a row in which no group counts an improvement (and at
+    least ``min_steps`` optimizer steps) training stops; at the end the kept
+    parameters, those of each group's lowest held-out loss, are restored. Without
+    ``validate`` every epoch runs and the snapshot follows the last completed epoch.
+
+    Why progress, not the size of the loss: a held-out NLL has no natural zero or unit
+    (a constant the loss leaves out, or a change of units of the targets, adds to it
+    without changing the fit), so a threshold relative to ``|best|`` (this rule's
+    predecessor) is coarse for a loss far from 0 and vanishes for one near 0. Only
+    differences of the loss carry information, and the scale this fit has given them
+    is how much it has improved so far; the rule uses nothing else, so it gives the
+    same epochs and parameters for ``a * loss + b`` (any ``b``, any ``a > 0``; up to
+    floating-point rounding), and it applies alike to an NLL in nats, a squared error
+    and a KL. Training stops once
+    ``patience`` epochs gain less, together, than ``min_improvement`` of what came
+    before them; a warm start already at its optimum stops after ``patience`` epochs
+    that do not lower the loss.
 
     Args:
         params: the trained tensors (restored in place).
@@ -95,7 +119,8 @@ def train_early_stopped(
         max_epochs: upper bound on epochs.
         validate: held-out loss ``() -> (G,)`` (no gradient needed), or None.
         patience: epochs without improvement before stopping.
-        min_improvement: relative improvement that counts.
+        min_improvement: the fraction of the progress so far (``start - mark``) by
+            which an epoch must beat the last counted improvement to reset patience.
         min_steps: never stop before this many optimizer steps.
         grouped: per parameter, whether its leading dimension is the group (its rows
             are kept per group); default: no parameter is grouped (``G = 1``).
@@ -107,7 +132,8 @@ def train_early_stopped(
 
     Returns:
         Per-epoch mean training losses (weighted by :attr:`StepLoss.weight`), mean
-        held-out losses over groups, epochs run and the last epoch any group improved.
+        held-out losses over groups, epochs run and the last epoch any group reached a
+        new lowest held-out loss (``best_epoch``; -1 if none did).
         ``wall_seconds`` is left to the caller.
 
     Raises:
@@ -121,6 +147,9 @@ def train_early_stopped(
     report = FitReport()
     has_val = validate is not None
     best = _held_out(validate) if validate is not None else None
+    # per group: where progress is measured from (the first finite held-out loss), and
+    # the loss of the last epoch that counted as an improvement
+    start = mark = best if best is not None else torch.zeros(0)
     stale, steps = 0, 0
 
     def restore() -> None:
@@ -149,17 +178,24 @@ def train_early_stopped(
         if validate is not None and best is not None:
             current = _held_out(validate)
             report.val_losses.append(float(current.mean()))
-            rel = (best - current) / best.abs().clamp_min(1e-8)
-            improved = torch.isfinite(current) & (~torch.isfinite(best) | (rel > min_improvement))
-            if bool(improved.any()):
+            finite = torch.isfinite(current)
+            lowest = finite & ~(current >= best)  # a new best (any finite loss if best is not)
+            if bool(lowest.any()):
                 with torch.no_grad():
                     for p, k, by_group in zip(params, kept, flags, strict=True):
                         if by_group:
-                            k[improved] = p[improved]
+                            k[lowest] = p[lowest]
                         else:
                             k.copy_(p)
-                best = torch.where(improved, current, best)
-                report.best_epoch, stale = epoch, 0
+                best = torch.where(lowest, current, best)
+                report.best_epoch = epoch
+            counted = finite & (
+                ~torch.isfinite(mark) | (mark - current > min_improvement * (start - mark))
+            )
+            if bool(counted.any()):
+                mark = torch.where(counted, current, mark)
+                start = torch.where(torch.isfinite(start), start, mark)
+                stale = 0
             else:
                 stale += 1
         else:

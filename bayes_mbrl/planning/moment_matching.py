@@ -117,11 +117,22 @@ def se_gp_moments(gp: SEGP, mean: Tensor, cov: Tensor, include_noise: bool = Tru
         gp: the GP (or RBF network).
         mean: ``(..., d)`` input mean.
         cov: ``(..., d, d)`` input covariance (positive semi-definite).
-        include_noise: add ``gp.noise_var`` to the output covariance (the prediction
-            of a noisy target rather than of ``f``).
+        include_noise: add the observation noise ``gp.noise_var`` to the diagonal of the
+            output covariance (the prediction of a noisy target rather than of ``f``);
+            no effect when ``gp.noise_var`` is None.
 
     Returns:
-        ``(E[f] (..., E), Cov[f] (..., E, E), V (..., d, E))`` in the GP's outer units.
+        ``(E[f] (..., E), C (..., E, E), V (..., d, E))`` in the GP's outer units, with
+        ``C = Cov_x[m(x)] + E_x[Var f(x) | x]`` (``m`` the posterior mean; the second
+        term, the model variance, only for a GP, i.e. ``gp.inv_gram`` given, not for
+        an RBF network) ``+ diag(output_scale**2 * gp.noise_var)`` **exactly when**
+        ``include_noise`` is True **and** ``gp.noise_var`` is not None. So by default a
+        GP from :func:`segp_from_exact` (``noise_var`` = its likelihood's noise) gives
+        the covariance of a noisy next-state delta, which is what
+        :func:`~bayes_mbrl.planning.belief.gp_belief_step` propagates (PILCO's noisy
+        transitions); with ``include_noise=False`` (as the RBF policies call it) or an
+        :class:`SEGP` without ``noise_var`` it is the covariance of the latent ``f``.
+        ``E[f]`` and ``V`` never include noise (zero mean, independent of ``x``).
     """
     _check_belief(mean, cov, "se_gp_moments")
     if mean.shape[-1] != gp.in_dim:

@@ -12,7 +12,12 @@ One function is one posterior draw. The ``n`` functions of
 * ``log_likelihood``: ``next_obs``, ``log p(s'_j | s_j, a_j, f)`` summed over state
   dims, ``(chain, draw, transition)``: a transition is the unit LOO leaves out;
 * ``observed_data``: ``next_obs (transition, state_dim)``;
-* ``constant_data``: ``obs (transition, state_dim)``, ``action (transition, action_dim)``.
+* ``constant_data``: ``obs (transition, state_dim)``, ``action (transition, action_dim)``;
+* ``sample_stats`` (MCMC draws only: :meth:`FunctionSample.sample_stats`): the sampler's
+  statistics of each draw, ``(chain, draw)``, under ArviZ's names (``diverging``,
+  ``acceptance_rate``, ``step_size``, ``tree_depth``, ``n_steps``, ``lp``), which
+  ``az.summary``'s companions read: ``az.plot_trace(idata, divergences="bottom")``
+  marks the divergent draws, ``idata.sample_stats.diverging.sum()`` counts them.
 
 torch stays inside; numpy/xarray appear only here, at the ArviZ boundary.
 """
@@ -119,13 +124,15 @@ def to_inference_data(
 
     Returns:
         InferenceData with groups ``posterior``, ``posterior_predictive``,
-        ``log_likelihood``, ``observed_data`` and ``constant_data``; dims
+        ``log_likelihood``, ``observed_data`` and ``constant_data``, and
+        ``sample_stats`` when the functions carry sampler statistics (NUTS); dims
         ``chain, draw, transition, state_dim, action_dim``.
 
     Raises:
         DataError: ``data`` does not fit the model.
         ModelError: the model's functions break the protocol (``n`` not divisible by
-            ``num_chains``, latents or log-densities of the wrong shape).
+            ``num_chains``, latents, sampler statistics or log-densities of the wrong
+            shape).
 
     Example:
         >>> # idata = to_inference_data(model, buffer)
@@ -161,6 +168,15 @@ def to_inference_data(
         posterior[name] = _chain_draw(value, chains)
     if not posterior:
         posterior["function"] = _chain_draw(torch.arange(n), chains)
+    sample_stats: dict[str, np.ndarray] = {}
+    for name, value in fs.sample_stats().items():
+        if not isinstance(value, Tensor) or tuple(value.shape) != (n,):
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ModelError(
+                f"{type(fs).__name__}.sample_stats()[{name!r}] has shape {shape}; every "
+                f"sampler statistic must be a tensor of shape ({n},), one value per function"
+            )
+        sample_stats[name] = _chain_draw(value, chains)
 
     def dataset(values: dict[str, np.ndarray], dims: dict[str, list[str]], sampled: bool) -> Any:
         return az.dict_to_dataset(
@@ -171,6 +187,9 @@ def to_inference_data(
             attrs={"bayes_mbrl_model": type(model).__name__},
         )
 
+    groups: dict[str, Any] = {}
+    if sample_stats:
+        groups["sample_stats"] = dataset(sample_stats, {}, True)
     return az.InferenceData(
         posterior=dataset(posterior, {}, True),
         posterior_predictive=dataset(
@@ -189,4 +208,5 @@ def to_inference_data(
             {"obs": ["transition", "state_dim"], "action": ["transition", "action_dim"]},
             False,
         ),
+        **groups,
     )

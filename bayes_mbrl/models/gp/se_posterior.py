@@ -38,7 +38,11 @@ class SEGP:
         signal_var: ``(E,)`` kernel amplitude ``s_a``.
         constant: ``(E,)`` prior mean.
         inv_gram: ``(E, N, N)`` ``(K_a + sigma_a^2 I)^{-1}``, or None (no model variance).
-        noise_var: ``(E,)`` observation noise added to the output covariance, or None.
+        noise_var: ``(E,)`` observation noise variance, in the units ``f`` is computed in
+            (like ``signal_var``; ``output_scale**2`` times it in outer units), or None.
+            :func:`~bayes_mbrl.planning.moment_matching.se_gp_moments` adds it to the
+            diagonal of the output covariance only when called with ``include_noise=True``
+            (its default) and it is not None; :meth:`variance` never does.
         input_shift, input_scale: ``(d,)``: the function sees ``(x - shift) / scale``.
         output_shift, output_scale: ``(E,)``: the output is ``shift + scale * f``.
     """
