@@ -23,6 +23,7 @@ TINY = [
     "env.episode_length=30",
     "experiment.episodes=2",
     "experiment.progress=false",
+    "planner.kind=cem",
     "planner.population=16",
     "planner.iterations=2",
     "planner.particles=4",
