@@ -36,6 +36,11 @@ from bayes_mbrl.uncertainty.plots import (
     plot_predictive_bands,
     predictive_bands,
 )
+from bayes_mbrl.uncertainty.recalibration import (
+    VarianceRecalibration,
+    cross_fitted_recalibration,
+    fit_variance_recalibration,
+)
 from bayes_mbrl.uncertainty.report import summary_table, uncertainty_report
 
 __all__ = [
@@ -45,14 +50,17 @@ __all__ = [
     "EntropyDecomposition",
     "ModelDecomposition",
     "PredictiveBands",
+    "VarianceRecalibration",
     "calibration_error",
     "calibration_metrics",
     "calibration_metrics_from_moments",
     "central_coverage",
     "compare_models",
+    "cross_fitted_recalibration",
     "decompose",
     "decompose_model",
     "entropy_decomposition",
+    "fit_variance_recalibration",
     "function_moments",
     "gaussian_crps",
     "joint_mixture_nll",

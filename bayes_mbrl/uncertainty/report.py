@@ -16,10 +16,17 @@ import torch
 from bayes_mbrl.data import TransitionBatch
 from bayes_mbrl.errors import CheckpointError
 from bayes_mbrl.models.base import DynamicsModel
-from bayes_mbrl.uncertainty.calibration import CalibrationResult, calibration_metrics
-from bayes_mbrl.uncertainty.decompose import resolve_generator
+from bayes_mbrl.uncertainty.calibration import (
+    CalibrationResult,
+    calibration_metrics_from_moments,
+)
+from bayes_mbrl.uncertainty.decompose import function_moments, resolve_generator
 from bayes_mbrl.uncertainty.inference_data import as_batch, to_inference_data
 from bayes_mbrl.uncertainty.plots import plot_calibration, plot_posterior, plot_predictive_bands
+from bayes_mbrl.uncertainty.recalibration import (
+    VarianceRecalibration,
+    cross_fitted_recalibration,
+)
 
 __all__ = ["MAX_BAND_STEPS", "SUMMARY_COLUMNS", "summary_table", "uncertainty_report"]
 
@@ -30,7 +37,10 @@ SUMMARY_COLUMNS = ("section", "variable", "state_dim", "statistic", "value")
 
 
 def summary_table(
-    idata: az.InferenceData, calibration: CalibrationResult, loo: az.ELPDData | None = None
+    idata: az.InferenceData,
+    calibration: CalibrationResult,
+    loo: az.ELPDData | None = None,
+    recalibrated: tuple[CalibrationResult, list[VarianceRecalibration]] | None = None,
 ) -> pd.DataFrame:
     """One tidy table: posterior summary, LOO on the training data, held-out metrics.
 
@@ -43,12 +53,20 @@ def summary_table(
       training transitions (``variable="next_obs"``);
     * ``section="held_out"``: per ``state_dim``: ``nll``, ``crps``,
       ``coverage_<level>`` and ``calibration_error``; with ``state_dim="all"``:
-      ``joint_nll`` (whole transitions) and ``num_transitions``.
+      ``joint_nll`` (whole transitions) and ``num_transitions``;
+    * ``section="held_out_recalibrated"``: the same per ``state_dim`` after the
+      cross-fitted variance recalibration
+      (:func:`~bayes_mbrl.uncertainty.recalibration.cross_fitted_recalibration`: fitted
+      on one half of the held-out transitions, scored on the other);
+    * ``section="recalibration"``: its ``aleatoric_scale`` and ``epistemic_scale`` per
+      ``state_dim``, ``variable`` naming the half it was fitted on (``first_half``,
+      ``second_half``).
 
     Args:
         idata: from :func:`to_inference_data`.
         calibration: from :func:`calibration_metrics` on held-out transitions.
         loo: ``az.loo(idata)`` (None: no LOO rows).
+        recalibrated: from :func:`cross_fitted_recalibration` (None: no such rows).
     """
     rows: list[dict[str, object]] = []
     summary = az.summary(idata, kind="all", round_to="none")
@@ -81,24 +99,16 @@ def summary_table(
                     "value": value,
                 }
             )
-    per_dim: dict[str, torch.Tensor] = {
-        "nll": calibration.nll,
-        "crps": calibration.crps,
-        "calibration_error": calibration.calibration_error,
-    }
-    for level, cov in zip(calibration.levels.tolist(), calibration.coverage, strict=True):
-        per_dim[f"coverage_{level:g}"] = cov
-    for stat, values in per_dim.items():
-        for d, value in enumerate(values.tolist()):
-            rows.append(
-                {
-                    "section": "held_out",
-                    "variable": "next_obs",
-                    "state_dim": str(d),
-                    "statistic": stat,
-                    "value": value,
-                }
-            )
+    rows += _per_dim_rows("held_out", "next_obs", _held_out_stats(calibration))
+    if recalibrated is not None:
+        result, fits = recalibrated
+        rows += _per_dim_rows("held_out_recalibrated", "next_obs", _held_out_stats(result))
+        for half, fit in zip(("first_half", "second_half"), fits, strict=True):
+            scales = {
+                "aleatoric_scale": fit.aleatoric_scale,
+                "epistemic_scale": fit.epistemic_scale,
+            }
+            rows += _per_dim_rows("recalibration", half, scales)
     for stat, value in (
         ("joint_nll", calibration.joint_nll),
         ("num_transitions", float(calibration.pit.shape[0])),
@@ -113,6 +123,35 @@ def summary_table(
             }
         )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def _held_out_stats(calibration: CalibrationResult) -> dict[str, torch.Tensor]:
+    """Per-dimension held-out statistics of ``calibration``, by their summary names."""
+    stats: dict[str, torch.Tensor] = {
+        "nll": calibration.nll,
+        "crps": calibration.crps,
+        "calibration_error": calibration.calibration_error,
+    }
+    for level, cov in zip(calibration.levels.tolist(), calibration.coverage, strict=True):
+        stats[f"coverage_{level:g}"] = cov
+    return stats
+
+
+def _per_dim_rows(
+    section: str, variable: str, stats: dict[str, torch.Tensor]
+) -> list[dict[str, object]]:
+    """One summary row per statistic and state dimension."""
+    return [
+        {
+            "section": section,
+            "variable": variable,
+            "state_dim": str(d),
+            "statistic": stat,
+            "value": value,
+        }
+        for stat, values in stats.items()
+        for d, value in enumerate(values.tolist())
+    ]
 
 
 def uncertainty_report(
@@ -132,7 +171,8 @@ def uncertainty_report(
     * ``calibration.png``: empirical vs nominal coverage on the held-out data;
     * ``posterior.png``: forest plot of the posterior latents;
     * ``summary.csv``: see :func:`summary_table` (no ``loo`` rows when the model gives
-      a single posterior function);
+      a single posterior function; no recalibration rows with fewer than 4 held-out
+      transitions);
     * ``idata.nc``: the InferenceData of the training transitions (netCDF via
       h5netcdf; read it back with ``az.from_netcdf``).
 
@@ -161,8 +201,15 @@ def uncertainty_report(
     except OSError as exc:
         raise CheckpointError(f"cannot create report directory {out} ({exc})") from exc
     idata = to_inference_data(model, train, num_draws, gen)
-    calibration = calibration_metrics(
-        model, held_out.obs, held_out.action, held_out.next_obs, num_draws, gen
+    # calibration_metrics, with the moments kept for the recalibration
+    model.check_inputs(held_out.obs, held_out.action, held_out.next_obs)
+    fs = model.posterior_functions(num_draws, gen)
+    means, variances = function_moments(fs, held_out.obs, held_out.action)
+    calibration = calibration_metrics_from_moments(means, variances, held_out.next_obs)
+    recalibrated = (
+        cross_fitted_recalibration(means, variances, held_out.next_obs)
+        if len(held_out) >= 4
+        else None
     )
     steps = min(len(held_out), MAX_BAND_STEPS)
     paths = {
@@ -190,7 +237,7 @@ def uncertainty_report(
         if posterior.sizes["chain"] * posterior.sizes["draw"] > 1
         else None
     )
-    summary_table(idata, calibration, loo).to_csv(paths["summary"], index=False)
+    summary_table(idata, calibration, loo, recalibrated).to_csv(paths["summary"], index=False)
     tmp = paths["inference_data"].with_suffix(".nc.tmp")
     idata.to_netcdf(str(tmp))
     tmp.replace(paths["inference_data"])
