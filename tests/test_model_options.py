@@ -78,6 +78,7 @@ def test_the_three_families_are_registered_with_their_config_keys() -> None:
     assert names["ensemble"] == [
         "num_members", "hidden_sizes", "activation", "learning_rate", "weight_decay",
         "batch_size", "max_epochs", "patience", "val_fraction", "probabilistic",
+        "prior_scale", "prior_hidden_sizes",
     ]  # fmt: skip
     assert names["bnn"] == [
         "hidden_sizes", "activation", "prior_scale", "noise", "learning_rate", "batch_size",

@@ -8,6 +8,15 @@ per layer evaluates every member: there is no loop over members anywhere.
 The posterior over functions is uniform over the ``E`` members; a "function" is
 a member, and :meth:`ProbabilisticEnsemble.sample_functions` stratifies draws
 over members (as PETS assigns particles to members).
+
+Randomized prior functions (Osband, Aslanides & Cassirer, "Randomized Prior Functions
+for Deep Reinforcement Learning", NeurIPS 2018), ``prior_scale = beta > 0``: member
+``m``'s mean of the normalized delta is ``net_m(x) + beta * p_m(x)``, where ``p_m`` is
+a fixed MLP drawn at construction and never trained (:class:`RandomPriorFunctions`).
+Each member fits the data *through* its own prior, so the members agree where there
+are data and keep their priors' disagreement where there are none, in gaps between
+data as well as outside them. ``prior_scale = 0`` (the default) builds no prior: the
+numerics, speed and checkpoints are those of the plain ensemble.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from bayes_mbrl.models.training import StepLoss, train_early_stopped
 from bayes_mbrl.options import (
     Options,
     at_least,
+    described,
     greater_than,
     interval,
     one_of,
@@ -52,6 +62,8 @@ __all__ = [
     "EnsembleOptions",
     "GaussianMLPEnsemble",
     "ProbabilisticEnsemble",
+    "RandomPriorFunctions",
+    "fold_prior",
     "stratified_members",
 ]
 
@@ -125,6 +137,37 @@ def fold_normalizers(
     shift = torch.cat([mu_out, torch.zeros(d)])
     ws[-1] = ws[-1] * scale
     bs[-1] = bs[-1] * scale + shift
+    return ws, bs
+
+
+def fold_prior(
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor],
+    input_normalizer: Normalizer,
+    delta_normalizer: Normalizer,
+    prior_scale: float,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Fold input normalization into a prior network's first layer and ``prior_scale``
+    times the delta scale into its output layer (the delta's mean is the member's).
+
+    Args:
+        weights: per layer ``(n, in, out)``; the last layer is ``D`` wide (a mean only).
+        biases: per layer ``(n, 1, out)``.
+        input_normalizer: of the ``(s, a)`` inputs.
+        delta_normalizer: of the ``s' - s`` deltas.
+        prior_scale: ``beta``.
+
+    Returns:
+        Weights and biases whose network maps raw inputs to ``beta * p(x)`` in delta units.
+    """
+    ws, bs = list(weights), list(biases)
+    mu_in, sd_in = input_normalizer.mean, input_normalizer.std
+    w0 = ws[0]
+    ws[0] = w0 / sd_in[None, :, None]
+    bs[0] = bs[0] - ((mu_in / sd_in) @ w0).unsqueeze(1)
+    scale = prior_scale * delta_normalizer.std
+    ws[-1] = ws[-1] * scale
+    bs[-1] = bs[-1] * scale
     return ws, bs
 
 
@@ -204,6 +247,76 @@ class GaussianMLPEnsemble(nn.Module):
         return mean, _soft_bound_logvar(logvar, self.min_logvar, self.max_logvar)
 
 
+#: standard deviation of the hidden-layer biases of a randomized prior network
+PRIOR_BIAS_STD = 0.5
+
+
+class RandomPriorFunctions(nn.Module):
+    """``E`` fixed random MLPs ``p_m: (E, B, in_dim) -> (E, B, out_dim)``, the randomized
+    prior functions of Osband et al. (2018); buffers, never trained.
+
+    Drawn so that each ``p_m`` varies by about one unit over normalized inputs, whatever
+    the depth and width: hidden layers have He-normal weights ``N(0, 2 / fan_in)`` and
+    biases ``N(0, 0.5^2)`` (so that the kinks of the activation fall inside the data),
+    the output layer ``N(0, 1 / fan_in)`` weights and no bias (a member's own output
+    bias absorbs any constant). ``prior_scale`` multiplies the output in normalized
+    delta units.
+
+    Args:
+        in_dim: input size.
+        out_dim: output size ``D`` (a mean only).
+        hidden_sizes: widths of the hidden layers.
+        num_members: ``E``.
+        activation: one of :data:`ACTIVATIONS`.
+        prior_scale: ``beta``, kept as a buffer so that a checkpoint names it.
+        generator: source of the random weights.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_sizes: Sequence[int],
+        num_members: int,
+        activation: str,
+        prior_scale: float,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        sizes = [in_dim, *hidden_sizes, out_dim]
+        self.num_layers = len(sizes) - 1
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+            last = i == self.num_layers - 1
+            w = torch.randn(num_members, fan_in, fan_out, generator=generator)
+            if last:
+                b = torch.zeros(num_members, 1, fan_out)
+            else:
+                b = torch.randn(num_members, 1, fan_out, generator=generator) * PRIOR_BIAS_STD
+            self.register_buffer(f"weight{i}", w * math.sqrt((1.0 if last else 2.0) / fan_in))
+            self.register_buffer(f"bias{i}", b)
+        self.register_buffer("scale", torch.tensor(float(prior_scale)))
+
+    @property
+    def weights(self) -> list[Tensor]:
+        """Per layer ``(E, in, out)``."""
+        return [getattr(self, f"weight{i}") for i in range(self.num_layers)]
+
+    @property
+    def biases(self) -> list[Tensor]:
+        """Per layer ``(E, 1, out)``."""
+        return [getattr(self, f"bias{i}") for i in range(self.num_layers)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(E, B, in_dim) -> (E, B, out_dim)``: ``p_m(x)``, without ``prior_scale``."""
+        act = ACTIVATIONS[self.activation]
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i < self.num_layers - 1:
+                x = act(x)
+        return x
+
+
 class EnsembleFunctionSample(FunctionSample):
     """``n`` ensemble members with the input/target normalization folded into the weights.
 
@@ -220,6 +333,10 @@ class EnsembleFunctionSample(FunctionSample):
         activation: activation name.
         member_index: ``(n,)`` which member each function is.
         compute_dtype: dtype of the matmuls; states and outputs stay float32.
+        prior: randomized prior functions of the members, ``(weights, biases)`` per
+            layer ``(n, in, out)`` / ``(n, 1, out)`` with the normalization and
+            ``prior_scale`` folded in (:func:`fold_prior`), added to the mean; None:
+            no prior (the plain ensemble's computation).
     """
 
     def __init__(
@@ -233,8 +350,10 @@ class EnsembleFunctionSample(FunctionSample):
         activation: str,
         member_index: Tensor,
         compute_dtype: torch.dtype = torch.float32,
+        prior: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
     ) -> None:
         self._fp32 = (list(weights), list(biases))
+        self._prior_fp32 = None if prior is None else (list(prior[0]), list(prior[1]))
         self._cast(compute_dtype)
         self.min_logvar, self.max_logvar = min_logvar, max_logvar
         self.log_delta_std = delta_std.log()
@@ -254,8 +373,21 @@ class EnsembleFunctionSample(FunctionSample):
         out = torch.baddbmm(self.out_bias_t, self.out_weight_t, x.transpose(1, 2))
         out = out.transpose(1, 2).float()
         mean, logvar = out[..., : self.obs_dim], out[..., self.obs_dim :]
+        if self.prior_weights is not None:
+            mean = mean + self._prior_mean(self.prior_weights, obs, action)
         logvar = _soft_bound_logvar(logvar, self.min_logvar, self.max_logvar)
         return mean, 0.5 * logvar + self.log_delta_std
+
+    def _prior_mean(self, weights: list[Tensor], obs: Tensor, action: Tensor) -> Tensor:
+        """``beta * p_m(s, a)`` in delta units, ``(n, B, obs_dim)`` float32 (same layout
+        as the member: one baddbmm per hidden layer of ``weights``, the output layer
+        feature-major)."""
+        h = torch.cat([obs, action], dim=-1).to(self.compute_dtype)
+        act = _INPLACE_ACTIVATIONS[self.activation]
+        for w, b in zip(weights, self.prior_biases, strict=True):
+            h = act(torch.baddbmm(b, h, w))
+        out = torch.baddbmm(self.prior_out_bias_t, self.prior_out_weight_t, h.transpose(1, 2))
+        return out.transpose(1, 2).float()
 
     def __call__(self, obs: Tensor, action: Tensor) -> Distribution:
         mean, log_std = self._head(obs, action)
@@ -283,6 +415,13 @@ class EnsembleFunctionSample(FunctionSample):
         self.out_weight_t = weights[-1].transpose(1, 2).contiguous().to(dtype)
         self.out_bias_t = biases[-1].transpose(1, 2).contiguous().to(dtype)
         self.compute_dtype = dtype
+        self.prior_weights: list[Tensor] | None = None
+        if self._prior_fp32 is not None:
+            pw, pb = self._prior_fp32
+            self.prior_weights = [w.to(dtype) for w in pw[:-1]]
+            self.prior_biases = [b.to(dtype) for b in pb[:-1]]
+            self.prior_out_weight_t = pw[-1].transpose(1, 2).contiguous().to(dtype)
+            self.prior_out_bias_t = pb[-1].transpose(1, 2).contiguous().to(dtype)
 
     def with_compute_dtype(self, dtype: torch.dtype) -> FunctionSample:
         """A copy (of the same class, subclasses included) computing in ``dtype``."""
@@ -293,6 +432,12 @@ class EnsembleFunctionSample(FunctionSample):
         twin = copy.copy(self)
         twin._cast(dtype)
         return twin
+
+
+@described("an empty list (the members' hidden sizes) or a list of integers >= 1")
+def _prior_sizes(v: list[int]) -> str | None:
+    ok = all(x >= 1 for x in v)
+    return None if ok else "an empty list (the members' hidden sizes) or a list of integers >= 1"
 
 
 @dataclass
@@ -317,6 +462,15 @@ class EnsembleOptions(Options):
         None,
         "members predict a Gaussian (PE; NLL loss); false: deterministic members (DE; "
         "squared error, no noise)",
+    )
+    prior_scale: float = option(
+        0.0,
+        at_least(0),
+        "randomized prior functions (Osband et al. 2018): each member's mean adds "
+        "prior_scale times a fixed random net, in normalized-delta units (0: none)",
+    )
+    prior_hidden_sizes: list[int] = option(
+        [], _prior_sizes, "hidden widths of the prior nets ([]: the members' hidden_sizes)"
     )
 
 
@@ -347,7 +501,13 @@ class ProbabilisticEnsemble(DynamicsModel):
         probabilistic: Gaussian members trained by NLL (PETS' PE; with
             ``num_members = 1`` its P); False: deterministic members trained by squared
             error, whose functions have no noise (DE, or D with one member).
-        seed: seeds the weight initialization.
+        prior_scale: ``beta`` of the randomized prior functions: member ``m``'s mean of
+            the normalized delta is ``net_m(x) + beta * p_m(x)`` with ``p_m`` a fixed
+            random net (:class:`RandomPriorFunctions`) that the member is trained
+            through and that is never trained; 0 (the default): no prior, the plain
+            ensemble bit for bit.
+        prior_hidden_sizes: hidden widths of the prior nets (empty: ``hidden_sizes``).
+        seed: seeds the weight initialization (and the prior nets, drawn after it).
 
     Raises:
         OptionError: an argument is out of its bounds (see :class:`EnsembleOptions`).
@@ -375,6 +535,8 @@ class ProbabilisticEnsemble(DynamicsModel):
         patience: int = 5,
         val_fraction: float = 0.1,
         probabilistic: bool = True,
+        prior_scale: float = 0.0,
+        prior_hidden_sizes: Sequence[int] = (),
         seed: int = 0,
     ) -> None:
         if obs_dim < 1 or action_dim < 1:
@@ -391,6 +553,8 @@ class ProbabilisticEnsemble(DynamicsModel):
             patience=patience,
             val_fraction=val_fraction,
             probabilistic=probabilistic,
+            prior_scale=prior_scale,
+            prior_hidden_sizes=list(prior_hidden_sizes),
         )
         self.probabilistic = probabilistic
         self.obs_dim, self.action_dim = obs_dim, action_dim
@@ -402,6 +566,19 @@ class ProbabilisticEnsemble(DynamicsModel):
         self.net = GaussianMLPEnsemble(
             obs_dim + action_dim, obs_dim, hidden_sizes, num_members, activation, init_gen
         )
+        self.prior_scale = float(prior_scale)
+        #: the randomized prior functions (None when ``prior_scale = 0``)
+        self.prior: RandomPriorFunctions | None = None
+        if self.prior_scale > 0:
+            self.prior = RandomPriorFunctions(
+                obs_dim + action_dim,
+                obs_dim,
+                list(prior_hidden_sizes) or list(hidden_sizes),
+                num_members,
+                activation,
+                self.prior_scale,
+                init_gen,
+            )
         self.input_normalizer = Normalizer(obs_dim + action_dim)
         self.delta_normalizer = Normalizer(obs_dim)
         decay, no_decay = (
@@ -434,11 +611,25 @@ class ProbabilisticEnsemble(DynamicsModel):
             ``(E,)`` mean NLL (or squared error) per transition, summed over output
             dimensions.
         """
-        mean, logvar = self.net(x)
+        mean, logvar = self.normalized_forward(x)
         if not self.probabilistic:
             return (y - mean).square().sum(-1).mean(-1)
         nll = 0.5 * ((y - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
         return nll.sum(-1).mean(-1)
+
+    def normalized_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member on normalized inputs, its randomized prior included.
+
+        Args:
+            x: ``(E, B, in_dim)`` normalized inputs.
+
+        Returns:
+            ``(mean, logvar)`` of the normalized delta, each ``(E, B, obs_dim)``.
+        """
+        mean, logvar = self.net(x)
+        if self.prior is not None:
+            mean = mean + self.prior_scale * self.prior(x)
+        return mean, logvar
 
     def fit(
         self,
@@ -538,6 +729,16 @@ class ProbabilisticEnsemble(DynamicsModel):
         min_logvar, max_logvar = self.net.min_logvar.detach(), self.net.max_logvar.detach()
         if not self.probabilistic:
             min_logvar = max_logvar = torch.full_like(min_logvar, DETERMINISTIC_LOGVAR)
+        prior = None
+        if self.prior is not None:
+            pws, pbs = fold_prior(
+                self.prior.weights,
+                self.prior.biases,
+                self.input_normalizer,
+                self.delta_normalizer,
+                self.prior_scale,
+            )
+            prior = ([w[idx] for w in pws], [b[idx] for b in pbs])
         return EnsembleFunctionSample(
             ws,
             bs,
@@ -547,6 +748,7 @@ class ProbabilisticEnsemble(DynamicsModel):
             self.obs_dim,
             self.net.activation,
             idx,
+            prior=prior,
         )
 
     def _require_fitted(self) -> None:
@@ -555,14 +757,41 @@ class ProbabilisticEnsemble(DynamicsModel):
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Weights, normalizers and optimizer state (``torch.load(weights_only=True)``-safe)."""
-        return {
+        """Weights, normalizers, optimizer state and, with ``prior_scale > 0``, the
+        randomized prior nets and their scale (``torch.load(weights_only=True)``-safe)."""
+        state = {
             "net": self.net.state_dict(),
             "input_normalizer": self.input_normalizer.state_dict(),
             "delta_normalizer": self.delta_normalizer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "fitted": self.fitted,
         }
+        if self.prior is not None:
+            state["prior"] = self.prior.state_dict()
+        return state
+
+    def _load_prior(self, state: dict[str, Any]) -> None:
+        """Check that ``state`` has the prior this model has (none, or one of the same
+        scale and shapes) and load it."""
+        saved = state.get("prior")
+        if self.prior is None:
+            if saved is not None:
+                raise ValueError(
+                    f"saved with randomized prior functions (prior_scale = "
+                    f"{float(saved['scale']):g}), this model has prior_scale = 0"
+                )
+            return
+        if saved is None:
+            raise ValueError(
+                f"saved without randomized prior functions, this model has "
+                f"prior_scale = {self.prior_scale:g}"
+            )
+        if float(saved["scale"]) != self.prior_scale:
+            raise ValueError(
+                f"saved with prior_scale = {float(saved['scale']):g}, this model has "
+                f"prior_scale = {self.prior_scale:g}"
+            )
+        self.prior.load_state_dict(saved)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`.
@@ -576,11 +805,14 @@ class ProbabilisticEnsemble(DynamicsModel):
             if not isinstance(state, dict):
                 raise TypeError(f"expected a dict, got {type(state).__name__}")
             fitted = bool(state["fitted"])
+            self._load_prior(state)
             self.net.load_state_dict(state["net"])
             self.input_normalizer.load_state_dict(state["input_normalizer"])
             self.delta_normalizer.load_state_dict(state["delta_normalizer"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            if self.prior is not None:
+                self.prior.load_state_dict(backup["prior"])
             self.net.load_state_dict(backup["net"])
             self.input_normalizer.load_state_dict(backup["input_normalizer"])
             self.delta_normalizer.load_state_dict(backup["delta_normalizer"])
