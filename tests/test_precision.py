@@ -4,6 +4,7 @@ model that computes in it; the choice is printed in the run's log."""
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +21,8 @@ from bayes_mbrl.models import ProbabilisticEnsemble
 from bayes_mbrl.models.gp import ExactGPDynamics
 from bayes_mbrl.planning import RolloutEvaluator, precision, resolve_precision
 
-TINY = [
-    "--no-progress",
-    "--set",
-    "env.episode_length=20",
-    "--set",
-    "experiment.episodes=2",
-    "--set",
-    "model.num_members=2",
-    "--set",
-    "model.hidden_sizes=[8]",
-    "--set",
-    "model.max_epochs=2",
-    "--set",
-    "planner.population=10",
-    "--set",
-    "planner.iterations=1",
-    "--set",
-    "planner.horizon=3",
-    "--set",
-    "planner.particles=2",
-]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import TINY_RUN as TINY  # a tiny run as CLI arguments
 
 
 @pytest.fixture
