@@ -294,7 +294,9 @@ class GPDynamicsBase(DynamicsModel):
         return gaussian_update
 
     def _draw_paths(self, n: int, seed: int) -> Any:
+        """BoTorch's Matheron paths of ``n`` draws, its random numbers from ``seed``."""
         model = self._gp()
+        update_strategy = self._update_strategy()
         prior_sampler = functools.partial(
             draw_kernel_feature_paths, num_features=self.num_features, **self._prior_kwargs()
         )
@@ -310,7 +312,7 @@ class GPDynamicsBase(DynamicsModel):
                     model,
                     torch.Size([n]),
                     prior_sampler=prior_sampler,
-                    update_strategy=self._update_strategy(),
+                    update_strategy=update_strategy,
                 )
 
         return with_jitter_escalation(

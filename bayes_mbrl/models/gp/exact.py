@@ -9,6 +9,7 @@ of points: capped at :data:`EXACT_GP_MAX_POINTS`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,21 @@ import botorch
 import gpytorch
 import torch
 from botorch.models import SingleTaskGP
+from botorch.sampling.pathwise import (
+    GeneralizedLinearPath,
+    KernelEvaluationMap,
+    MatheronPath,
+    draw_kernel_feature_paths,
+)
+from botorch.sampling.pathwise.utils import (
+    get_input_transform,
+    get_train_inputs,
+    get_train_targets,
+)
 from gpytorch.kernels import Kernel
 from gpytorch.means import Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from linear_operator.operators import SumLinearOperator
 from torch import Tensor
 
 from bayes_mbrl.data import ReplayBuffer
@@ -31,7 +44,12 @@ from bayes_mbrl.models.gp.common import (
     shortcut_or,
 )
 from bayes_mbrl.models.gp.kernels import ModuleFactory, is_se_ard
-from bayes_mbrl.models.gp.numerics import MAX_CHOLESKY, fit_hyperparameters
+from bayes_mbrl.models.gp.numerics import (
+    MAX_CHOLESKY,
+    fit_hyperparameters,
+    gaussian_nll,
+    with_jitter_escalation,
+)
 from bayes_mbrl.models.gp.se_posterior import SEGP, se_gp_from_data
 from bayes_mbrl.options import at_least, described, option
 
@@ -66,6 +84,37 @@ class GPOptions(GPPriorOptions):
     hyper_max_points: int = option(
         512, at_least(2, "an integer"), "points the marginal likelihood is optimized on"
     )
+
+
+def _cached_gaussian_update(
+    model: SingleTaskGP, sample_values: Tensor, target_values: Tensor, scale_tril: Tensor
+) -> GeneralizedLinearPath:
+    """BoTorch's exact Gaussian (Matheron) update given the Cholesky factor of
+    ``K(X, X) + sigma^2 I``: the same random numbers and the same update path as
+    ``gaussian_update(model, sample_values, target_values=..., scale_tril=...)``.
+
+    BoTorch solves the ``(n, D, N)`` errors against the ``(D, N, N)`` factor by
+    broadcasting, which copies the factor once per draw; here the draws are the
+    columns of one right-hand side per output.
+
+    Args:
+        model: the conditioned ``SingleTaskGP``.
+        sample_values: ``(n, D, N)`` prior path values at the training inputs.
+        target_values: ``(D, N)`` training targets.
+        scale_tril: ``(D, N, N)`` the factor.
+
+    Returns:
+        The update path ``k(., X) (K + sigma^2 I)^{-1} (y - f(X) - eps)``, weights ``(n, D, N)``.
+    """
+    (points,) = get_train_inputs(model, transformed=True)
+    noise_covariance = model.likelihood.noise_covar(shape=points.shape[:-1])
+    noise_values = noise_covariance.cholesky() @ torch.randn_like(sample_values).unsqueeze(-1)
+    errors = target_values - (sample_values + noise_values.squeeze(-1))  # (n, D, N)
+    weight = torch.cholesky_solve(errors.permute(1, 2, 0), scale_tril).permute(2, 0, 1)
+    feature_map = KernelEvaluationMap(
+        kernel=model.covar_module, points=points, input_transform=get_input_transform(model)
+    )
+    return GeneralizedLinearPath(feature_map=feature_map, weight=weight, is_ensemble=False)
 
 
 @MODELS.register("gp", options=GPOptions)
@@ -152,6 +201,8 @@ class ExactGPDynamics(GPDynamicsBase):
         self.train_x: Tensor | None = None
         self.train_y: Tensor | None = None
         self._model: SingleTaskGP | None = None
+        #: (hyperparameter values it was formed with, Cholesky factor) for function draws
+        self._scale_tril: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def from_options(  # type: ignore[override]
@@ -251,17 +302,54 @@ class ExactGPDynamics(GPDynamicsBase):
         report.wall_seconds = time.perf_counter() - start
         return report
 
-    def _train(self, x: Tensor, y: Tensor, report: FitReport, progress: ProgressFn | None) -> None:
-        model = self._build(x, y)
-        model.train()
-        mll = ExactMarginalLogLikelihood(self.likelihood, model)
-        params = self._hyper_params()
-        train_x, train_y = model.train_inputs[0], model.train_targets
+    def _plain_marginal_likelihood(self) -> bool:
+        """Whether the marginal likelihood is the Gaussian density alone (no priors on
+        the modules, whose log densities GPyTorch's ``ExactMarginalLogLikelihood`` adds)."""
+        modules = (self.covar_module, self.mean_module, self.likelihood)
+        return not any(True for m in modules for _ in m.named_priors())
+
+    def _marginal_nll(self, x: Tensor, y: Tensor, fast: bool | None = None) -> Callable[[], Tensor]:
+        """The training objective on ``(N, d)`` / ``(N, D)`` normalized data: the negative
+        exact marginal log-likelihood per point, summed over outputs.
+
+        ``fast`` (default: whenever the modules carry no priors) evaluates GPyTorch's
+        kernel and mean modules on the inputs laid out as ``SingleTaskGP`` lays out
+        multi-output data and the Gaussian density by :func:`gaussian_nll` (the same
+        Cholesky, a closed-form gradient instead of backpropagation through it); else
+        GPyTorch's ``ExactMarginalLogLikelihood`` of a ``SingleTaskGP`` (which adds the
+        priors' log densities).
+        """
+        if fast is None:
+            fast = self._plain_marginal_likelihood()
+        if not fast:
+            model = self._build(x, y)
+            model.train()
+            mll = ExactMarginalLogLikelihood(self.likelihood, model)
+            gp_x, gp_y = model.train_inputs[0], model.train_targets
+
+            def gpytorch_loss() -> Tensor:
+                with gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
+                    return -mll(model(gp_x), gp_y).sum()
+
+            return gpytorch_loss
+        train_x = x.unsqueeze(0).expand(self.obs_dim, *x.shape)
+        train_y = y.T.contiguous()
+        n = x.shape[0]
+        for module in (self.covar_module, self.mean_module, self.likelihood):
+            module.train()
 
         def loss() -> Tensor:
             with gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
-                return -mll(model(train_x), train_y).sum()
+                covar = self.covar_module(train_x).to_dense()
+                residual = train_y - self.mean_module(train_x)
+            noise = self.likelihood.noise.reshape(self.obs_dim, 1)
+            return gaussian_nll(covar, noise, residual).sum() / n
 
+        return loss
+
+    def _train(self, x: Tensor, y: Tensor, report: FitReport, progress: ProgressFn | None) -> None:
+        params = self._hyper_params()
+        loss = self._marginal_nll(x, y)
         fit_hyperparameters(
             lambda i: loss,
             [torch.optim.Adam(params, lr=self.learning_rate)],
@@ -280,6 +368,59 @@ class ExactGPDynamics(GPDynamicsBase):
         self._model = self._build(self.train_x, self.train_y)
         self._model.eval()
         self.likelihood.eval()
+        self._scale_tril = None
+
+    def _noisy_scale_tril(self) -> Tensor:
+        """``(D, N, N)`` Cholesky factor of ``K(X, X) + sigma^2 I`` at the conditioned
+        points, what BoTorch's exact Gaussian update factorizes for every draw.
+
+        Formed as BoTorch forms it (the same operators, jitter escalation and
+        ``max_cholesky_size``) and kept until the data or a hyperparameter changes, so a
+        planning call's draws cost prior values and triangular solves, not a Cholesky.
+        """
+        model = self._gp()
+        key = torch.cat([p.detach().reshape(-1) for p in self._hyper_params()])
+        cached = self._scale_tril
+        if cached is not None and torch.equal(cached[0], key):
+            return cached[1]
+        points = model.train_inputs[0]
+
+        def factor() -> Tensor:
+            with torch.no_grad(), gpytorch.settings.max_cholesky_size(MAX_CHOLESKY):
+                noise = self.likelihood.noise_covar(shape=points.shape[:-1])
+                covar = SumLinearOperator(model.covar_module(points), noise)
+                return covar.cholesky().to_dense()
+
+        tril = with_jitter_escalation(
+            factor, "ExactGPDynamics.sample_functions", max_jitter=self.max_jitter
+        )
+        self._scale_tril = (key, tril)
+        return tril
+
+    def _draw_paths(self, n: int, seed: int) -> MatheronPath:
+        """BoTorch's Matheron paths of ``n`` draws (``draw_matheron_paths`` for an exact
+        GP, the same random numbers from ``seed``), from the cached factor of the noisy
+        kernel matrix, with the prior paths evaluated at the training inputs once per
+        output rather than once per draw."""
+        model = self._gp()
+        tril = self._noisy_scale_tril()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            prior = draw_kernel_feature_paths(
+                model, torch.Size([n]), num_features=self.num_features
+            )
+            (points,) = get_train_inputs(model, transformed=True)
+            targets = get_train_targets(model, transformed=True)
+            features = prior.feature_map(points)  # (D, N, F)
+            if features.dim() == 3 and prior.weight.dim() == 3:
+                # contiguous: the update's randn_like fills in memory order
+                values = (features @ prior.weight.permute(1, 2, 0)).permute(2, 0, 1).contiguous()
+                if prior.bias_module is not None:
+                    values = values + prior.bias_module(points)
+            else:
+                values = prior.forward(points)
+            update = _cached_gaussian_update(model, values, targets, tril)
+        return MatheronPath(prior_paths=prior, update_paths=update)
 
     def _gp(self) -> gpytorch.models.GP:
         self._require_fitted()
@@ -336,5 +477,6 @@ class ExactGPDynamics(GPDynamicsBase):
         self._load_hyper_state(state)
         self.train_x, self.train_y = state.get("train_x"), state.get("train_y")
         self._model = None
+        self._scale_tril = None
         if self.fitted:
             self._condition()

@@ -42,7 +42,7 @@ __all__ = [
     "mean_or_spec",
     "resolve_kernel",
     "resolve_mean",
-    "stationary",
+    "stationary_",
 ]
 
 #: kernels by name -> Matérn smoothness (None: squared exponential)
@@ -97,18 +97,19 @@ def make_kernel(kernel: str, d: int, batch: torch.Size) -> ScaleKernel:
     return cov
 
 
-def stationary(kernel: str, r2: Tensor) -> Tensor:
-    """Unit-variance built-in kernel of the squared scaled distance ``r2`` (in place
-    where possible)."""
+def stationary_(kernel: str, r2: Tensor) -> Tensor:
+    """Unit-variance built-in kernel, in place: ``r2`` holds ``-r^2 / 2`` for the
+    squared exponential and the squared scaled distance ``r^2`` for a Matérn kernel
+    (any strides; returns ``r2`` overwritten with the kernel values)."""
     nu = KERNELS[kernel]
     if nu is None:
-        return r2.mul_(-0.5).exp_()
-    r = r2.clamp_min_(1e-30).sqrt_()
+        return r2.exp_()
+    s = r2.clamp_min_(1e-30).sqrt_().mul_(math.sqrt(2.0 * nu))
+    decay = torch.exp(-s)
     if nu == 1.5:
-        s = r.mul_(math.sqrt(3.0))
-        return (1.0 + s) * torch.exp(-s)
-    s = r.mul_(math.sqrt(5.0))
-    return (1.0 + s + s * s / 3.0) * torch.exp(-s)
+        return s.add_(1.0).mul_(decay)
+    quadratic = s.square().div_(3.0)
+    return s.add_(1.0).add_(quadratic).mul_(decay)
 
 
 def describe_module(module: torch.nn.Module) -> str:
