@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+from pathlib import Path
 
 import gpytorch
 import pytest
@@ -24,24 +26,15 @@ from bayes_mbrl.errors import ModelError
 from bayes_mbrl.models.gp import ExactGPDynamics, GPFunctionSample, with_jitter_escalation
 from bayes_mbrl.models.gp.numerics import MAX_CHOLESKY, psd_cholesky
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_gp_user_kernel import toy_buffer  # the same smooth 2-D system, (OBS, ACT) = (2, 1)
+
 OBS, ACT = 2, 1
+
 LS = torch.tensor([[0.9, 1.3, 1.1], [1.5, 0.8, 2.0]], dtype=torch.float64)
 OS = torch.tensor([1.2, 0.7], dtype=torch.float64)
 NOISE = torch.tensor([0.05, 0.1], dtype=torch.float64)
 CONST = torch.tensor([0.1, -0.2], dtype=torch.float64)
-
-
-def toy_buffer(n: int, seed: int = 0) -> ReplayBuffer:
-    """A smooth nonlinear 2-D system with a little noise."""
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.rand(n, OBS, generator=g) * 4 - 2
-    act = torch.rand(n, ACT, generator=g) * 2 - 1
-    delta = torch.stack([0.3 * torch.sin(obs[:, 1]) + 0.2 * act[:, 0], -0.2 * obs[:, 0]], -1)
-    nxt = obs + delta + 0.01 * torch.randn(n, OBS, generator=g)
-    buf = ReplayBuffer(OBS, ACT, n)
-    z = torch.zeros(n)
-    buf.add(obs, act, z, nxt, z, z)
-    return buf
 
 
 def fixed(buf: ReplayBuffer, **kw: object) -> ExactGPDynamics:
