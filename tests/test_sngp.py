@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,18 +19,8 @@ from bayes_mbrl.models import MODELS, FunctionSample, check_model, sngp
 from bayes_mbrl.models.sngp import SNGPDynamics, SNGPOptions
 from bayes_mbrl.options import OptionError
 
-
-def noisy_sine_buffer(seed: int = 0) -> tuple[ReplayBuffer, float]:
-    """s' = s + sin(3a) + N(0, 0.1^2), actions in [-1, 1] with a gap |a| < 0.4."""
-    g = torch.Generator().manual_seed(seed)
-    a = torch.rand(1500, 1, generator=g) * 2 - 1
-    a = a[a.abs().squeeze(-1) > 0.4]
-    s = torch.zeros(len(a), 1)
-    sigma = 0.1
-    ns = s + torch.sin(3 * a) + sigma * torch.randn(len(a), 1, generator=g)
-    buf = ReplayBuffer(1, 1, len(a))
-    buf.add(s, a, torch.zeros(len(a)), ns, torch.zeros(len(a)), torch.zeros(len(a)))
-    return buf, sigma
+sys.path.insert(0, str(Path(__file__).parent))
+from test_ensemble import noisy_sine_buffer  # the same gapped sine as the ensemble's tests
 
 
 def small_buffer(n: int = 60, seed: int = 0) -> ReplayBuffer:

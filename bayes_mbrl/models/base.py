@@ -38,6 +38,7 @@ __all__ = [
     "check_arguments",
     "check_function_inputs",
     "check_model_inputs",
+    "state_mismatch",
 ]
 
 ProgressFn = Callable[[int, float, float], None]
@@ -479,3 +480,21 @@ def check_function_inputs(
             f"FunctionSample of {n} functions expects action of shape ({n}, {b}, {want}) "
             f"to go with obs {tuple(obs.shape)}, got {shape}"
         )
+
+
+def state_mismatch(what: str, exc: Exception) -> ModelError:
+    """The error of a ``load_state_dict`` whose state does not fit the model (raised
+    after the model was restored): ``exc``'s message on one line, at most 400
+    characters (torch lists every mismatched tensor on its own line).
+
+    Args:
+        what: the model, for the message ("ensemble", "SNGP model").
+        exc: what loading raised (a missing key names the entry).
+    """
+    text = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
+    text = " ".join(text.split())
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return ModelError(
+        f"saved {what} does not match this configuration ({text}); "
+        "load it with the config it was saved with (the model was left unchanged)"
+    )

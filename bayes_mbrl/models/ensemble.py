@@ -43,6 +43,7 @@ from bayes_mbrl.models.base import (
     FunctionSample,
     ProgressFn,
     check_function_inputs,
+    state_mismatch,
 )
 from bayes_mbrl.models.training import StepLoss, train_early_stopped
 from bayes_mbrl.options import (
@@ -817,11 +818,5 @@ class ProbabilisticEnsemble(DynamicsModel):
             self.input_normalizer.load_state_dict(backup["input_normalizer"])
             self.delta_normalizer.load_state_dict(backup["delta_normalizer"])
             self.optimizer.load_state_dict(backup["optimizer"])
-            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
-            what = " ".join(what.split())  # torch lists every mismatch on its own line
-            what = what if len(what) <= 400 else what[:400] + " ..."
-            raise ModelError(
-                f"saved ensemble does not match this configuration ({what}); "
-                "load it with the config it was saved with (the model was left unchanged)"
-            ) from exc
+            raise state_mismatch("ensemble", exc) from exc
         self.fitted = fitted

@@ -64,6 +64,7 @@ from bayes_mbrl.models.base import (
     Predictive,
     ProgressFn,
     check_function_inputs,
+    state_mismatch,
 )
 from bayes_mbrl.models.ensemble import (
     ACTIVATIONS,
@@ -640,11 +641,5 @@ class SNGPDynamics(DynamicsModel):
             self.input_normalizer.load_state_dict(backup["input_normalizer"])
             self.delta_normalizer.load_state_dict(backup["delta_normalizer"])
             self.optimizer.load_state_dict(backup["optimizer"])
-            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
-            what = " ".join(what.split())
-            what = what if len(what) <= 400 else what[:400] + " ..."
-            raise ModelError(
-                f"saved SNGP model does not match this configuration ({what}); "
-                "load it with the config it was saved with (the model was left unchanged)"
-            ) from exc
+            raise state_mismatch("SNGP model", exc) from exc
         self.posterior_mean, self.precision_chol = mean, chol
