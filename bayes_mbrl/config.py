@@ -167,12 +167,60 @@ class ExperimentConfig(Options):
     )
 
 
+_USER_CODE = re.compile(r"^\S(.*\S)?:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _user_code(what: str) -> Callable[[str], str | None]:
+    """Check of a ``path/to/file.py:NAME`` or ``package.module:NAME`` key (empty: none)."""
+    expected = f"'path/to/file.py:{what}' or 'package.module:{what}' (or \"\" for none)"
+
+    @described(expected)
+    def check(v: str) -> str | None:
+        return None if v == "" or _USER_CODE.match(v) else expected
+
+    return check
+
+
 @dataclass
 class EnvConfig(Options):
-    """Which environment to run (``[env]``)."""
+    """Which environment to run (``[env]``).
+
+    ``id`` is a built-in task (``bayes-mbrl`` knows its reward), any registered
+    gymnasium env, or your own env registered under that id by ``entry_point``. The
+    code keys name a file relative to the working directory (as ``model.pyro_model``)
+    or a module on the Python path; ``docs/own_env.md`` walks through one.
+    """
 
     id: str = option("Pendulum-v1", non_empty, "gymnasium environment id")
     episode_length: int = option(200, _INT1, "steps per episode")
+    entry_point: str = option(
+        "",
+        _user_code("Class"),
+        "your gymnasium.Env subclass, 'path/to/file.py:Class' (relative to the working "
+        "directory) or 'package.module:Class', registered under env.id (\"\": env.id is "
+        "registered already)",
+    )
+    reward_fn: str = option(
+        "",
+        _user_code("function"),
+        "batched torch reward (obs, action, next_obs) -> reward, 'path/to/file.py:function'; "
+        "checked against the env's rewards before the run (\"\": a built-in task's own, "
+        "else a reward model learned with the dynamics, in the MPC modes)",
+    )
+    termination_fn: str = option(
+        "",
+        _user_code("function"),
+        "batched torch termination (obs, action, next_obs) -> bool, "
+        "'path/to/file.py:function'; checked against the env's terminations (\"\": a "
+        "built-in task's own, else the episode never terminates in imagination)",
+    )
+    expected_reward_fn: str = option(
+        "",
+        _user_code("function"),
+        "exact E[reward] under a Gaussian belief (next_obs_mean, next_obs_cov, action) -> "
+        "(...), 'path/to/file.py:function', for moment-matching planners (\"\": a built-in "
+        "task's own, else none)",
+    )
 
 
 @dataclass

@@ -35,7 +35,9 @@ from bayes_mbrl.algorithms.base import Agent, build_algorithm, build_model
 from bayes_mbrl.callbacks import Callback, LearningCurvePlot, ProgressBars
 from bayes_mbrl.config import Config, dump_config
 from bayes_mbrl.data import ReplayBuffer, validate_transitions
-from bayes_mbrl.envs import get_task, make_env
+from bayes_mbrl.devices import check_device_support, resolve_device, state_to_cpu
+from bayes_mbrl.envs import make_env
+from bayes_mbrl.envs.custom import build_task
 from bayes_mbrl.errors import CheckpointError, ConfigError, ModelError
 from bayes_mbrl.evaluation import EVAL_START_SEED, evaluation_due, run_episodes
 from bayes_mbrl.models import FitReport
@@ -101,14 +103,12 @@ class Experiment:
     """
 
     def __init__(self, config: Config, run_dir: Path, callbacks: Sequence[Callback] = ()) -> None:
-        if config.experiment.device != "cpu":
-            raise ConfigError(
-                f"experiment.device = {config.experiment.device!r} is not supported yet; "
-                "set experiment.device = 'cpu'"
-            )
+        exp = config.experiment
+        check_device_support(torch.device(exp.device), exp.mode, config.model.kind)
+        self.device = resolve_device(exp.device)
         self.config = config
         self.threads = apply_threads(config.experiment.threads)
-        self.task = get_task(config.env.id)
+        self.task = build_task(config.env)
         self.generator = torch.Generator().manual_seed(config.experiment.seed)
         self.parts = build_algorithm(config, self.task, self.generator)
         builtin: list[Callback] = [ProgressBars()] if config.experiment.progress else []
@@ -365,7 +365,8 @@ class Experiment:
             {
                 "episodes_done": self.episodes_done,
                 "num_transitions": len(self.buffer),
-                "model": self.parts.learner.state_dict() if fitted else {},
+                # on the CPU, so that a run started on a GPU resumes on a CPU and back
+                "model": state_to_cpu(self.parts.learner.state_dict()) if fitted else {},
                 "model_fitted_once": fitted,
                 "rng_torch": self.generator.get_state(),
                 "metrics": [dict(r) for r in self.metrics],
@@ -458,6 +459,7 @@ def resume_experiment(
     progress: bool | None = None,
     callbacks: Sequence[Callback] = (),
     episodes: int | None = None,
+    device: str | None = None,
 ) -> RunResult:
     """Continue an interrupted run from its newest checkpoint, or extend a finished one.
 
@@ -469,6 +471,8 @@ def resume_experiment(
             least the saved total: the run goes on to it as if it had been started with
             it (the random state, the data and every learner's state continue from the
             checkpoint), and the run directory's ``config.toml`` records the new total.
+        device: go on on this ``experiment.device`` (None keeps the saved one), e.g. a
+            run started on a GPU resumed on a CPU; ``config.toml`` records it.
 
     Raises:
         CheckpointError: the directory holds no run or its files are inconsistent.
@@ -486,10 +490,15 @@ def resume_experiment(
                 "metrics.csv"
             )
         config.experiment.episodes = episodes
+    if device is not None:
+        config.experiment.device = device
     experiment = Experiment(config, Path(run_dir), callbacks)
     experiment.restore()
-    if episodes is not None:
+    if episodes is not None or device is not None:
         stored = read_run_config(run_dir)
-        stored.experiment.episodes = episodes
+        if episodes is not None:
+            stored.experiment.episodes = episodes
+        if device is not None:
+            stored.experiment.device = device
         dump_config(stored, Path(run_dir) / CONFIG_FILE)
     return experiment.run()

@@ -42,7 +42,7 @@ from bayes_mbrl import __version__
 from bayes_mbrl.algorithms.base import build_algorithm
 from bayes_mbrl.config import CONFIG_HEADER, Config, dump_config, load_config
 from bayes_mbrl.data import TransitionBatch
-from bayes_mbrl.envs import get_task
+from bayes_mbrl.envs.custom import build_task
 from bayes_mbrl.errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from bayes_mbrl.models import DynamicsModel
 
@@ -178,7 +178,7 @@ def _safe_torch_load(data: bytes | Path, path: Path) -> Any:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of a raw pickle before refusing it
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            return torch.load(source, weights_only=True)
+            return torch.load(source, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError / EOFError / zip errors
         # the weights-only unpickler names the global a crafted torch.save file imports
         named = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
@@ -483,7 +483,8 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    task = get_task(config.env.id)
+    config.experiment.device = "cpu"  # analysis runs on the CPU, wherever the run ran
+    task = build_task(config.env, check=False)
     parts = build_algorithm(config, task, torch.Generator().manual_seed(config.experiment.seed))
     if parts.model is None:
         raise CheckpointError(

@@ -403,14 +403,28 @@ def _(ctx: Ctx) -> None:
 
 @case(
     ConfigError,
-    r"experiment\.device = 'cuda' is not supported yet; set experiment\.device = 'cpu'",
-    id="config-device-not-cpu",
+    r"experiment\.device = 'cuda:99' but (torch .* sees no CUDA device|this machine has \d+ "
+    r"CUDA device).*",
+    id="config-device-missing",
 )
 def _(ctx: Ctx) -> None:
     try:
-        run_experiment(tiny("experiment.device=cuda"), ctx.tmp / "run")
+        run_experiment(tiny("experiment.device=cuda:99"), ctx.tmp / "run")
     finally:
         assert not (ctx.tmp / "run").exists()  # refused before anything was written
+
+
+@case(
+    ConfigError,
+    r"experiment\.device = 'cuda' runs experiment\.mode in \['mpc', 'v0\.5', 'v1\.0'\] with "
+    r"model\.kind in \['ensemble'\]; this run has mode 'mpc' and model 'bnn'",
+    id="config-device-model-cpu-only",
+)
+def _(ctx: Ctx) -> None:
+    try:
+        run_experiment(tiny("experiment.device=cuda", "model.kind=bnn"), ctx.tmp / "run")
+    finally:
+        assert not (ctx.tmp / "run").exists()
 
 
 @case(
@@ -483,7 +497,7 @@ def _(ctx: Ctx) -> None:
 
 @case(
     EnvError,
-    r"no task spec for env id 'Pendulum-v2'\. Did you mean 'Pendulum-v1'",
+    r"unknown gymnasium env id 'Pendulum-v2'\. Did you mean 'Pendulum-v1'.*env\.entry_point",
     id="config-unknown-env-id",
 )
 def _(ctx: Ctx) -> None:

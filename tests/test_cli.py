@@ -174,6 +174,7 @@ def test_resume_passes_progress(
         progress: bool | None = None,
         callbacks: object = (),
         episodes: int | None = None,
+        device: str | None = None,
     ) -> _FakeResult:
         calls.append((run_dir, progress))
         return _FakeResult(run_dir=run_dir, returns=[1.0])

@@ -331,6 +331,17 @@ def test_prior_is_checkpointed_and_a_mismatch_is_refused(
         _prior_model(3.0).load_state_dict(plain.state_dict())
 
 
+def test_a_prior_scale_float32_cannot_hold_exactly_loads_back() -> None:
+    # 0.1 is saved as a float32 buffer (0.10000000149); its run must resume and analyze
+    saved = _prior_model(0.1, hidden_sizes=[8])
+    state = torch.load(_roundtrip(saved.state_dict()), weights_only=True)
+    assert float(state["prior"]["scale"]) != 0.1
+    loaded = _prior_model(0.1, hidden_sizes=[8], seed=5)
+    loaded.load_state_dict(state)
+    assert loaded.prior is not None and saved.prior is not None
+    torch.testing.assert_close(loaded.prior.weights[0], saved.prior.weights[0])
+
+
 def test_prior_scale_zero_is_the_plain_ensemble() -> None:
     """prior_scale = 0 builds no prior: same initial weights, same state keys, same fit and
     no prior in the function draws; a prior is drawn after the members' weights, so it

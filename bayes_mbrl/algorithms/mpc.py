@@ -29,12 +29,14 @@ from bayes_mbrl.algorithms.base import (
     build_model,
     state_model_check,
 )
+from bayes_mbrl.devices import PlanRandomness, device_scope, resolve_device
 from bayes_mbrl.errors import ConfigError, DataError
+from bayes_mbrl.models.reward import planning_reward
 from bayes_mbrl.options import Options, at_least, option
 from bayes_mbrl.planning import PLANNERS, Planner, PlanResult, RolloutEvaluator, make_objective
 
 if TYPE_CHECKING:
-    from bayes_mbrl.envs import TaskSpec
+    from bayes_mbrl.envs import RewardFn, TaskSpec
 
 __all__ = ["MODES", "MPCAgent", "MPCAlgorithm", "MPCOptions", "RandomAgent", "build_evaluator"]
 
@@ -71,6 +73,9 @@ class MPCAgent:
         mode: one of :data:`MODES`.
         replan_every: actions of each plan executed before the next planning call
             (None: 1 for ``mpc``, the horizon for ``v0.5`` and ``v1.0``).
+        randomness: the generator the planner and evaluator draw from and the device
+            they plan on (:class:`~bayes_mbrl.devices.PlanRandomness`; None: the CPU,
+            with whatever generators they were given).
 
     Attributes:
         plan_seconds: wall time spent planning since the last :meth:`reset`.
@@ -83,6 +88,7 @@ class MPCAgent:
         evaluator: RolloutEvaluator,
         mode: str = "mpc",
         replan_every: int | None = None,
+        randomness: PlanRandomness | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
@@ -99,6 +105,8 @@ class MPCAgent:
             )
         self.replan_every = replan_every
         self.planner, self.evaluator, self.mode = planner, evaluator, mode
+        self.randomness = randomness
+        self.device = randomness.device if randomness is not None else torch.device("cpu")
         self.plan_seconds = 0.0
         self.last_plan: PlanResult | None = None
         self._cursor = 0
@@ -120,13 +128,17 @@ class MPCAgent:
         o = _obs_tensor(obs, self.evaluator.model.obs_dim)
         if self.last_plan is None or self._cursor >= self.replan_every:
             start = time.perf_counter()
-            # one draw of posterior functions per planning call, shared by its iterations
-            self.last_plan = self.planner.plan(self.evaluator.scorer(o))
+            with device_scope(self.device):
+                if self.randomness is not None:
+                    self.randomness.reseed()
+                # one draw of posterior functions per planning call, shared by its iterations
+                self.last_plan = self.planner.plan(self.evaluator.scorer(o.to(self.device)))
             self.plan_seconds += time.perf_counter() - start
             self._cursor = 0
         plan = self.last_plan
         assert plan is not None  # set by the replan branch above
-        action = plan.actions[self._cursor].clone()
+        # actions leave on the CPU, where the environment and the replay buffer are
+        action = plan.actions[self._cursor].cpu().clone()
         self._cursor += 1
         if self._cursor >= self.replan_every:
             # the next plan's warm start drops the executed actions
@@ -172,13 +184,18 @@ class RandomAgent:
 
 # ------------------------------------------------------------------ the runner's view
 def build_evaluator(
-    config: Any, model: Any, task: TaskSpec, generator: torch.Generator
+    config: Any,
+    model: Any,
+    task: TaskSpec,
+    generator: torch.Generator,
+    reward_fn: RewardFn | None = None,
 ) -> RolloutEvaluator:
-    """The rollout evaluator of ``config.planner`` for ``model`` on ``task``."""
+    """The rollout evaluator of ``config.planner`` for ``model`` on ``task``, scoring with
+    ``reward_fn`` (None: the task's)."""
     p = config.planner
     return RolloutEvaluator(
         model,
-        task.reward_fn,
+        task.reward_fn if reward_fn is None else reward_fn,
         p.horizon,
         particles=p.particles,
         functions=p.functions,
@@ -203,10 +220,19 @@ class MPCAlgorithm(Algorithm):
         )
 
     def build(self, config: Any, task: TaskSpec, generator: torch.Generator) -> AlgorithmParts:
+        device = resolve_device(config.experiment.device)
         model = build_model(config, task.obs_dim, task.action_dim)
         p = config.planner
-        planner = PLANNERS[p.kind].from_config(p, task.action_low, task.action_high, generator)
-        evaluator = build_evaluator(config, model, task, generator)
+        randomness = PlanRandomness(generator, device)
+        if device.type != "cpu":
+            model.to(device)  # DEVICE_MODELS move; the others refuse in check_device_support
+        planner = PLANNERS[p.kind].from_config(
+            p, task.action_low.to(device), task.action_high.to(device), randomness.generator
+        )
+        learner, reward_fn, reward_note = planning_reward(
+            model, task, config.env.reward_fn, config.experiment.seed, device
+        )
+        evaluator = build_evaluator(config, model, task, randomness.generator, reward_fn)
         chunk = config.mpc.replan_every if self.mode == "mpc" else None
         if chunk is not None and chunk > p.horizon:
             raise ConfigError(
@@ -215,12 +241,12 @@ class MPCAlgorithm(Algorithm):
                 "experiment.mode = 'v1.0' to run whole plans)"
             )
         return AlgorithmParts(
-            agent=MPCAgent(planner, evaluator, self.mode, chunk),
-            learner=model,
+            agent=MPCAgent(planner, evaluator, self.mode, chunk, randomness),
+            learner=learner,
             model=model,
             refits_each_episode=self.mode != "v0.5",
             title=f"{config.model.kind} + {p.kind}",
-            notes=[f"planning precision: {evaluator.precision_note}"],
+            notes=[f"planning precision: {evaluator.precision_note}", reward_note],
         )
 
 

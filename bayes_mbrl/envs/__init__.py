@@ -18,7 +18,7 @@ function of the observation (``TaskSpec.observation`` is ``"partial"`` /
 ``TaskSpec.from_env(env, reward_fn)`` reads the sizes, action bounds and time limit
 from it (``docs/api_loop.md``).
 
-Example:
+Examples:
     >>> import torch
     >>> from bayes_mbrl.envs import get_task
     >>> task = get_task("Pendulum-v1")

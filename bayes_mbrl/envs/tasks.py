@@ -11,6 +11,7 @@ observation and a bounded ``Box`` action space, from a reward function you write
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,7 +134,7 @@ class TaskSpec:
             given for another kind, not three positive ints or not of size
             ``obs_dim``; the message says what was expected and what was given.
 
-    Example:
+    Examples:
         >>> import numpy as np, torch
         >>> spec = TaskSpec("MyTask-v0", obs_dim=2, action_dim=1,
         ...                 action_low=np.array([-1.0], dtype=np.float32), action_high=[1.0],
@@ -220,6 +221,21 @@ class TaskSpec:
             )
         set_field(self, "discrete_actions", bool(discrete_actions))
 
+    def replace(self, **changes: Any) -> TaskSpec:
+        """A copy with ``changes`` (any constructor argument), checked as the constructor
+        checks its arguments.
+
+        Examples:
+            >>> spec = get_task("Pendulum-v1").replace(env_id="MyPendulum-v0")
+            >>> spec.env_id, spec.obs_dim
+            ('MyPendulum-v0', 3)
+        """
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise EnvError(f"TaskSpec.replace: unknown fields {unknown}; the fields are {names}")
+        return TaskSpec(**{**{n: getattr(self, n) for n in names}, **changes})
+
     def env_action(self, action: Tensor) -> Any:
         """The action as the env takes it: the index of a one-hot ``(action_dim,)``
         vector for discrete actions, else a float32 numpy array."""
@@ -264,7 +280,7 @@ class TaskSpec:
                 multi-dimensional Box action; see :func:`check_continuous_env`), or an
                 argument is refused by :class:`TaskSpec`.
 
-        Example:
+        Examples:
             >>> from bayes_mbrl.envs.rewards import pendulum_reward
             >>> spec = TaskSpec.from_env("Pendulum-v1", pendulum_reward)
             >>> spec.obs_dim, spec.action_high, spec.max_episode_steps
@@ -809,7 +825,9 @@ def make_env(
         known = list(gymnasium.registry)
         raise EnvError(
             f"unknown gymnasium env id {env_id!r}.{_suggest(env_id, known)} "
-            f"Tasks with batched rewards: {', '.join(registered_task_ids())}."
+            f"Tasks with batched rewards: {', '.join(registered_task_ids())}. Your own env "
+            "class runs under an id of your choice with env.entry_point = "
+            "'path/to/file.py:Class' (docs/own_env.md)."
         )
     if render_mode is not None:
         # only when asked: an env whose __init__ takes no render_mode is built as

@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from bayes_mbrl.data import ReplayBuffer
-from bayes_mbrl.errors import DataError, ModelError
+from bayes_mbrl.devices import randn_like_on
+from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.registry import Registry
 
 if TYPE_CHECKING:
@@ -166,8 +167,7 @@ class FunctionSample(abc.ABC):
         dist = self(obs, action)
         base = dist.base_dist if isinstance(dist, Independent) else dist
         if isinstance(base, Normal):
-            eps = torch.randn(base.loc.shape, generator=generator, dtype=base.loc.dtype)
-            return base.loc + base.scale * eps
+            return base.loc + base.scale * randn_like_on(base.loc, generator)
         seed = int(torch.randint(2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -269,6 +269,25 @@ class DynamicsModel(abc.ABC):
         """How many times :meth:`fit` calls ``progress`` at most (for progress bars),
         or None when it cannot tell."""
         return None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes: the CPU, unless a model that can move was moved
+        with :meth:`to`."""
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> DynamicsModel:
+        """Move the model to ``device`` (``experiment.device``); returns ``self``.
+
+        Raises:
+            ConfigError: the model computes on the CPU only (the default).
+        """
+        if torch.device(device).type == "cpu":
+            return self
+        raise ConfigError(
+            f"{type(self).__name__} computes on the CPU only; set experiment.device = 'cpu' "
+            "(models that move to a GPU override DynamicsModel.to)"
+        )
 
     #: capability: the model is an exact squared-exponential GP whose moments under a
     #: Gaussian input have a closed form (moment-matching propagation, PILCO)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from bayes_mbrl.data import Normalizer, ReplayBuffer
+from bayes_mbrl.devices import randn_like_on
 from bayes_mbrl.errors import ConfigError, DataError, ModelError
 from bayes_mbrl.models.base import (
     MODELS,
@@ -102,8 +103,9 @@ def fit_delta_normalizers(
         normalized deltas.
     """
     batch = data.all()
-    inputs = torch.cat([batch.obs, batch.action], dim=-1)
-    deltas = batch.next_obs - batch.obs
+    # on the normalizers' device (the model's), where the fit runs
+    inputs = torch.cat([batch.obs, batch.action], dim=-1).to(input_normalizer.mean.device)
+    deltas = (batch.next_obs - batch.obs).to(delta_normalizer.mean.device)
     input_normalizer.fit(inputs)
     delta_normalizer.fit(deltas)
     return input_normalizer.normalize(inputs), delta_normalizer.normalize(deltas)
@@ -396,8 +398,7 @@ class EnsembleFunctionSample(FunctionSample):
 
     def sample(self, obs: Tensor, action: Tensor, generator: torch.Generator | None) -> Tensor:
         mean, log_std = self._head(obs, action)
-        eps = torch.randn(mean.shape, generator=generator)
-        return (obs + mean).addcmul_(log_std.exp_(), eps)
+        return (obs + mean).addcmul_(log_std.exp_(), randn_like_on(mean, generator))
 
     def mean(self, obs: Tensor, action: Tensor) -> Tensor:
         return obs + self._head(obs, action)[0]
@@ -513,7 +514,7 @@ class ProbabilisticEnsemble(DynamicsModel):
     Raises:
         OptionError: an argument is out of its bounds (see :class:`EnsembleOptions`).
 
-    Example:
+    Examples:
         >>> model = ProbabilisticEnsemble(obs_dim=3, action_dim=1, num_members=2, hidden_sizes=[8])
         >>> f = model.sample_functions(2)
         >>> f(torch.zeros(2, 4, 3), torch.zeros(2, 4, 1)).batch_shape
@@ -708,6 +709,23 @@ class ProbabilisticEnsemble(DynamicsModel):
         """``max_epochs``: :meth:`fit` reports each epoch."""
         return self.max_epochs
 
+    @property
+    def device(self) -> torch.device:
+        """Where the members' weights are."""
+        return self.net.weights[0].device
+
+    def to(self, device: torch.device | str) -> ProbabilisticEnsemble:
+        """Move the members, their priors, the normalizers and the optimizer's state to
+        ``device``; fitting and planning then run there (the data is moved per fit)."""
+        for module in (self.net, self.prior, self.input_normalizer, self.delta_normalizer):
+            if module is not None:
+                module.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, Tensor) and key != "step":
+                    state[key] = value.to(device)
+        return self
+
     # ----------------------------------------------------------------- functions
     def _member_index(self, n: int, generator: torch.Generator | None) -> Tensor:
         return stratified_members(n, self.num_members, generator)
@@ -787,7 +805,8 @@ class ProbabilisticEnsemble(DynamicsModel):
                 f"saved without randomized prior functions, this model has "
                 f"prior_scale = {self.prior_scale:g}"
             )
-        if float(saved["scale"]) != self.prior_scale:
+        # the saved scale is a float32 buffer: 0.1 comes back as 0.10000000149
+        if not math.isclose(float(saved["scale"]), self.prior_scale, rel_tol=1e-6):
             raise ValueError(
                 f"saved with prior_scale = {float(saved['scale']):g}, this model has "
                 f"prior_scale = {self.prior_scale:g}"

@@ -92,7 +92,7 @@ class RolloutEvaluator:
     throughout) and does not model terminations: a belief does not terminate, so
     ``termination_fn`` is not applied and every step's expected reward counts.
 
-    Example:
+    Examples:
         >>> # evaluator = RolloutEvaluator(model, task.reward_fn, horizon=15)
         >>> # scores = evaluator(obs, actions)   # actions (population, 15, action_dim)
     """
@@ -114,7 +114,9 @@ class RolloutEvaluator:
         terminal_value: TerminalValueFn | None = None,
         functions: int = 0,
     ) -> None:
-        precision, self.precision_note = resolve_precision(precision, model)
+        precision, self.precision_note = resolve_precision(
+            precision, model, getattr(model, "device", "cpu")
+        )
         strategy = make_propagation(propagation, horizon, particles, precision)
         if functions < 0:
             raise ConfigError(f"functions must be >= 0 (0: the model's default), got {functions}")

@@ -3,6 +3,8 @@
 Workload (issue 2): plan one action with CEM, 5 iterations x population 350 x 20
 particles x horizon 15, ``ts_inf``, through a 5-member ensemble of Gaussian MLPs
 with 4 hidden layers of 200 units (obs 3, action 1; the Pendulum-v1 reward).
+``--model ensemble_prior`` is the same ensemble with randomized prior functions of the
+members' size (``prior_scale`` 0.1; issue 20's remedy): twice the matmuls per step.
 ``--model bnn`` runs the same workload through a Bayesian neural network of the same
 architecture (one weight draw per particle: 20 functions x 350 rows per matmul instead
 of 5 members x 1400 rows, the same FLOPs). ``--model distilled`` runs it through a
@@ -17,10 +19,14 @@ matmuls as a fraction of this machine's batched-matmul FLOP/s at the same shapes
 reference and the plan are timed in interleaved rounds and the best round of each
 is kept, so a machine whose speed drifts during the run does not skew the ratio.
 
+``--device cuda`` times the same workload on a GPU (the ensemble: the models that move
+to a device); timers then synchronize the device, and ``--precision tf32`` runs the
+float32 plan with TF32 matmuls allowed.
+
 Run::
 
     python experiments/benchmarks/planning_throughput.py [--precision float32 bfloat16]
-        [--model ensemble bnn distilled] [--student-hidden 128 128]
+        [--model ensemble bnn distilled] [--student-hidden 128 128] [--device cuda]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections.abc import Callable
 import torch
 
 from bayes_mbrl.data import ReplayBuffer
+from bayes_mbrl.devices import device_scope, resolve_device
 from bayes_mbrl.envs import get_task
 from bayes_mbrl.errors import ModelError
 from bayes_mbrl.models import DynamicsModel, ProbabilisticEnsemble
@@ -54,17 +61,27 @@ def model_flops_per_transition(hidden: list[int] | None = None, heads: int = 2) 
     return sum(2 * a * b for a, b in itertools.pairwise(sizes))
 
 
-def bmm_seconds(dtype: torch.dtype) -> Callable[[], float]:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timers on a GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bmm_seconds(dtype: torch.dtype, device: torch.device) -> Callable[[], float]:
     """Timer of one ``torch.bmm`` (5, 1400, 200) x (5, 200, 200) in ``dtype``, seconds per call."""
     rows = POPULATION * PARTICLES // MEMBERS
-    a = torch.randn(MEMBERS, rows, HIDDEN).to(dtype)
-    b = torch.randn(MEMBERS, HIDDEN, HIDDEN).to(dtype)
-    n_inner = 20 if dtype == torch.float32 else 2
+    a = torch.randn(MEMBERS, rows, HIDDEN).to(device, dtype)
+    b = torch.randn(MEMBERS, HIDDEN, HIDDEN).to(device, dtype)
+    n_inner = 20 if dtype == torch.float32 or device.type != "cpu" else 2
+    if device.type != "cpu":
+        n_inner *= 10
 
     def timed() -> float:
+        synchronize(device)
         t = time.perf_counter()
         for _ in range(n_inner):
             torch.bmm(a, b)
+        synchronize(device)
         return (time.perf_counter() - t) / n_inner
 
     timed()  # warm up
@@ -78,7 +95,8 @@ def fitted_model(
 
     Args:
         activation: hidden activation.
-        kind: ``"ensemble"`` (5 members), ``"bnn"`` (mean-field Bayesian neural net) or
+        kind: ``"ensemble"`` (5 members), ``"ensemble_prior"`` (the same with randomized
+            prior functions, ``prior_scale`` 0.1), ``"bnn"`` (mean-field Bayesian neural net) or
             ``"distilled"`` (a student of ``student_hidden`` widths of that ensemble).
     """
     g = torch.Generator().manual_seed(0)
@@ -102,6 +120,7 @@ def fitted_model(
             hidden_sizes=[HIDDEN] * LAYERS,
             activation=activation,
             max_epochs=2,
+            prior_scale=0.1 if kind == "ensemble_prior" else 0.0,
         )
     model.fit(buf, g)
     if kind == "distilled":
@@ -110,22 +129,30 @@ def fitted_model(
     return model
 
 
-def plan_seconds(model: DynamicsModel, precision: str) -> Callable[[], float]:
+def plan_seconds(model: DynamicsModel, precision: str, device: torch.device) -> Callable[[], float]:
     """A timer of one CEM plan (5 x 350 x 20 x 15) from a fixed state (seconds per call)."""
     task = get_task("Pendulum-v1")
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(device=device).manual_seed(1)
     evaluator = RolloutEvaluator(
         model, task.reward_fn, HORIZON, PARTICLES, "ts_inf", precision=precision, generator=g
     )
     planner = CEMPlanner(
-        task.action_low, task.action_high, HORIZON, POPULATION, ITERATIONS, generator=g
+        task.action_low.to(device),
+        task.action_high.to(device),
+        HORIZON,
+        POPULATION,
+        ITERATIONS,
+        generator=g,
     )
-    obs = torch.tensor([1.0, 0.0, 0.0])
+    obs = torch.tensor([1.0, 0.0, 0.0], device=device)
 
     def timed() -> float:
         planner.reset()
+        synchronize(device)
         t = time.perf_counter()
-        planner.plan(lambda a: evaluator(obs, a))
+        with device_scope(device):
+            planner.plan(lambda a: evaluator(obs, a))
+        synchronize(device)
         return time.perf_counter() - t
 
     timed()  # warm up
@@ -138,37 +165,49 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--activation", default="silu", choices=["silu", "relu", "tanh", "elu"])
     parser.add_argument(
-        "--model", nargs="+", default=["ensemble"], choices=["ensemble", "bnn", "distilled"]
+        "--model",
+        nargs="+",
+        default=["ensemble"],
+        choices=["ensemble", "ensemble_prior", "bnn", "distilled"],
     )
     parser.add_argument("--student-hidden", type=int, nargs="+", default=[HIDDEN, HIDDEN])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     transitions = ITERATIONS * POPULATION * PARTICLES * HORIZON
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"activation {args.activation}, models {args.model}"
+        f"torch {torch.__version__}, device {device} ({where}), threads "
+        f"{torch.get_num_threads()}, activation {args.activation}, models {args.model}"
     )
     print(
         f"workload: CEM {ITERATIONS} it x pop {POPULATION} x {PARTICLES} particles x "
         f"horizon {HORIZON} = {transitions} imagined transitions/plan"
     )
     models = {k: fitted_model(args.activation, k, args.student_hidden) for k in args.model}
+    if device.type != "cpu":
+        models = {k: m.to(device) for k, m in models.items() if k.startswith("ensemble")}
     per_transition = {
-        k: model_flops_per_transition(args.student_hidden, 3)
-        if k == "distilled"
-        else model_flops_per_transition()
-        for k in models
+        "ensemble": model_flops_per_transition(),
+        # the member and its prior net (whose output is the mean only)
+        "ensemble_prior": model_flops_per_transition() + model_flops_per_transition(heads=1),
+        "bnn": model_flops_per_transition(),
+        "distilled": model_flops_per_transition(args.student_hidden, 3),
     }
     for precision in args.precision:
-        dtype = getattr(torch, precision)
-        ref_timer = bmm_seconds(dtype)
+        # tf32: float32 tensors, TF32 tensor-core matmuls (on a GPU)
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        plan_precision = "float32" if precision == "tf32" else precision
+        dtype = getattr(torch, plan_precision)
+        ref_timer = bmm_seconds(dtype, device)
         timers = {}
         for k, model in models.items():
             try:
-                timers[k] = plan_seconds(model, precision)
+                timers[k] = plan_seconds(model, plan_precision, device)
             except ModelError as exc:
                 print(f"{precision:>9}: {k} skipped ({exc})")
-        rounds = args.repeats if precision == "float32" else 1
+        rounds = args.repeats if precision == "float32" or device.type != "cpu" else 1
         # interleave the reference and the planners so all see the same machine state;
         # the best round of each is kept
         ref_s = math.inf

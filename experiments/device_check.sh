@@ -1,0 +1,20 @@
+#!/bin/bash
+# Issue 18's GPU measurements in one short script (run it when a GPU is lent; about 5 min):
+#   1. the device tests (tests/test_devices.py: fit/predict on the GPU as on the CPU, a GPU
+#      run repeating bit for bit and resuming on the CPU);
+#   2. planning throughput at the planning_throughput workload on the GPU, fp32/tf32/bf16;
+#   3. the whole default run on the GPU, seeds 0 1 2 (wall time, planning and fitting
+#      apart, GPU peak memory, returns of episodes 4-8).
+# Usage: OUT=dir bash experiments/device_check.sh     (results under $OUT)
+set -u
+mkdir -p "$OUT"
+export SDL_VIDEODRIVER=dummy MPLBACKEND=Agg PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+{ nvidia-smi --query-gpu=name,memory.total --format=csv; lscpu | grep -E "Model name|^CPU\(s\)";
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
+  > "$OUT/machine.txt" 2>&1
+python3 -m pytest -q -p no:cacheprovider tests/test_devices.py > "$OUT/tests.txt" 2>&1
+python3 experiments/benchmarks/planning_throughput.py --device cuda \
+  --precision float32 tf32 bfloat16 --repeats 10 > "$OUT/planning_throughput.txt" 2>&1
+python3 experiments/benchmarks/whole_run.py --seeds 0 1 2 --set experiment.device=cuda \
+  --out "$OUT/whole_run_cuda.json" > "$OUT/whole_run.txt" 2>&1
+tail -n 3 "$OUT"/*.txt
