@@ -1,5 +1,5 @@
 """Command line interface:
-``bayes-mbrl run | resume | analyze | presets | config | components``.
+``bayes-mbrl run | resume | analyze | presets | config | components | sweep | compare``.
 
 Examples::
 
@@ -13,6 +13,8 @@ Examples::
     bayes-mbrl resume runs/try1
     bayes-mbrl resume runs/try1 --episodes 40          # a finished run, 40 episodes in all
     bayes-mbrl analyze runs/try1                    # uncertainty report of the run
+    bayes-mbrl sweep experiments/sweep_pendulum.toml --jobs 2   # configurations x seeds
+    bayes-mbrl compare runs/sweep_pendulum --threshold -200    # curves, IQM, P(improvement)
 
 Errors a user can cause (:class:`~bayes_mbrl.errors.BayesMBRLError`, and operating
 system errors such as a full disk or a denied permission) are printed as one line
@@ -108,6 +110,11 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="extend the run to N episodes in all (at least its saved total)",
+    )
+    resume.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="go on on this experiment.device (e.g. cpu for a run started on a GPU)",
     )
     resume.set_defaults(func=_cmd_resume)
 
@@ -212,6 +219,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_plugin_option(components)
     components.set_defaults(func=_cmd_components)
+    _add_sweep_commands(sub)
     return parser
 
 
@@ -328,7 +336,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _run_and_report(
         run_dir,
         lambda: resume_experiment(
-            run_dir, progress=progress, callbacks=[_announce_run_dir()], episodes=args.episodes
+            run_dir,
+            progress=progress,
+            callbacks=[_announce_run_dir()],
+            episodes=args.episodes,
+            device=args.device,
         ),
     )
 
@@ -504,6 +516,155 @@ def components_help() -> str:
                     )
         out.append("")
     return "\n".join(out)
+
+
+def _add_sweep_commands(sub: Any) -> None:
+    """The ``sweep`` and ``compare`` subcommands."""
+    from bayes_mbrl.sweeps.runner import BACKENDS
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run configurations x seeds from a sweep file, locally or on Ray",
+        description="Run every trial (configuration x seed) of a sweep TOML into its own "
+        "run directory OUT/<label>-s<seed>, on a local process pool or as Ray tasks. The "
+        "whole sweep is validated before any trial starts; a failed trial is retried "
+        "(resuming its run directory) and reported in OUT/sweep.json and OUT/sweep.csv; "
+        "running the same command again skips finished trials and resumes the others. "
+        "Exit status 1 when a trial failed after its retries.",
+    )
+    sweep.add_argument("sweep_file", type=Path, metavar="SWEEP.toml", help="the sweep file")
+    sweep.add_argument("--backend", choices=BACKENDS, default="local", help="default: local")
+    sweep.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join (ray backend; default: start a local Ray)",
+    )
+    sweep.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="trials at once (default: the sweep's jobs; 0: cores / threads locally, "
+        "no limit on Ray)",
+    )
+    sweep.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="default: the sweep's out"
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="validate and list the trials, run nothing"
+    )
+    sweep.set_defaults(func=_cmd_sweep)
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare configurations across seeds: curves, IQM, P(improvement), thresholds",
+        description="Group runs by configuration (a sweep directory's finished trials by "
+        "their label) and write into --out: learning curves per episode and per env step "
+        "with bootstrap bands over seeds, the interquartile mean of the runs' scores with a "
+        "stratified bootstrap interval, the probability of improvement of every pair of "
+        "configurations, and with --threshold the steps-to-threshold tables (PNG and CSV).",
+    )
+    compare.add_argument(
+        "paths", nargs="+", type=Path, metavar="RUN_OR_SWEEP_DIR", help="runs or sweep dirs"
+    )
+    compare.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="default: SWEEP_DIR/compare for one sweep directory (required otherwise)",
+    )
+    compare.add_argument(
+        "--threshold",
+        dest="thresholds",
+        type=float,
+        action="append",
+        default=[],
+        metavar="R",
+        help="a metric value for the steps-to-threshold table (repeatable)",
+    )
+    compare.add_argument(
+        "--metric", default="return", help="metrics.csv column (default: return; or eval_return)"
+    )
+    compare.add_argument(
+        "--last",
+        type=int,
+        default=3,
+        metavar="N",
+        help="a run's score is its mean metric over its last N episodes (default 3)",
+    )
+    compare.add_argument("--reps", type=int, default=2000, help="bootstrap replicates")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    compare.set_defaults(func=_cmd_compare)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl sweep``: validate the sweep, run its trials, print the summary."""
+    from bayes_mbrl.sweeps import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep_file)
+    out: Path = args.out or sweep.default_out()
+    _check_out_dir(out)
+    print(
+        f"sweep {sweep.name}: {len(sweep.variants)} configurations x "
+        f"{len(sweep.options.seeds)} seeds = {len(sweep.trials)} trials into {out}",
+        flush=True,
+    )
+    if args.dry_run:
+        for trial in sweep.trials:
+            print(f"  {trial.name}: {'; '.join(trial.overrides) or '(the base)'}")
+        return 0
+    try:
+        result = run_sweep(
+            sweep,
+            args.backend,
+            jobs=args.jobs,
+            out=out,
+            address=args.address,
+            log=lambda line: print(line, flush=True),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\n{PROG}: interrupted; run the same command again to resume the sweep",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    failed = result.failed
+    print(
+        f"{len(result.records) - len(failed)} of {len(result.records)} trials finished in "
+        f"{result.wall_seconds:.0f} s; summary: {out / 'sweep.csv'}"
+    )
+    for record in failed:
+        print(f"  {record['trial']}: {record['status']}: {record['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Run ``bayes-mbrl compare``: the curves and tables of runs across seeds."""
+    from bayes_mbrl.sweeps import compare_runs
+
+    out: Path | None = args.out
+    if out is None:
+        if len(args.paths) != 1 or not (args.paths[0] / "sweep.json").is_file():
+            raise ConfigError("--out is required unless the one path is a sweep directory")
+        out = args.paths[0] / "compare"
+    _check_out_dir(out)
+    result = compare_runs(
+        args.paths,
+        out,
+        thresholds=args.thresholds,
+        metric=args.metric,
+        last=args.last,
+        reps=args.reps,
+        seed=args.seed,
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.table(), end="")
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    return 0
 
 
 def _from_bayes_mbrl(filename: str) -> bool:
