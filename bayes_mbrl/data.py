@@ -280,7 +280,7 @@ class ReplayBuffer:
         discrete_actions: actions come from ``Discrete(action_dim)``: :meth:`add` takes
             an index or a one-hot vector and stores the one-hot vector.
 
-    Example:
+    Examples:
         >>> buf = ReplayBuffer(obs_dim=3, action_dim=1, capacity=100)
         >>> buf.add([0.0, 1.0, 0.0], [0.5], -1.0, [0.1, 1.0, 0.0], False, False)
         >>> len(buf)

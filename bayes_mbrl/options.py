@@ -63,8 +63,8 @@ CheckT = TypeVar("CheckT", bound=Callable[..., Any])
 
 
 def described(description: str | Callable[[], str]) -> Callable[[CheckT], CheckT]:
-    """Decorator: give a check its ``description`` (what it accepts, e.g. "an integer
-    >= 1", or a function returning that); the check itself is unchanged."""
+    """Decorator: give a check its ``description`` (what it accepts, e.g.
+    ``"an integer >= 1"``, or a function returning that); the check itself is unchanged."""
 
     def decorate(check: CheckT) -> CheckT:
         check.description = description  # type: ignore[attr-defined]

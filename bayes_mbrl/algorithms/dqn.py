@@ -261,7 +261,9 @@ class DynaDQNLearner(DQNLearner):
 
     Args:
         model: the dynamics model (one-hot actions).
-        dqn, options, seed: as :class:`DQNLearner`.
+        dqn: as for :class:`DQNLearner`.
+        options: as for :class:`DQNLearner`.
+        seed: as for :class:`DQNLearner`.
         task: the task (reward and termination functions of imagined steps).
     """
 

@@ -33,7 +33,7 @@ step; no loop over runs), so 30 runs of the book's figures take one pass.
 :func:`run_episodes` and :func:`run_steps` drive them on a
 :class:`~bayes_mbrl.envs.dyna_maze.MazeDynamics`.
 
-Example:
+Examples:
     >>> import torch
     >>> from bayes_mbrl.envs.dyna_maze import MazeDynamics
     >>> from bayes_mbrl.algorithms.dyna import TabularDynaQ, run_episodes
@@ -125,9 +125,12 @@ class TabularDynaQ:
 
     Args:
         num_runs: ``R``.
-        num_states, num_actions: ``S``, ``A``.
-        planning_steps ... model_forget: see :class:`DynaQOptions`.
+        num_states: ``S``.
+        num_actions: ``A``.
         generator: all randomness (actions, planning draws).
+
+    The arguments from ``planning_steps`` to ``model_forget`` are the fields of
+    :class:`DynaQOptions`.
 
     Attributes:
         q: ``(R, S, A)`` float64 action values.
@@ -290,12 +293,16 @@ class PosteriorSamplingAgent:
     from teleporting.
 
     Args:
-        num_runs, num_states, num_actions: ``R``, ``S``, ``A``.
-        gamma ... resample_every: see :class:`PosteriorSamplingOptions`.
+        num_runs: ``R``.
+        num_states: ``S``.
+        num_actions: ``A``.
         prior_support: ``(S, A, S)`` bool, where each pair can lead a priori (see
             :class:`TabularPosterior`; e.g. :meth:`MazeDynamics.neighbours`); ``None``:
             anywhere.
         generator: all randomness.
+
+    The arguments from ``gamma`` to ``resample_every`` are the fields of
+    :class:`PosteriorSamplingOptions`.
     """
 
     def __init__(

@@ -410,12 +410,14 @@ def kl_constrained_step(
         old: the controller the samples came from.
         dynamics: the local model.
         cost: the cost's expansion.
-        x0_mean, x0_cov: ``(D,)``, ``(D, D)`` the start distribution.
+        x0_mean: ``(D,)`` the start distribution's mean.
+        x0_cov: ``(D, D)`` the start distribution's covariance.
         epsilon: the KL bound (nats, summed over the steps).
         eta: the starting dual variable (e.g. the last step's).
         tolerance: relative tolerance on the KL.
         max_iterations: the most LQG solves.
-        eta_min, eta_max: the search's limits.
+        eta_min: the search's lower limit.
+        eta_max: the search's upper limit.
 
     Raises:
         ConfigError: ``epsilon <= 0``.
@@ -645,7 +647,8 @@ class GuidedPolicySearch:
         stage_cost: ``(x, u) -> cost``, batched, twice differentiable.
         final_cost: ``x -> cost`` of the last state, or None.
         horizon: ``T`` actions.
-        obs_dim, action_dim: ``D`` and ``A``.
+        obs_dim: ``D``.
+        action_dim: ``A``.
         options: :class:`GPSOptions` (None: defaults).
         generator: the rollouts' noise and the GMM's start.
         initial_controller: default: ``LinearGaussianController.initial`` with

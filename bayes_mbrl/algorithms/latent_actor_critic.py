@@ -157,7 +157,8 @@ class TanhGaussianPolicy(nn.Module):
 
     Args:
         latent_dim: ``dz``.
-        action_low, action_high: ``(da,)`` bounds.
+        action_low: ``(da,)`` lower bounds.
+        action_high: ``(da,)`` upper bounds.
         hidden_sizes: hidden widths of the MLP ``z -> (mu, std)``.
         init_std: ``std`` of a fresh policy (softplus-parameterized around it).
         min_std: floor of ``std``.
@@ -287,7 +288,8 @@ class LatentActorCritic:
 
     Args:
         model: the latent state-space model (fitted by :meth:`fit` first).
-        action_low, action_high: ``(da,)`` action bounds.
+        action_low: ``(da,)`` lower action bounds.
+        action_high: ``(da,)`` upper action bounds.
         options: :class:`LatentACOptions`.
         seed: seeds the actor's and critic's initialization.
 

@@ -105,7 +105,8 @@ class SquashedGaussianPolicy(nn.Module):
 
     Args:
         obs_dim: observation size.
-        action_low, action_high: the action bounds (the squashing maps onto them).
+        action_low: the lower action bounds (the squashing maps onto the bounds).
+        action_high: the upper action bounds.
         hidden_sizes: hidden widths (tanh); ``[]`` for a linear policy.
         init_log_std: initial ``log sigma`` (state-independent, learned).
         squash: squash into the bounds (False: the Gaussian's action as it is).

@@ -155,7 +155,8 @@ class TransitionRing:
     """A first-in-first-out buffer of imagined transitions (the model buffer).
 
     Args:
-        obs_dim, action_dim: sizes.
+        obs_dim: observation size.
+        action_dim: action size.
         capacity: transitions kept (the oldest are overwritten); :meth:`resize` changes it.
     """
 

@@ -14,7 +14,7 @@ its observations are cell indices): each run keeps a
 cells) updated after every real step and searches through tables drawn from it, with
 the maze's known reward (1 on reaching the goal, which ends the episode).
 
-Example:
+Examples:
     >>> import torch
     >>> from bayes_mbrl.envs.dyna_maze import MazeDynamics
     >>> from bayes_mbrl.algorithms.dyna import run_episodes
@@ -155,9 +155,11 @@ class TabularMCTSAgent:
     does: an untried move leads, in a draw, wherever the prior allows.
 
     Args:
-        num_runs, num_states, num_actions: ``R``, ``S``, ``A``.
-        reward_fn, termination_fn: the maze's batched reward and termination on one-hot
-            cells (e.g. :class:`GoalReached`).
+        num_runs: ``R``.
+        num_states: ``S``.
+        num_actions: ``A``.
+        reward_fn: the maze's batched reward on one-hot cells (e.g. :class:`GoalReached`).
+        termination_fn: the maze's batched termination on one-hot cells.
         prior_count: Dirichlet prior mass per pair, spread over ``prior_support``.
         prior_support: ``(S, A, S)`` bool, where each pair can lead a priori (e.g.
             :meth:`~bayes_mbrl.envs.dyna_maze.MazeDynamics.neighbours`); None: anywhere.

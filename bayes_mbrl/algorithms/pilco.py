@@ -267,9 +267,12 @@ def propagate(
         gp: dynamics GP on ``[obs, action]`` predicting state deltas.
         policy: the policy on observations.
         smap: the task's observation/state map.
-        mean0, cov0: start belief over the state.
+        mean0: mean of the start belief over the state.
+        cov0: covariance of the start belief over the state.
         horizon: steps.
-        cost_target, cost_weight, cost_width: the saturating cost on observations.
+        cost_target: the saturating cost's target observation.
+        cost_weight: the saturating cost's weights on observations.
+        cost_width: the saturating cost's width.
 
     Returns:
         The :class:`Trajectory`; differentiable in the policy's parameters.
@@ -325,7 +328,8 @@ class PILCO:
 
     Args:
         task: a :class:`PILCOTask` (see :data:`PILCO_TASKS`).
-        action_low, action_high: the env's action bounds.
+        action_low: the env's lower action bounds.
+        action_high: the env's upper action bounds.
         policy: ``"rbf"`` or ``"linear"``, or a :class:`MomentPolicy`.
         num_basis: RBF centres.
         gp_steps: Adam steps on the GP marginal likelihood per refit.

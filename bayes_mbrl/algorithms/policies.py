@@ -44,7 +44,8 @@ class MomentPolicy(nn.Module, abc.ABC):
 
     Args:
         obs_dim: input size.
-        action_low, action_high: ``(action_dim,)`` bounds.
+        action_low: ``(action_dim,)`` lower bounds.
+        action_high: ``(action_dim,)`` upper bounds.
     """
 
     def __init__(self, obs_dim: int, action_low: Tensor, action_high: Tensor) -> None:
@@ -99,7 +100,8 @@ class LinearPolicy(MomentPolicy):
 
     Args:
         obs_dim: input size.
-        action_low, action_high: bounds.
+        action_low: lower bounds.
+        action_high: upper bounds.
         generator: initialization randomness.
         init_scale: standard deviation of the initial weights.
     """
@@ -131,7 +133,8 @@ class RBFPolicy(MomentPolicy):
 
     Args:
         obs_dim: input size.
-        action_low, action_high: bounds.
+        action_low: lower bounds.
+        action_high: upper bounds.
         centres: ``(num_basis, obs_dim)`` initial centres (PILCO draws them from the
             initial state distribution).
         lengthscales: ``(obs_dim,)`` or ``(action_dim, obs_dim)`` initial widths.

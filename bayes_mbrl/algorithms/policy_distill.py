@@ -138,7 +138,8 @@ class GaussianPolicy(nn.Module):
     """``s -> (mu(s), log sigma(s))`` with inputs standardized by fixed statistics.
 
     Args:
-        obs_dim, action_dim: sizes.
+        obs_dim: observation size.
+        action_dim: action size.
         hidden_sizes: hidden widths (SiLU).
     """
 
@@ -169,7 +170,8 @@ class PolicyDistillLearner:
         model: the teacher's dynamics model.
         policy: the student.
         options: :class:`PolicyDistillOptions`.
-        action_low, action_high: the action bounds (labels are clipped to them).
+        action_low: the lower action bounds (labels are clipped to the bounds).
+        action_high: the upper action bounds.
         seed: seeds the policy's minibatches.
 
     Attributes:

@@ -171,7 +171,8 @@ class SACLearner:
     Args:
         sac: the SB3 model.
         options: :class:`SACOptions`.
-        action_low, action_high: the task's action bounds.
+        action_low: the task's lower action bounds.
+        action_high: the task's upper action bounds.
         seed: seeds the actions, the minibatches and SAC's own sampling.
 
     Attributes:

@@ -415,10 +415,12 @@ def cartpole_swingup_step(
     Args:
         state: ``(..., 4)`` states ``(x, x_dot, theta, theta_dot)``.
         action: ``(..., 1)`` actions (broadcast against ``state``'s batch).
-        cart_mass ... substeps: the env's constants (defaults: the env's).
 
     Returns:
         ``(..., 4)`` the states ``dt`` seconds later.
+
+    The keyword arguments from ``cart_mass`` to ``substeps`` are the env's constants
+    (defaults: the env's).
     """
     big_m, m, length, g = cart_mass, pole_mass, pole_length, gravity
     force = max_force * action[..., 0].to(state.dtype).clamp(-1.0, 1.0)

@@ -39,7 +39,7 @@ on every frame), and the conversion to a 32 x 32 intensity frame takes 1.1 ms
 CPUs are busy), so a ``PendulumPixels-v0`` step costs 5 to 6 ms against 0.02 ms for
 ``Pendulum-v1``: about 1.2 s for a 200-step episode.
 
-Example:
+Examples:
     >>> import gymnasium
     >>> import bayes_mbrl.envs
     >>> env = gymnasium.make("bayes_mbrl/PendulumPixels-v0", frame_stack=2)
@@ -179,7 +179,7 @@ class PartialObservation(gymnasium.ObservationWrapper[NDArray[np.float32], Any, 
             empty, holds a non-integer, an index outside ``[0, obs_dim)`` or one index
             twice, or ``noise_std`` is not a finite number ``>= 0``.
 
-    Example:
+    Examples:
         >>> import gymnasium
         >>> env = PartialObservation(gymnasium.make("Pendulum-v1"), noise_std=0.0)
         >>> obs, info = env.reset(seed=0)
@@ -395,7 +395,7 @@ class PixelObservation(gymnasium.Wrapper[NDArray[np.float32], Any, Any, Any]):
             ``> 0``, the env was not built with ``render_mode="rgb_array"``, or (on
             reset) its ``render()`` does not return an RGB image.
 
-    Example:
+    Examples:
         >>> import gymnasium
         >>> env = PixelObservation(gymnasium.make("Pendulum-v1", render_mode="rgb_array"),
         ...                        size=16, frame_stack=3)

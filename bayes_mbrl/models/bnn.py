@@ -295,7 +295,7 @@ class BayesianNeuralNet(DynamicsModel):
     Raises:
         OptionError: an argument is out of its bounds (see :class:`BNNOptions`).
 
-    Example:
+    Examples:
         >>> model = BayesianNeuralNet(obs_dim=3, action_dim=1, hidden_sizes=[8])
         >>> model.num_functions_hint is None
         True

@@ -167,7 +167,8 @@ class DistilledFunctionSample(FunctionSample):
 
     Args:
         student: a copy of the trained student (normalized units).
-        input_normalizer, delta_normalizer: copies of the model's normalizers.
+        input_normalizer: a copy of the model's input normalizer.
+        delta_normalizer: a copy of the model's delta normalizer.
         eps: ``(n, obs_dim)`` each function's standard-normal direction of model error.
     """
 
@@ -213,15 +214,18 @@ class DistilledDynamics(DynamicsModel):
     """A student network distilled from a teacher model (see the module docstring).
 
     Args:
-        obs_dim, action_dim: sizes.
+        obs_dim: observation size.
+        action_dim: action size.
         teacher: a :class:`DynamicsModel` of the same sizes (used as it is; :meth:`fit`
             fits it first when ``fit_teacher``), or a registered ``model.kind``.
         teacher_options: options of the teacher kind (when ``teacher`` is a kind).
         fit_teacher: whether :meth:`fit` fits the teacher on the data before distilling
             (True for a teacher built from its kind; pass False to distill a model
             fitted elsewhere).
-        hidden_sizes ... val_fraction: see :class:`DistilledOptions`.
         seed: seeds the student's and the teacher's initialization.
+
+    The arguments from ``hidden_sizes`` to ``val_fraction`` are the fields of
+    :class:`DistilledOptions`.
 
     Raises:
         OptionError: an option is out of bounds (a temperature <= 0, an unknown teacher).

@@ -365,9 +365,12 @@ class GMMDynamics(DynamicsModel):
     """A Gaussian mixture over ``(x, u, x')`` as a dynamics model (module docstring).
 
     Args:
-        obs_dim, action_dim: sizes.
-        num_components ... init: see :class:`GMMOptions`.
+        obs_dim: observation size.
+        action_dim: action size.
         seed: seed of EM's start when ``fit`` gets no generator.
+
+    The arguments from ``num_components`` to ``init`` are the fields of
+    :class:`GMMOptions`.
     """
 
     predict_seed: int | None = 0

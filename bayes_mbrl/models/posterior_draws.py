@@ -77,7 +77,7 @@ class PosteriorDraws:
             also when that run's draws were refused (to see why). After
             :meth:`load_state_dict`: those of the loaded statistics, without seconds.
 
-    Example:
+    Examples:
         >>> store = PosteriorDraws()
         >>> store.set_chains([{"a": torch.zeros(3)}, {"a": torch.ones(3)}])
         >>> store.thinned_index(4).tolist()

@@ -333,7 +333,7 @@ class PyroDynamics(DynamicsModel):
     Raises:
         OptionError: an argument is out of its bounds (see :class:`PyroOptions`).
 
-    Example:
+    Examples:
         >>> def model(obs, action, next_obs=None):
         ...     a = pyro.sample("a", dist.Normal(0.0, 1.0))
         ...     with pyro.plate("transitions", obs.shape[-2], dim=-1):

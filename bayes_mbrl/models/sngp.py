@@ -339,15 +339,17 @@ class SNGPDynamics(DynamicsModel):
     Args:
         obs_dim: observation size.
         action_dim: action size.
-        width, num_blocks, activation, spectral_norm, num_features, length_scale,
-        amplitude, learning_rate, weight_decay, batch_size, max_epochs, patience,
-        val_fraction: see :class:`SNGPOptions`.
         seed: seeds the projection, the features and the initialization.
+
+    The other arguments (``width``, ``num_blocks``, ``activation``, ``spectral_norm``,
+    ``num_features``, ``length_scale``, ``amplitude``, ``learning_rate``,
+    ``weight_decay``, ``batch_size``, ``max_epochs``, ``patience``, ``val_fraction``)
+    are the fields of :class:`SNGPOptions`.
 
     Raises:
         OptionError: an argument is out of its bounds.
 
-    Example:
+    Examples:
         >>> model = SNGPDynamics(obs_dim=3, action_dim=1, width=16, num_features=32)
         >>> model.num_functions_hint is None
         True

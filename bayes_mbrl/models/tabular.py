@@ -92,10 +92,14 @@ class TabularPosterior:
     """Counts and reward statistics of a batch of independent tabular models.
 
     Args:
-        num_states, num_actions: ``S`` and ``A``.
+        num_states: ``S``.
+        num_actions: ``A``.
         batch_shape: leading shape of independent models (e.g. ``(runs,)``).
-        prior_count, forget, reward_prior_mean, reward_prior_std, reward_noise: see the
-            module docstring.
+        prior_count: see the module docstring.
+        forget: see the module docstring.
+        reward_prior_mean: see the module docstring.
+        reward_prior_std: see the module docstring.
+        reward_noise: see the module docstring.
         prior_support: ``(S, A, S)`` bool, the next states each pair can lead to a
             priori (e.g. a grid cell's neighbours): the prior mass ``prior_count`` is
             spread over those instead of over all ``S`` states. ``None``: all states.
@@ -150,7 +154,9 @@ class TabularPosterior:
         """Add one transition to each model of the batch.
 
         Args:
-            state, action, next_state: ``batch_shape`` long indices.
+            state: ``batch_shape`` long indices.
+            action: ``batch_shape`` long indices.
+            next_state: ``batch_shape`` long indices.
             reward: ``batch_shape`` rewards.
         """
         b = self._batch_index
@@ -319,8 +325,10 @@ class TabularDynamics(DynamicsModel):
     Args:
         obs_dim: the number of states ``S`` (observations are one-hot of this size).
         action_dim: the number of actions ``A`` (one-hot).
-        prior_count ... reward_noise: see :class:`TabularOptions`.
         seed: unused (the model has no random initialization); kept for the protocol.
+
+    The arguments from ``prior_count`` to ``reward_noise`` are the fields of
+    :class:`TabularOptions`.
     """
 
     num_functions_hint: int | None = None

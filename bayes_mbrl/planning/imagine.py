@@ -363,7 +363,8 @@ def rollout(
         horizon: steps ``H``.
         particles: particles per start state (the propagation's count).
         generator: source of randomness (noise, TS-1 assignments).
-        reward_fn, termination_fn: batched ``(obs, action, next_obs)`` functions.
+        reward_fn: batched ``(obs, action, next_obs)`` reward function.
+        termination_fn: batched ``(obs, action, next_obs)`` termination function.
         action_dim: ``A``, to check a policy's output (required with a policy).
 
     Returns:
@@ -483,7 +484,7 @@ def imagine(
         DataError: wrong shapes or non-finite inputs; a reward, termination or policy
             function that fails, returns the wrong shape or non-finite values.
 
-    Example:
+    Examples:
         >>> # out = imagine(model, obs, policy, horizon=5, reward_fn=task.reward_fn, particles=4)
         >>> # out.returns(0.99).reshape(...)   # (N,); out.function_index (N,)
     """

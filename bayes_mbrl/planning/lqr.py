@@ -260,8 +260,9 @@ def box_qp(
     Args:
         H: ``(A, A)`` positive-definite Hessian.
         g: ``(A,)`` gradient at zero.
-        lower, upper: ``(A,)`` bounds (``lower <= upper``; ``lower <= 0 <= upper`` for
+        lower: ``(A,)`` lower bounds (``lower <= upper``; ``lower <= 0 <= upper`` for
             the deviation form of iLQR).
+        upper: ``(A,)`` upper bounds.
         x0: ``(A,)`` a start (clamped into the box; None: zero).
         iterations: the most Newton iterations.
 
@@ -536,15 +537,16 @@ def ilqr(
         cost: ``(x, u, x') -> cost``, batched over any leading shape (e.g. ``-reward``).
         x0: ``(F, D)`` the start state, repeated per function.
         actions: ``(T, A)`` the initial controls (a warm start).
-        action_low, action_high: ``(A,)`` control bounds (None: unbounded).
+        action_low: ``(A,)`` lower control bounds (None: unbounded).
+        action_high: ``(A,)`` upper control bounds (None: unbounded).
         terminal_cost: ``x (..., D) -> (...)`` cost of the final state, or None.
         discount: per-step discount of the costs.
         max_iterations: the most backward passes.
         tolerance: stop when an accepted step improves the cost by less than this
             fraction of its magnitude.
         mu_init: initial regularization (0: none until a backward pass fails).
-        mu_min, mu_max: the regularization floor (below it ``mu`` drops to 0) and
-            the ceiling (reaching it ends the optimization).
+        mu_min: the regularization floor (below it ``mu`` drops to 0).
+        mu_max: the regularization ceiling (reaching it ends the optimization).
         alphas: line-search step sizes, tried together, largest accepted.
         psd_costs: project the cost Hessians onto the PSD cone.
 

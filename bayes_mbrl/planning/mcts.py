@@ -50,7 +50,7 @@ function** (root parallelization, Chaslot et al. 2008), all ``F`` trees in locks
 The tree is Python objects (a few actions per node); the model is only called on
 batches. Shapes: ``F`` functions (trees), ``A`` actions, ``D`` obs_dim, ``M`` outcomes.
 
-Example:
+Examples:
     >>> import torch
     >>> from bayes_mbrl.envs.dyna_maze import MazeDynamics
     >>> from bayes_mbrl.models.tabular import TabularFunctions
@@ -223,7 +223,9 @@ class MCTSPlanner:
             (...)`` reward (a task's ``reward_fn``).
         termination_fn: batched termination, same arguments, bool ``(...)``; None: the
             task never terminates.
-        simulations ... batch: see :class:`MCTSOptions`.
+
+    The arguments from ``simulations`` to ``batch`` are the fields of
+    :class:`MCTSOptions`.
 
     Raises:
         OptionError: a setting is out of its bounds.

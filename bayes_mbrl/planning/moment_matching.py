@@ -227,7 +227,8 @@ def sin_moments(
         mean: ``(..., k)``.
         cov: ``(..., k, k)``.
         phase: ``(k,)``.
-        scale, shift: ``(k,)`` (default 1 and 0).
+        scale: ``(k,)`` (default 1).
+        shift: ``(k,)`` (default 0).
 
     Returns:
         ``(mean (..., k), cov (..., k, k), V (..., k, k))``.

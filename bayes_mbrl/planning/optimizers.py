@@ -134,7 +134,8 @@ class Planner(abc.ABC):
         Args:
             cfg: the settings (:class:`PlannerSettings`): ``horizon``, ``population`` and
                 ``iterations``, and what :meth:`config_options` of the planner reads.
-            action_low, action_high: ``(action_dim,)`` the task's action bounds.
+            action_low: ``(action_dim,)`` the task's lower action bounds.
+            action_high: ``(action_dim,)`` the task's upper action bounds.
             generator: source of randomness.
         """
         options = {"iterations": cfg.iterations, **cls.config_options(cfg)}
@@ -306,7 +307,9 @@ class ICEMPlanner(Planner):
       **best** sequence found.
 
     Args:
-        elite_fraction, momentum, iterations: as for :class:`CEMPlanner`.
+        elite_fraction: as for :class:`CEMPlanner`.
+        momentum: as for :class:`CEMPlanner`.
+        iterations: as for :class:`CEMPlanner`.
         init_std_fraction: initial std as a fraction of the action range (0.5 in the
             paper).
         noise_beta: colour of the samples (0 white, as CEM; 2 to 4 in the paper).

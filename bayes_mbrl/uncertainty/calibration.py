@@ -118,7 +118,9 @@ def gaussian_crps(mean: Tensor, variance: Tensor, target: Tensor) -> Tensor:
     ``sigma [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)]`` with ``z = (y - mu) / sigma``.
 
     Args:
-        mean, variance, target: broadcastable tensors.
+        mean: predictive means (broadcastable with the others).
+        variance: predictive variances (broadcastable).
+        target: observed values (broadcastable).
 
     Returns:
         CRPS in the units of ``target`` (float64).
@@ -312,7 +314,7 @@ def calibration_metrics(
     Raises:
         DataError: inputs do not fit the model, or levels are outside ``(0, 1)``.
 
-    Example:
+    Examples:
         >>> # result = calibration_metrics(model, batch.obs, batch.action, batch.next_obs)
         >>> # result.coverage[levels.index(0.9)]  -> (obs_dim,) coverage of 90% intervals
     """

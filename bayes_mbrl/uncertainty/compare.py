@@ -95,7 +95,7 @@ def compare_models(
         ModelError: a model gave fewer than 2 posterior functions.
         DataError: the data does not fit a model.
 
-    Example:
+    Examples:
         >>> # compare_models({"ensemble": ens, "bnn": bnn}, train, held_out=test)
     """
     if ic not in ICS:

@@ -98,7 +98,7 @@ def decompose(means: Tensor, variances: Tensor) -> Predictive:
     Raises:
         DataError: shapes do not match, or values are non-finite / non-positive.
 
-    Example:
+    Examples:
         >>> m = torch.tensor([[[0.0]], [[2.0]]])
         >>> p = decompose(m, torch.ones(2, 1, 1))
         >>> p.epistemic_var.item(), p.aleatoric_var.item()
@@ -164,7 +164,7 @@ def entropy_decomposition(
     Raises:
         DataError: bad shapes or values, or ``num_samples < 1``.
 
-    Example:
+    Examples:
         >>> m = torch.tensor([[[-50.0]], [[50.0]]])
         >>> e = entropy_decomposition(m, torch.ones(2, 1, 1))
         >>> round(e.epistemic.item(), 4) == round(math.log(2), 4)

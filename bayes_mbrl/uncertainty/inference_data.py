@@ -134,7 +134,7 @@ def to_inference_data(
             ``num_chains``, latents, sampler statistics or log-densities of the wrong
             shape).
 
-    Example:
+    Examples:
         >>> # idata = to_inference_data(model, buffer)
         >>> # az.summary(idata); az.loo(idata)
     """

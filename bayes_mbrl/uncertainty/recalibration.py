@@ -168,11 +168,14 @@ def cross_fitted_recalibration(
     time order), score on the other half, and pool the scored halves.
 
     Args:
-        means, variances: ``(n, N, D)`` per-function moments at the held-out inputs.
+        means: ``(n, N, D)`` per-function means at the held-out inputs.
+        variances: ``(n, N, D)`` per-function variances at the held-out inputs.
         targets: ``(N, D)``, in time order (the halves are contiguous, so the scored
             half is not interleaved with the fitted one).
-        levels, grid_levels: as for :func:`~bayes_mbrl.uncertainty.calibration.
-            calibration_metrics_from_moments`.
+        levels: as for
+            :func:`~bayes_mbrl.uncertainty.calibration.calibration_metrics_from_moments`.
+        grid_levels: as for
+            :func:`~bayes_mbrl.uncertainty.calibration.calibration_metrics_from_moments`.
 
     Returns:
         The calibration metrics of the recalibrated mixture on the halves it was not

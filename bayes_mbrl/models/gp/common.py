@@ -118,7 +118,8 @@ class GPDynamicsBase(DynamicsModel):
     """The shared part of :class:`ExactGPDynamics` and :class:`SparseGPDynamics`.
 
     Args:
-        obs_dim, action_dim: sizes.
+        obs_dim: observation size.
+        action_dim: action size.
         kernel: a shortcut name, a GPyTorch kernel or a factory.
         mean: ``"constant"``, a GPyTorch mean or a factory.
         options: the flavour's checked options (``learning_rate``, ``num_features``,

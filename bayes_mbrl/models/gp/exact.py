@@ -153,7 +153,7 @@ class ExactGPDynamics(GPDynamicsBase):
         ConfigError: a user's module of the wrong kind or shape.
         ModelError: a user's kernel without a feature map for function draws.
 
-    Example:
+    Examples:
         >>> model = ExactGPDynamics(obs_dim=3, action_dim=1, kernel="se")
         >>> # model.fit(buffer); f = model.sample_functions(20, generator)
     """

@@ -252,8 +252,11 @@ class ModulePathSample(_NormalizedPaths):
         paths: the ``MatheronPath`` of ``n`` draws from ``draw_matheron_paths``
             (copied; later changes to the model do not reach it).
         n: number of paths.
-        input_mean, input_std, delta_mean, delta_std, noise_std: as for
-            :class:`GPFunctionSample`.
+        input_mean: as for :class:`GPFunctionSample`.
+        input_std: as for :class:`GPFunctionSample`.
+        delta_mean: as for :class:`GPFunctionSample`.
+        delta_std: as for :class:`GPFunctionSample`.
+        noise_std: as for :class:`GPFunctionSample`.
     """
 
     def __init__(

@@ -160,8 +160,10 @@ def se_gp_from_data(
         y: ``(N, E)`` normalized targets.
         hyperparameters: ``lengthscale (E, d)``, ``outputscale (E,)``, ``noise (E,)``,
             ``constant (E,)`` in normalized units.
-        input_shift, input_scale: ``(d,)`` input normalizer (the SEGP sees raw inputs).
-        output_shift, output_scale: ``(E,)`` target normalizer (it predicts raw targets).
+        input_shift: ``(d,)`` input normalizer's shift (the SEGP sees raw inputs).
+        input_scale: ``(d,)`` input normalizer's scale.
+        output_shift: ``(E,)`` target normalizer's shift (it predicts raw targets).
+        output_scale: ``(E,)`` target normalizer's scale.
         max_jitter: largest jitter tried.
 
     Raises:

@@ -282,12 +282,15 @@ class LatentStateSpaceModel(DynamicsModel):
         obs_dim: size of the *observations* it is fitted on (a frame stack counts
             ``C * H * W``); the protocol's ``obs_dim`` attribute is the latent size.
         action_dim: action size.
-        latent_dim, encoder, num_members, hidden_sizes, embed_dim, seq_len, batch_size,
-        first_fit_steps, train_steps, refit, learning_rate, min_obs_std, conv_channels,
-        min_transition_std, overshooting, overshooting_scale: see :class:`LatentOptions`.
         frame_shape: ``(C, H, W)`` when the observations are flattened frames in
             ``[0, 1]`` (convolutional encoder and decoder); None for vectors.
         seed: seeds the initialization.
+
+    The other arguments (``latent_dim``, ``encoder``, ``num_members``, ``hidden_sizes``,
+    ``embed_dim``, ``seq_len``, ``batch_size``, ``first_fit_steps``, ``train_steps``,
+    ``refit``, ``learning_rate``, ``min_obs_std``, ``conv_channels``,
+    ``min_transition_std``, ``overshooting``, ``overshooting_scale``) are the fields of
+    :class:`LatentOptions`.
 
     Attributes:
         observation_dim: the observation size.
