@@ -24,7 +24,7 @@ from bayes_mbrl.config import EnvConfig, load_config
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs.custom import NoRewardFunction, build_task, random_transitions
 from bayes_mbrl.errors import ConfigError, EnvError
-from bayes_mbrl.experiment import TransitionLog
+from bayes_mbrl.experiment import TransitionLog, run_experiment
 from bayes_mbrl.models.ensemble import ProbabilisticEnsemble
 from bayes_mbrl.models.reward import LearnedRewardLearner, RewardModel, planning_reward
 
@@ -240,6 +240,24 @@ def test_without_a_reward_fn_other_modes_say_how_to_get_one() -> None:
     learner, reward_fn, note = planning_reward(model, task)
     assert isinstance(learner, LearnedRewardLearner) and reward_fn is learner.reward
     assert note.startswith("reward: learned")
+
+
+@pytest.mark.parametrize("mode", ["mbpo", "mve", "mbpg", "policy_distill"])
+def test_modes_that_need_a_reward_fn_refuse_an_env_without_one_before_the_run(
+    mode: str, tmp_path: Path
+) -> None:
+    config = load_config(
+        None,
+        [
+            'env.id="TestPointMassNoReward-v0"',
+            f'env.entry_point="{_fixture("PointMassEnv")}"',
+            f"experiment.mode={mode}",
+        ],
+    )
+    with pytest.raises(ConfigError, match=rf"experiment.mode = '{mode}' scores imagined .*"
+                       r"env\.reward_fn = 'path/to/file\.py:function'.*'mpc'"):  # fmt: skip
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_learned_reward_model_learns_the_reward_of_the_own_env() -> None:

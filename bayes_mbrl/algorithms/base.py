@@ -150,6 +150,10 @@ class Algorithm(abc.ABC):
     #: and/or ``"discrete"`` (one-hot actions of a ``Discrete`` space); a task with
     #: another is refused when the run is built, naming the modes that can
     action_spaces: tuple[str, ...] = ("box",)
+    #: the algorithm scores imagined transitions with the task's reward function; a
+    #: task without one (your own env with no ``env.reward_fn``) is refused when the run
+    #: is built, before any episode (the MPC modes learn a reward model instead)
+    needs_reward_fn: bool = False
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -213,6 +217,16 @@ def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> 
             f"{' or '.join(_SPACE_NAMES[s] for s in algorithm.action_spaces)} action spaces "
             "only. Set experiment.mode "
             f"to one of {able}, or use an env with the other kind of actions"
+        )
+    if algorithm.needs_reward_fn and not getattr(task.reward_fn, "available", True):
+        learn = [
+            n for n in ALGORITHMS.names() if not getattr(ALGORITHMS[n], "needs_reward_fn", False)
+        ]
+        raise ConfigError(
+            f"env.id = {task.env_id!r} has no reward function and experiment.mode = "
+            f"{mode!r} scores imagined transitions with one: set env.reward_fn = "
+            "'path/to/file.py:function' (docs/own_env.md), or choose a mode that learns "
+            f"the reward or needs none: {learn}"
         )
     parts = algorithm.build(config, task, generator)
     check_learner(parts.learner)

@@ -570,6 +570,8 @@ class PolicyAgent:
 class MBPGAlgorithm(Algorithm):
     """Model-based policy gradient (see the module)."""
 
+    needs_reward_fn = True
+
     def check(self, config: Any) -> tuple[str, Any, str] | None:
         return state_model_check(config, "rollouts start from real states")
 

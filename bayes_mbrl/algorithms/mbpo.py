@@ -465,6 +465,8 @@ class ModelSACAlgorithm(Algorithm):
     """SAC with a dynamics model of ``[model]``: the learner of :attr:`learner_class`,
     its options the section named after the mode."""
 
+    needs_reward_fn = True
+
     learner_class: type[ModelSACLearner]
     name = "SAC with a model"
 

@@ -90,6 +90,8 @@ class MCTSAlgorithm(Algorithm):
     """MCTS through the ``[model]`` dynamics (refitted every episode) with the
     ``[mcts]`` settings, on discrete actions."""
 
+    needs_reward_fn = True
+
     action_spaces = ("discrete",)
 
     def check(self, config: Any) -> tuple[str, Any, str] | None:

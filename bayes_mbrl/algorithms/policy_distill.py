@@ -455,6 +455,8 @@ class DAggerAgent:
 class PolicyDistillAlgorithm(Algorithm):
     """MPC as the teacher, a Gaussian policy as the student (see the module)."""
 
+    needs_reward_fn = True
+
     def check(self, config: Any) -> tuple[str, Any, str] | None:
         return state_model_check(config, "not a latent model")
 

@@ -93,6 +93,9 @@ class NoRewardFunction:
         env_id: The task.
     """
 
+    #: there is no reward function to call (``Algorithm.needs_reward_fn`` checks this)
+    available = False
+
     def __init__(self, env_id: str) -> None:
         self.env_id = env_id
 
