@@ -327,12 +327,12 @@ def load_distilled_policy(
         ConfigError: ``run_dir`` is not a run, not a ``policy_distill`` run, has no
             trained policy yet, or was run on another task than ``task``.
     """
-    from bayes_mbrl.envs import get_task
+    from bayes_mbrl.envs.custom import build_task
     from bayes_mbrl.runs import RunStore, read_run_config_of
 
     run_dir = Path(run_dir)
     config = read_run_config_of(run_dir, ["policy_distill"], "the distilled policy's run")
-    own = get_task(config.env.id)
+    own = build_task(config.env, check=False)  # your own env too (env.entry_point)
     if task is not None and (
         own.env_id != task.env_id
         or (own.obs_dim, own.action_dim) != (task.obs_dim, task.action_dim)
