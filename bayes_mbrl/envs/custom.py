@@ -34,7 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayes_mbrl.envs.tasks import TaskSpec, get_task, make_env, registered_task_ids
+from bayes_mbrl.envs.tasks import (
+    TaskSpec,
+    UnavailableReward,
+    get_task,
+    make_env,
+    registered_task_ids,
+)
 from bayes_mbrl.errors import ConfigError, EnvError
 from bayes_mbrl.user_code import import_user_module, load_user_function
 
@@ -81,44 +87,25 @@ class EnvSettings(Protocol):
     expected_reward_fn: str
 
 
-class NoRewardFunction:
+class NoRewardFunction(UnavailableReward):
     """The ``reward_fn`` of a task whose config names none (and that is not built in).
 
     The MPC modes plan with a learned reward model in its place
     (:mod:`bayes_mbrl.models.reward`); any other caller gets an
-    :class:`~bayes_mbrl.errors.EnvError` naming the two fixes. A class, not a closure,
-    so that a :class:`TaskSpec` holding it pickles.
+    :class:`~bayes_mbrl.errors.EnvError` naming the two fixes.
 
     Args:
         env_id: The task.
     """
 
-    #: there is no reward function to call (``Algorithm.needs_reward_fn`` checks this)
-    available = False
-
-    def __init__(self, env_id: str) -> None:
-        self.env_id = env_id
-
-    def __call__(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
-        """Raise: no reward function was given.
-
-        Args:
-            obs: Observations before the step (unused).
-            action: Actions (unused).
-            next_obs: Observations after the step (unused).
-
-        Raises:
-            EnvError: Always.
-        """
-        raise EnvError(
+    def reason(self) -> str:
+        """The two fixes: a reward function, or a mode that learns the reward."""
+        return (
             f"env.id = {self.env_id!r} has no reward function: set env.reward_fn = "
             "'path/to/file.py:function' (a batched torch (obs, action, next_obs) -> reward), "
             "or use an MPC mode (experiment.mode = 'mpc', 'v1.0' or 'v0.5'), which learns a "
             "reward model"
         )
-
-    def __repr__(self) -> str:
-        return f"NoRewardFunction({self.env_id!r})"
 
 
 def register_entry_point(env_id: str, spec: str) -> type[gymnasium.Env[Any, Any]]:

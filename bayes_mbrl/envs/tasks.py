@@ -575,23 +575,30 @@ def _noisy_cliff() -> TaskSpec:
     )
 
 
-class _UnobservedReward:
-    """The ``reward_fn`` of a task whose reward is not a function of the observation.
+class UnavailableReward:
+    """A task's ``reward_fn`` where there is no reward function to call.
 
-    Calling it raises :class:`EnvError` pointing to the latent-model mode. A class,
-    not a closure, so that a :class:`TaskSpec` holding it pickles.
+    Calling it raises :class:`EnvError` with :meth:`reason` (what to do instead);
+    :attr:`available` is False, so algorithms that need the reward refuse the task
+    before the run (``Algorithm.needs_reward_fn``). Subclasses are classes, not
+    closures, so that a :class:`TaskSpec` holding one pickles.
 
     Args:
         env_id: The task.
-        seen_through: What the observation is, e.g. ``"pixels"``.
     """
 
-    def __init__(self, env_id: str, seen_through: str) -> None:
+    #: there is no reward function to call
+    available = False
+
+    def __init__(self, env_id: str) -> None:
         self.env_id = env_id
-        self.seen_through = seen_through
+
+    def reason(self) -> str:
+        """Why there is no reward function, and the fix."""
+        return f"{self.env_id} has no reward function"
 
     def __call__(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
-        """Raise: the reward cannot be computed from observations.
+        """Raise: the reward cannot be computed.
 
         Args:
             obs: Observations before the step (unused).
@@ -599,9 +606,30 @@ class _UnobservedReward:
             next_obs: Observations after the step (unused).
 
         Raises:
-            EnvError: Always.
+            EnvError: Always, with :meth:`reason`.
         """
-        raise EnvError(
+        raise EnvError(self.reason())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env_id!r})"
+
+
+class _UnobservedReward(UnavailableReward):
+    """The ``reward_fn`` of a task whose reward is not a function of the observation:
+    calling it points to the latent-model mode.
+
+    Args:
+        env_id: The task.
+        seen_through: What the observation is, e.g. ``"pixels"``.
+    """
+
+    def __init__(self, env_id: str, seen_through: str) -> None:
+        super().__init__(env_id)
+        self.seen_through = seen_through
+
+    def reason(self) -> str:
+        """The observation the reward is not a function of, and the mode that learns it."""
+        return (
             f"{self.env_id} is observed through {self.seen_through}; its reward is not a "
             "function of the observation: use experiment.mode = 'latent_mpc', whose "
             "latent model learns the reward"

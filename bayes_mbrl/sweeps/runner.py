@@ -22,6 +22,7 @@ two sweeps writing into one directory never run the same trial at once.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import csv
 import io
@@ -97,21 +98,22 @@ class SweepResult:
 
 
 # ---------------------------------------------------------------------- backends
-class _Backend:
+class _Backend(abc.ABC):
     """Starts trial attempts; each attempt is a future of the trial's outcome dict."""
 
     name = ""
 
+    @abc.abstractmethod
     def submit(self, spec: dict[str, Any], log_path: Path) -> Future[dict[str, Any]]:
-        raise NotImplementedError
+        """Start one attempt of the trial ``spec``, its output to ``log_path``."""
 
+    @abc.abstractmethod
     def cancel(self, future: Future[dict[str, Any]]) -> None:
         """Stop an attempt (it then completes as failed)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Stop every attempt still running and release the backend."""
-        raise NotImplementedError
 
 
 def _signal_name(rc: int) -> str:
