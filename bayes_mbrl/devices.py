@@ -29,11 +29,6 @@ __all__ = [
     "state_to_cpu",
 ]
 
-#: modes whose whole loop (model, fitting, planning) runs on ``experiment.device``
-DEVICE_MODES = ("mpc", "v0.5", "v1.0")
-#: model kinds that move to ``experiment.device``
-DEVICE_MODELS = ("ensemble",)
-
 
 def resolve_device(name: str) -> torch.device:
     """The torch device ``name``, checked to exist on this machine.
@@ -74,6 +69,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def device_capable() -> tuple[list[str], list[str]]:
+    """The modes whose whole loop runs on ``experiment.device`` (``Algorithm.on_devices``)
+    and the model kinds that move there (their class overrides ``DynamicsModel.to``),
+    from the registries."""
+    from bayes_mbrl.algorithms import ALGORITHMS
+    from bayes_mbrl.models.base import MODELS, DynamicsModel
+
+    modes = [m for m in ALGORITHMS.names() if getattr(ALGORITHMS[m], "on_devices", False)]
+    kinds = [k for k in MODELS.names() if MODELS[k].to is not DynamicsModel.to]
+    return modes, kinds
+
+
 def check_device_support(device: torch.device, mode: str, model_kind: str) -> None:
     """Refuse a run that cannot run on ``device``, naming what can.
 
@@ -82,10 +89,11 @@ def check_device_support(device: torch.device, mode: str, model_kind: str) -> No
     """
     if device.type == "cpu":
         return
-    if mode not in DEVICE_MODES or model_kind not in DEVICE_MODELS:
+    modes, kinds = device_capable()
+    if mode not in modes or model_kind not in kinds:
         raise ConfigError(
-            f"experiment.device = {str(device)!r} runs experiment.mode in {list(DEVICE_MODES)} "
-            f"with model.kind in {list(DEVICE_MODELS)}; this run has mode {mode!r} and model "
+            f"experiment.device = {str(device)!r} runs experiment.mode in {modes} "
+            f"with model.kind in {kinds}; this run has mode {mode!r} and model "
             f"{model_kind!r}: set experiment.device = 'cpu' for it"
         )
 

@@ -416,7 +416,7 @@ def _(ctx: Ctx) -> None:
 
 @case(
     ConfigError,
-    r"experiment\.device = 'cuda' runs experiment\.mode in \['mpc', 'v0\.5', 'v1\.0'\] with "
+    r"experiment\.device = 'cuda' runs experiment\.mode in \['v0\.5', 'v1\.0', 'mpc'\] with "
     r"model\.kind in \['ensemble'\]; this run has mode 'mpc' and model 'bnn'",
     id="config-device-model-cpu-only",
 )

@@ -154,6 +154,9 @@ class Algorithm(abc.ABC):
     #: task without one (your own env with no ``env.reward_fn``) is refused when the run
     #: is built, before any episode (the MPC modes learn a reward model instead)
     needs_reward_fn: bool = False
+    #: the whole loop (model, fitting, planning) runs on ``experiment.device``; other
+    #: algorithms refuse a device other than the CPU
+    on_devices: bool = False
 
     def __init__(self, mode: str) -> None:
         self.mode = mode

@@ -212,6 +212,8 @@ class MPCAlgorithm(Algorithm):
     """Model-predictive control through the ``[model]`` dynamics and the ``[planner]``
     section: the learner is the dynamics model, the agent an :class:`MPCAgent`."""
 
+    on_devices = True
+
     def check(self, config: Any) -> tuple[str, Any, str] | None:
         return state_model_check(
             config,
@@ -225,7 +227,7 @@ class MPCAlgorithm(Algorithm):
         p = config.planner
         randomness = PlanRandomness(generator, device)
         if device.type != "cpu":
-            model.to(device)  # DEVICE_MODELS move; the others refuse in check_device_support
+            model.to(device)  # models that cannot move were refused by check_device_support
         planner = PLANNERS[p.kind].from_config(
             p, task.action_low.to(device), task.action_high.to(device), randomness.generator
         )
