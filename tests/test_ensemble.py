@@ -374,3 +374,34 @@ def test_prior_scale_zero_is_the_plain_ensemble() -> None:
     assert fs.prior_weights is None  # type: ignore[attr-defined]
     s, act = torch.zeros(3, 4, 1), torch.linspace(-1, 1, 4)[None, :, None].expand(3, -1, -1)
     assert torch.equal(fs.mean(s, act), default.sample_functions(3).mean(s, act))
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "tanh", "elu"])
+def test_planning_path_equals_the_differentiable_path(activation: str) -> None:
+    """The bias-row MLP that planning runs (no autograd) is the baddbmm network that
+    autograd differentiates, for every activation, with a prior, at every batch size in
+    turn (its buffers grow and are reused), and its outputs never alias its buffers."""
+    buf, _ = noisy_sine_buffer()
+    model = _prior_model(0.5, hidden_sizes=[24, 17, 32], max_epochs=3, activation=activation)
+    model.fit(buf, torch.Generator().manual_seed(0))
+    fs = model.sample_functions(7, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    kept = []
+    for rows in (40, 3, 40, 65):
+        s, a = torch.randn(7, rows, 1, generator=g), torch.rand(7, rows, 1, generator=g) * 2 - 1
+        with torch.inference_mode():
+            fast = fs(s, a)
+            fast_mean, fast_std = fast.mean.clone(), fast.stddev.clone()
+        with torch.enable_grad():
+            s_grad = s.clone().requires_grad_(True)
+            slow = fs(s_grad, a)
+            # the differentiable path really is differentiable
+            (grad,) = torch.autograd.grad(slow.mean.sum(), s_grad)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+        torch.testing.assert_close(fast_mean, slow.mean.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast_std, slow.stddev.detach(), rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # outside inference mode, after inference-mode calls
+            torch.testing.assert_close(fs.mean(s, a), fast_mean, rtol=0, atol=0)
+        kept.append((fast.mean, fast_mean))
+    for out, copy in kept:  # later calls did not write into earlier outputs
+        assert torch.equal(out, copy)
