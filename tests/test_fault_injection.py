@@ -36,7 +36,7 @@ from bayes_mbrl.experiment import (
     run_experiment,
 )
 
-KILLS = 20
+KILLS = 12
 PARALLEL = 2  # runs killed at once (their kill times are drawn independently)
 OVERRIDES = [
     "env.episode_length=12",
