@@ -63,7 +63,7 @@ module-local ``torch.nn.Parameter`` objects read by the guide, and the loss is
 Planning: :meth:`BayesianNeuralNet.sample_functions` draws ``n`` weight sets in one
 vectorized draw, ``(n, fan_in, fan_out)`` per layer, and evaluates them with the
 ensemble's :class:`~bayes_mbrl.models.ensemble.EnsembleFunctionSample` (normalization
-folded into the weights, one ``baddbmm`` per layer), so planning costs the same as
+folded into the weights, one batched matmul per layer), so planning costs the same as
 with an ensemble of ``n`` members.
 """
 
@@ -192,7 +192,7 @@ class MeanFieldGuideParams(nn.Module):
 
 
 class BNNFunctionSample(EnsembleFunctionSample):
-    """``n`` BNN weight draws, evaluated like ensemble members (folded, one baddbmm per layer).
+    """``n`` BNN weight draws, evaluated like ensemble members (folded, one matmul per layer).
 
     :meth:`latents` reports the noise: the per-dimension noise standard deviation of
     each draw (homoscedastic), or each draw's noise standard deviation at the centre

@@ -2,8 +2,9 @@
 
 Each member is a Gaussian MLP ``(s, a) -> N(mu, diag(sigma^2))`` over the
 normalized state delta ``s' - s``, with learned soft bounds on the log-variance.
-All members live in batched weight tensors ``(E, in, out)``, so one ``baddbmm``
-per layer evaluates every member: there is no loop over members anywhere.
+All members live in batched weight tensors ``(E, in, out)``, so one batched matmul
+per layer evaluates every member: there is no Python loop over members anywhere
+(float32 planning adds the biases as an extra weight row, :class:`_BiasRowMLP`).
 
 The posterior over functions is uniform over the ``E`` members; a "function" is
 a member, and :meth:`ProbabilisticEnsemble.sample_functions` stratifies draws
@@ -400,8 +401,9 @@ class _BiasRowMLP:
 class EnsembleFunctionSample(FunctionSample):
     """``n`` ensemble members with the input/target normalization folded into the weights.
 
-    Folding makes a planning step exactly one ``baddbmm`` plus one activation per
-    hidden layer: ``W1' = W1 / sigma_in``, ``b1' = b1 - (mu_in / sigma_in) W1`` and the mean
+    Folding makes a planning step exactly one batched matmul plus one activation per
+    hidden layer (``baddbmm``; in float32 without autograd a ``bmm`` whose weights carry
+    the bias as an extra row, :class:`_BiasRowMLP`): ``W1' = W1 / sigma_in``, ``b1' = b1 - (mu_in / sigma_in) W1`` and the mean
     head is scaled by the delta scale.
 
     Args:
