@@ -104,6 +104,9 @@ def test_list_variants_and_seed_substitution() -> None:
         ({"list": [{"label": "a"}, {"label": "a"}]}, "two variants have the label 'a'"),
         ({"list": [{"label": "a", "sett": {}}]}, "unknown key 'sett'"),
         ({"jobz": 2}, "did you mean 'jobs'"),
+        # each trial's env is built and its mode checked against it before any trial runs
+        ({"grid": {"env.id": ["Pendulum-v1", "NoSuchEnv-v0"]}}, "'env.id=NoSuchEnv-v0'"),
+        ({"grid": {"experiment.mode": ["mpc", "dqn"]}}, "'experiment.mode=dqn': env.id"),
     ],
 )
 def test_bad_sweep_is_refused_with_what_to_fix(data: dict, expected: str) -> None:
@@ -165,12 +168,14 @@ def test_killed_trial_is_retried_and_a_failing_one_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """'ok' kills itself after its first episode (then resumes to the same metrics as
-    an uninterrupted run); 'bad' fails on every attempt: reported, not fatal."""
+    an uninterrupted run); 'bad' fails on every attempt: reported, not fatal. (A device
+    no machine has passes the sweep's validation, which leaves devices to the machine
+    that runs the trial.)"""
     path = tmp_path / "s.toml"
     path.write_text(
         f"seeds = [0]\nretries = 1\nthreads = 1\njobs = 2\n[set]\n{TINY_TOML}\n"
         '[[list]]\nlabel = "ok"\n'
-        '[[list]]\nlabel = "bad"\nset = { "env.id" = "NoSuchEnv-v0" }\n'
+        '[[list]]\nlabel = "bad"\nset = { "experiment.device" = "cuda:99" }\n'
     )
     monkeypatch.setenv(KILL_ENV, "ok-s0:1")
     out = tmp_path / "out"
@@ -180,7 +185,7 @@ def test_killed_trial_is_retried_and_a_failing_one_is_reported(
     assert records["ok-s0"]["attempts"] == 2
     assert records["bad-s0"]["status"] == "failed"
     assert records["bad-s0"]["attempts"] == 2
-    assert "NoSuchEnv-v0" in records["bad-s0"]["error"]
+    assert "cuda:99" in records["bad-s0"]["error"]
     assert (out / "ok-s0" / KILL_MARK).exists()
     log = (out / "logs" / "ok-s0.log").read_text()
     assert "attempt 2 (local; resumes" in log

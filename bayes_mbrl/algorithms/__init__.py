@@ -13,6 +13,7 @@ from bayes_mbrl.algorithms.base import (
     Learner,
     build_algorithm,
     build_model,
+    check_mode_fits_task,
 )
 from bayes_mbrl.algorithms.gps import (
     EnvSampler,
@@ -44,5 +45,6 @@ __all__ = [
     "RandomAgent",
     "build_algorithm",
     "build_model",
+    "check_mode_fits_task",
     "kl_constrained_step",
 ]

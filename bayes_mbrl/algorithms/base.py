@@ -47,6 +47,7 @@ __all__ = [
     "build_algorithm",
     "build_model",
     "check_learner",
+    "check_mode_fits_task",
     "frozen",
     "polyak_update",
 ]
@@ -183,10 +184,25 @@ def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> 
     """The parts of ``config.experiment.mode`` (see :data:`ALGORITHMS`).
 
     Raises:
-        ConfigError: the mode cannot act on the task's kind of observation or in its
-            kind of action space.
+        ConfigError: the mode cannot act on the task (:func:`check_mode_fits_task`).
         ModelError: the learner's ``fit`` does not take ``progress`` (written for an
             earlier version of the protocol).
+    """
+    algorithm = check_mode_fits_task(config, task)
+    parts = algorithm.build(config, task, generator)
+    check_learner(parts.learner)
+    return parts
+
+
+def check_mode_fits_task(config: Any, task: TaskSpec) -> Algorithm:
+    """The algorithm of ``config.experiment.mode``, once it is known to act on ``task``
+    (what a run checks before it builds anything; a sweep checks it for every trial
+    before any starts).
+
+    Raises:
+        ConfigError: the mode cannot act on the task's kind of observation or in its
+            kind of action space, or it scores imagined transitions with a reward
+            function the task does not have.
     """
     mode = config.experiment.mode
     algorithm = ALGORITHMS[mode](mode)
@@ -231,9 +247,7 @@ def build_algorithm(config: Any, task: TaskSpec, generator: torch.Generator) -> 
             "'path/to/file.py:function' (docs/own_env.md), or choose a mode that learns "
             f"the reward or needs none: {learn}"
         )
-    parts = algorithm.build(config, task, generator)
-    check_learner(parts.learner)
-    return parts
+    return algorithm
 
 
 def check_learner(learner: Any) -> None:

@@ -403,8 +403,8 @@ class EnsembleFunctionSample(FunctionSample):
 
     Folding makes a planning step exactly one batched matmul plus one activation per
     hidden layer (``baddbmm``; in float32 without autograd a ``bmm`` whose weights carry
-    the bias as an extra row, :class:`_BiasRowMLP`): ``W1' = W1 / sigma_in``, ``b1' = b1 - (mu_in / sigma_in) W1`` and the mean
-    head is scaled by the delta scale.
+    the bias as an extra row, :class:`_BiasRowMLP`): ``W1' = W1 / sigma_in``,
+    ``b1' = b1 - (mu_in / sigma_in) W1`` and the mean head is scaled by the delta scale.
 
     Args:
         weights: per layer ``(n, in, out)`` (already folded).

@@ -18,9 +18,12 @@ trials run (``retries``, ``threads`` per trial, ``jobs``, ``timeout``, ``out``):
     "planner.horizon" = [15, 30]
 
 A trial is one configuration with one seed; it runs into ``OUT/<label>-s<seed>``.
-:func:`load_sweep` validates the whole sweep, every trial's configuration through
-:func:`~bayes_mbrl.config.load_config`, before anything runs. A string value may
-hold ``{seed}``, replaced by the trial's seed (e.g. a per-seed teacher run).
+:func:`load_sweep` validates the whole sweep before anything runs: every trial's
+configuration through :func:`~bayes_mbrl.config.load_config`, its ``[env]`` section
+built as a run builds it (a bad ``env.id``, entry point or reward function) and its
+mode checked against that env (:func:`~bayes_mbrl.algorithms.check_mode_fits_task`).
+A string value may hold ``{seed}``, replaced by the trial's seed (e.g. a per-seed
+teacher run).
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ from typing import Any
 
 import tomli_w
 
+from bayes_mbrl.algorithms import check_mode_fits_task
 from bayes_mbrl.config import DEFAULT_PRESET, MAX_SEED, Config, list_presets, load_config
-from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.envs.custom import build_task
+from bayes_mbrl.envs.tasks import TaskSpec
+from bayes_mbrl.errors import BayesMBRLError, ConfigError
 from bayes_mbrl.options import OptionError, Options, at_least, described, non_empty, option
 
 __all__ = [
@@ -305,6 +311,7 @@ def sweep_from_dict(data: Mapping[str, Any], name: str, base_dir: Path | str = "
         raise ConfigError(f"two variants have the label {duplicated[0]!r}; labels must differ")
     base = _resolve_base(options.base, Path(base_dir))
     trials = []
+    tasks: dict[str, TaskSpec] = {}
     for variant in variants:
         for seed in options.seeds:
             overrides = tuple(
@@ -313,11 +320,21 @@ def sweep_from_dict(data: Mapping[str, Any], name: str, base_dir: Path | str = "
             forced = [f"experiment.threads={options.threads}", "experiment.progress=false"]
             try:
                 config = load_config(base, [*overrides, *forced], seed=seed)
-            except ConfigError as exc:
+                _check_runnable(config, tasks)
+            except BayesMBRLError as exc:
                 raise ConfigError(f"{where}, configuration {variant.label!r}: {exc}") from None
             name_ = f"{variant.label}-s{seed}"
             trials.append(Trial(name_, variant.label, seed, overrides, config))
     return Sweep(name, base, options, variants, trials)
+
+
+def _check_runnable(config: Config, tasks: dict[str, TaskSpec]) -> None:
+    """Build the trial's env as its run will (once per distinct ``[env]`` section, in
+    ``tasks``) and check its mode acts on it."""
+    key = repr(config.env)
+    if key not in tasks:
+        tasks[key] = build_task(config.env)
+    check_mode_fits_task(config, tasks[key])
 
 
 def load_sweep(path: Path | str) -> Sweep:
