@@ -23,6 +23,7 @@ from tiny_runs import SAC
 
 from bayes_mbrl.algorithms.multitask_distill import (
     MultiTaskDistillOptions,
+    MultiTaskPolicy,
     StudentAgent,
     Teacher,
     distill_tasks,
@@ -144,6 +145,7 @@ def test_cli_distils_a_sac_run_and_the_student_reloads(tmp_path: Path) -> None:
     obs = torch.tensor([0.3, -0.9, 1.0])
     saved = torch.load(out / "student.pt", weights_only=True)
     assert saved["options"]["hidden_sizes"] == [16]
+    assert saved["envs"][0]["id"] == "Pendulum-v1"  # the teacher's [env] section
     a = StudentAgent(student, 0).act(obs)
     assert np.isfinite(a.numpy()).all()
 
@@ -163,3 +165,38 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
         load_teacher(tmp_path / "empty")
     assert main(["distill-tasks", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert main(["distill-tasks", "x", "--out", "o", "--set", "temperature=-1"]) == 2
+
+
+def test_a_student_of_your_own_env_reloads_from_its_env_section(tmp_path: Path) -> None:
+    """student.pt keeps each teacher's [env] section, so a task registered by
+    env.entry_point is built again on load (not looked up among the built-in ids)."""
+    import dataclasses
+
+    from bayes_mbrl.config import EnvConfig
+    from bayes_mbrl.envs.custom import build_task
+
+    fixture = Path(__file__).parent / "own_env" / "point_mass.py"
+    env = EnvConfig(
+        id="TestPointMassStudent-v0",
+        entry_point=f"{fixture}:PointMassEnv",
+        reward_fn=f"{fixture}:reward",
+    )
+    tasks = [build_task(env, check=False), get_task("Pendulum-v1")]
+    student = MultiTaskPolicy(tasks, [8])
+    pendulum = dataclasses.asdict(EnvConfig(id="Pendulum-v1"))
+    torch.save(
+        {
+            "state_dict": student.state_dict(),
+            "tasks": [t.env_id for t in tasks],
+            "envs": [dataclasses.asdict(env), pendulum],
+            "options": {"hidden_sizes": [8]},
+        },
+        tmp_path / "student.pt",
+    )
+    loaded = load_student(tmp_path / "student.pt")
+    assert [t.env_id for t in loaded.tasks] == ["TestPointMassStudent-v0", "Pendulum-v1"]
+    assert loaded.tasks[0].obs_dim == tasks[0].obs_dim
+    obs = torch.zeros(tasks[0].obs_dim)
+    for a, b in zip(student.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert np.isfinite(StudentAgent(loaded, 0).act(obs).numpy()).all()

@@ -115,15 +115,25 @@ class Teacher:
         task: its task.
         episode_length: its ``env.episode_length``.
         agent: the restored agent (its :meth:`act` is the teacher acting).
+        env: the run's ``[env]`` section as a table (what builds the task again, your
+            own env's entry point and functions included); empty when not known.
     """
 
-    def __init__(self, run_dir: Path, task: TaskSpec, episode_length: int, agent: Any) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        task: TaskSpec,
+        episode_length: int,
+        agent: Any,
+        env: dict[str, Any] | None = None,
+    ) -> None:
         self.run_dir, self.task, self.episode_length, self.agent = (
             run_dir,
             task,
             episode_length,
             agent,
         )
+        self.env = dict(env or {})
         self.mode = ""
 
     @property
@@ -189,7 +199,10 @@ def load_teacher(run_dir: str | Path, threads: int = 1) -> Teacher:
         from bayes_mbrl.algorithms.sac import SACAgent
 
         agent = SACAgent(agent.learner, agent.obs_dim, deterministic=True)
-    teacher = Teacher(run_dir, exp.task, config.env.episode_length, agent)
+    import dataclasses
+
+    env = dataclasses.asdict(config.env)
+    teacher = Teacher(run_dir, exp.task, config.env.episode_length, agent, env)
     teacher.mode = mode
     return teacher
 
@@ -431,6 +444,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "tasks": [t.task.env_id for t in teachers],
+        "envs": [t.env for t in teachers],
         "teachers": [str(t.run_dir) for t in teachers],
         "teacher_modes": [t.mode for t in teachers],
         "options": dataclasses.asdict(options),
@@ -461,11 +475,22 @@ def write_report(
 
 
 def load_student(path: str | Path) -> MultiTaskPolicy:
-    """The student saved by :func:`write_report` (``student.pt``)."""
+    """The student saved by :func:`write_report` (``student.pt``).
+
+    Each task is built from its teacher's ``[env]`` section, as the teacher's run built
+    it (your own envs too: ``env.entry_point``); files written before the sections were
+    saved name built-in tasks by id.
+    """
+    from bayes_mbrl.config import EnvConfig
     from bayes_mbrl.envs import get_task
+    from bayes_mbrl.envs.custom import build_task
 
     state = torch.load(Path(path), weights_only=True)
-    tasks = [get_task(env_id) for env_id in state["tasks"]]
+    envs = state.get("envs") or [{} for _ in state["tasks"]]
+    tasks = [
+        build_task(EnvConfig(**env), check=False) if env else get_task(env_id)
+        for env_id, env in zip(state["tasks"], envs, strict=True)
+    ]
     student = MultiTaskPolicy(tasks, list(state["options"]["hidden_sizes"]))
     student.load_state_dict(state["state_dict"])
     return student
