@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import sys
 import time
 import warnings
@@ -371,6 +372,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         f"model: {run.config.model.kind} after {run.episodes_done} episodes; "
         f"{len(run.train)} training and {len(run.held_out)} held-out transitions"
     )
+    if run.reward_model is not None:  # the run learned its reward: score it the same way
+        h = run.held_out
+        scores = run.reward_model.scores(h.obs, h.action, h.next_obs, h.reward)
+        written["reward_model"] = out / "reward_model.json"
+        written["reward_model"].write_text(json.dumps(scores, indent=1) + "\n")
+        print(
+            f"learned reward on the held-out episode: MSE {scores['mse']:.4g} against the "
+            f"rewards' variance {scores['reward_variance']:.4g} (R^2 {scores['r2']:.3f}), "
+            f"90% interval coverage {scores['coverage_90']:.3f}"
+        )
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

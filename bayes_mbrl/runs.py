@@ -45,6 +45,7 @@ from bayes_mbrl.data import TransitionBatch
 from bayes_mbrl.envs.custom import build_task
 from bayes_mbrl.errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from bayes_mbrl.models import DynamicsModel
+from bayes_mbrl.models.reward import RewardModel
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -462,6 +463,8 @@ class LoadedRun:
         held_out: transitions of the last finished episode; the checkpointed
             model was fitted before it was collected, so they are unseen data.
         episodes_done: episodes finished at that checkpoint.
+        reward_model: the reward model the run learned and planned with (a task whose
+            config names no ``env.reward_fn``), None when the run used the task's own.
     """
 
     config: Config
@@ -469,6 +472,7 @@ class LoadedRun:
     train: TransitionBatch
     held_out: TransitionBatch
     episodes_done: int
+    reward_model: RewardModel | None = None
 
 
 def load_run(run_dir: Path | str) -> LoadedRun:
@@ -519,7 +523,9 @@ def load_run(run_dir: Path | str) -> LoadedRun:
             torch.from_numpy(tr[mask].copy()),
         )
 
-    return LoadedRun(config, model, batch(~last), batch(last), state["episodes_done"])
+    reward = getattr(parts.learner, "reward", None)
+    reward_model = reward if isinstance(reward, RewardModel) else None
+    return LoadedRun(config, model, batch(~last), batch(last), state["episodes_done"], reward_model)
 
 
 def _fmt(value: Any) -> Any:

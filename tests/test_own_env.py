@@ -5,6 +5,8 @@ resumed to the uninterrupted result and analyzed."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shutil
 import signal
@@ -23,10 +25,15 @@ from bayes_mbrl.cli import main
 from bayes_mbrl.config import EnvConfig, load_config
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs.custom import NoRewardFunction, build_task, random_transitions
-from bayes_mbrl.errors import ConfigError, EnvError
-from bayes_mbrl.experiment import TransitionLog, run_experiment
+from bayes_mbrl.errors import ConfigError, DataError, EnvError
+from bayes_mbrl.experiment import TransitionLog, load_run, run_experiment
 from bayes_mbrl.models.ensemble import ProbabilisticEnsemble
-from bayes_mbrl.models.reward import LearnedRewardLearner, RewardModel, planning_reward
+from bayes_mbrl.models.reward import (
+    LearnedRewardLearner,
+    RewardModel,
+    planning_reward,
+    reward_model_scores,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "own_env"
 ENV_FILE = "point_mass.py"
@@ -120,7 +127,19 @@ def test_own_env_run_killed_resumed_equals_uninterrupted_then_analyzed(
 
     capsys.readouterr()
     assert main(["analyze", "killed"]) == 0
-    assert "model: ensemble after 3 episodes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model: ensemble after 3 episodes" in out
+    assert "learned reward on the held-out episode: MSE" in out
+    scores = json.loads((killed / "analysis" / "reward_model.json").read_text())
+    assert scores["n"] == steps[2] - steps[1]  # the last episode, which it never saw
+    # the scores of the checkpointed reward model on that episode (a short run: its
+    # quality is what it is; test_reward_scores_match_closed_forms checks the formulas)
+    run = load_run(killed)
+    assert run.reward_model is not None
+    h = run.held_out
+    mean, _ = run.reward_model.predict(h.obs, h.action, h.next_obs)
+    assert scores["mse"] == pytest.approx(float((mean.double() - h.reward).square().mean()))
+    assert 0.0 <= scores["coverage_90"] <= 1.0
     summary = (killed / "analysis" / "summary.csv").read_text()
     assert any(r.startswith("held_out,") and ",nll," in r for r in summary.splitlines())
 
@@ -279,3 +298,18 @@ def test_learned_reward_model_learns_the_reward_of_the_own_env() -> None:
     copy = RewardModel(4, 2, seed=1)
     copy.load_state_dict(model.state_dict())
     assert torch.equal(copy(obs[600:], action[600:], nxt[600:]), mean)
+
+
+def test_reward_scores_match_closed_forms() -> None:
+    """MSE, R^2, NLL and the 90% coverage of a Gaussian reward prediction, by hand."""
+    reward = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+    mean = torch.tensor([0.0, 1.0, 2.0, 5.0], dtype=torch.float64)  # one error of 2
+    var = torch.full((4,), 1.0, dtype=torch.float64)
+    s = reward_model_scores(mean, var, reward)
+    assert s["n"] == 4 and s["mse"] == pytest.approx(1.0)
+    assert s["reward_variance"] == pytest.approx(1.25) and s["r2"] == pytest.approx(0.2)
+    # 3 errors of 0 and one of 2, unit variance: 0.5 log(2 pi) + mean(err^2) / 2
+    assert s["nll"] == pytest.approx(0.5 * math.log(2 * math.pi) + 0.5)
+    assert s["coverage_90"] == pytest.approx(0.75)  # |2| > 1.645: outside
+    with pytest.raises(DataError, match="at least 2 rewards"):
+        reward_model_scores(mean[:1], var[:1], reward[:1])

@@ -58,6 +58,7 @@ __all__ = [
     "RewardModel",
     "RewardModelOptions",
     "planning_reward",
+    "reward_model_scores",
 ]
 
 _INT1 = at_least(1, "an integer")
@@ -236,6 +237,12 @@ class RewardModel:
         out = (mean.reshape(lead), var.reshape(lead))
         return out[0].to(obs.device, obs.dtype), out[1].to(obs.device, obs.dtype)
 
+    def scores(self, obs: Tensor, action: Tensor, next_obs: Tensor, reward: Tensor) -> dict:
+        """How well the model predicts ``reward`` at these transitions (see
+        :func:`reward_model_scores`)."""
+        mean, var = self.predict(obs, action, next_obs)
+        return reward_model_scores(mean.double(), var.double(), reward.double())
+
     def __call__(self, obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
         """The mean reward ``(...)``: a task reward function (see :data:`RewardFn`) that
         reads the current parameters, so it follows refits."""
@@ -274,6 +281,38 @@ class RewardModel:
         self.reward_normalizer.load_state_dict(state["reward_normalizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.fitted = fitted
+
+
+def reward_model_scores(mean: Tensor, var: Tensor, reward: Tensor) -> dict[str, float]:
+    """Scores of a Gaussian reward prediction against observed rewards, ``(N,)`` each.
+
+    Returns:
+        ``n``; ``mse`` of the mean; ``reward_variance`` (of the observed rewards, what a
+        constant prediction would score); ``r2 = 1 - mse / reward_variance``;
+        ``nll``: mean Gaussian negative log-likelihood (nats); ``coverage_90``: the
+        share of rewards inside the central 90% predictive interval (0.9 when
+        calibrated).
+
+    Raises:
+        DataError: fewer than 2 rewards, or shapes that differ.
+    """
+    if mean.shape != reward.shape or var.shape != reward.shape or reward.numel() < 2:
+        raise DataError(
+            f"reward scores need equal shapes of at least 2 rewards, got mean "
+            f"{tuple(mean.shape)}, variance {tuple(var.shape)}, rewards {tuple(reward.shape)}"
+        )
+    err = reward - mean
+    mse = float(err.square().mean())
+    spread = float(reward.var(unbiased=False))
+    z90 = 1.6448536269514722  # the standard normal's 95% quantile
+    return {
+        "n": int(reward.numel()),
+        "mse": mse,
+        "reward_variance": spread,
+        "r2": 1.0 - mse / spread if spread > 0 else float("nan"),
+        "nll": float(-Normal(mean, var.sqrt()).log_prob(reward).mean()),
+        "coverage_90": float((err.abs() <= z90 * var.sqrt()).double().mean()),
+    }
 
 
 class LearnedRewardLearner:
