@@ -2,6 +2,7 @@
 edge of the statistical precipice", as in the ``rliable`` library).
 
 Scores come as a matrix ``(runs, tasks)``: one score per run (seed) of each task.
+
 - :func:`iqm`: the interquartile mean, the mean of the scores left after cutting
   ``floor(n / 4)`` of the ``n`` at each end (``scipy.stats.trim_mean(x, 0.25)``, as
   ``rliable`` computes it), robust to an outlier seed;
