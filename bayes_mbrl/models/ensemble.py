@@ -332,8 +332,8 @@ class _BiasRowMLP:
     buffer whose last column is the constant: with that strided output torch runs one
     BLAS GEMM per member. On the CPU this made the float32 plan of
     ``experiments/benchmarks/planning_throughput.py`` about 25% faster (751 to 566 ms);
-    in bfloat16 it gained nothing, and only float32 function samples use it. The
-    activation then runs in place over the whole contiguous buffer, so the constant
+    in bfloat16 it gained nothing, and only float32 function samples on the CPU use it.
+    The activation then runs in place over the whole contiguous buffer, so the constant
     column holds ``act(1)`` when the next layer reads it, and that layer's bias row is
     divided by it; the column is set back to 1 before the buffer's next use (cheaper
     than the strided activation that would skip it, and a one-hot weight column that
@@ -513,9 +513,10 @@ class EnsembleFunctionSample(FunctionSample):
         self.out_weight_t = weights[-1].transpose(1, 2).contiguous().to(dtype)
         self.out_bias_t = biases[-1].transpose(1, 2).contiguous().to(dtype)
         self.compute_dtype = dtype
-        # the bias-row path in float32 only: in bfloat16 a forward pass measured no faster
-        # with it (3.25 ms either way at the ensemble's shapes), so bf16 plans stay as they were
-        fast = dtype == torch.float32
+        # the bias-row path in float32 on the CPU only: in bfloat16 a forward pass measured
+        # no faster with it (3.25 ms either way at the ensemble's shapes), and on a GPU,
+        # where launches dominate, its per-layer refill is one launch more (not measured)
+        fast = dtype == torch.float32 and weights[0].device.type == "cpu"
         self._fast = _BiasRowMLP(weights, biases, self.activation, dtype) if fast else None
         self._prior_fast: _BiasRowMLP | None = None
         self.prior_weights: list[Tensor] | None = None
