@@ -313,3 +313,7 @@ def test_reward_scores_match_closed_forms() -> None:
     assert s["coverage_90"] == pytest.approx(0.75)  # |2| > 1.645: outside
     with pytest.raises(DataError, match="at least 2 rewards"):
         reward_model_scores(mean[:1], var[:1], reward[:1])
+    with pytest.raises(DataError, match="rewards holds NaN"):
+        reward_model_scores(mean, var, torch.tensor([0.0, float("nan"), 1.0, 2.0]).double())
+    with pytest.raises(DataError, match="> 0"):
+        reward_model_scores(mean, torch.zeros(4, dtype=torch.float64), reward)

@@ -35,7 +35,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +199,7 @@ def load_teacher(run_dir: str | Path, threads: int = 1) -> Teacher:
         from bayes_mbrl.algorithms.sac import SACAgent
 
         agent = SACAgent(agent.learner, agent.obs_dim, deterministic=True)
-    import dataclasses
-
-    env = dataclasses.asdict(config.env)
-    teacher = Teacher(run_dir, exp.task, config.env.episode_length, agent, env)
+    teacher = Teacher(run_dir, exp.task, config.env.episode_length, agent, asdict(config.env))
     teacher.mode = mode
     return teacher
 
@@ -438,8 +435,6 @@ def write_report(
 ) -> None:
     """Write ``student.pt`` (weights, tasks, options), ``report.json`` and, with an
     evaluation, ``returns.png`` (student against teacher per task) into ``out_dir``."""
-    import dataclasses
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -447,7 +442,7 @@ def write_report(
         "envs": [t.env for t in teachers],
         "teachers": [str(t.run_dir) for t in teachers],
         "teacher_modes": [t.mode for t in teachers],
-        "options": dataclasses.asdict(options),
+        "options": asdict(options),
         "seed": seed,
     }
     torch.save({"state_dict": student.state_dict(), **meta}, out / "student.pt")

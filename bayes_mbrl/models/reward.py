@@ -294,13 +294,19 @@ def reward_model_scores(mean: Tensor, var: Tensor, reward: Tensor) -> dict[str, 
         calibrated).
 
     Raises:
-        DataError: fewer than 2 rewards, or shapes that differ.
+        DataError: fewer than 2 rewards, shapes that differ, a value that is not finite
+            or a variance that is not positive.
     """
     if mean.shape != reward.shape or var.shape != reward.shape or reward.numel() < 2:
         raise DataError(
             f"reward scores need equal shapes of at least 2 rewards, got mean "
             f"{tuple(mean.shape)}, variance {tuple(var.shape)}, rewards {tuple(reward.shape)}"
         )
+    for name, value in (("mean", mean), ("variance", var), ("rewards", reward)):
+        if not bool(torch.isfinite(value).all()):
+            raise DataError(f"reward scores: the {name} holds NaN or infinite values")
+    if not bool((var > 0).all()):
+        raise DataError("reward scores: every predictive variance must be > 0")
     err = reward - mean
     mse = float(err.square().mean())
     spread = float(reward.var(unbiased=False))
