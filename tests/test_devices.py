@@ -5,6 +5,7 @@ CPU."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,79 @@ def test_resume_on_another_device_is_recorded(tmp_path: Path) -> None:
     result = resume_experiment(run_dir, progress=False, device="cpu")
     assert len(result.returns) == 3 and all(math.isfinite(r) for r in result.returns)
     assert read_run_config(run_dir).experiment.device == "cpu"
+
+
+#: the Tensor methods that copy a value to the host: on a GPU each one waits for the queue
+_HOST_SYNCS = (
+    "__bool__", "item", "__float__", "__int__", "__index__", "tolist", "nonzero", "numpy"
+)  # fmt: skip
+
+
+def _in_a_rollout() -> bool:
+    """Whether the caller runs inside the imagined rollout (``imagine.rollout``)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "rollout" and code.co_filename.endswith("imagine.py"):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _rollout_host_syncs(
+    monkeypatch: pytest.MonkeyPatch, planner_cls: type, propagation: str, horizon: int
+) -> int:
+    """How many host-sync calls the imagined rollouts of one plan make, through a small
+    ensemble (CPU tensors: the calls that would make a GPU wait are the same ones)."""
+    from bayes_mbrl.envs import get_task
+    from bayes_mbrl.planning import RolloutEvaluator
+
+    model = ProbabilisticEnsemble(3, 1, num_members=2, hidden_sizes=[8], max_epochs=1)
+    model.fit(_data(), torch.Generator().manual_seed(0))
+    task = get_task("Pendulum-v1")
+    g = torch.Generator().manual_seed(1)
+    evaluator = RolloutEvaluator(model, task.reward_fn, horizon, 4, propagation, generator=g)
+    planner = planner_cls(task.action_low, task.action_high, horizon, population=16, generator=g)
+    score = evaluator.scorer(torch.tensor([1.0, 0.0, 0.0]))
+    calls = [0]
+    with monkeypatch.context() as patch:
+        for name in _HOST_SYNCS:
+            method = getattr(torch.Tensor, name)
+
+            def counted(self: torch.Tensor, *a: object, _method: object = method, **k: object):
+                calls[0] += _in_a_rollout()
+                return _method(self, *a, **k)  # type: ignore[operator]
+
+            patch.setattr(torch.Tensor, name, counted)
+        planner.plan(score)
+    return calls[0]
+
+
+@pytest.mark.parametrize("planner", ["cem", "icem", "mppi", "random"])
+@pytest.mark.parametrize("propagation", ["ts_inf", "ts_1", "expectation"])
+def test_no_host_sync_inside_the_horizon_loop(
+    monkeypatch: pytest.MonkeyPatch, planner: str, propagation: str
+) -> None:
+    """The imagined rollouts of a plan copy nothing to the host after their first step
+    (whose reward is checked once): their host syncs do not grow with the horizon, so on
+    a GPU the horizon loop only queues kernels."""
+    from bayes_mbrl.planning.optimizers import (
+        CEMPlanner,
+        ICEMPlanner,
+        MPPIPlanner,
+        RandomShootingPlanner,
+    )
+
+    cls = {
+        "cem": CEMPlanner,
+        "icem": ICEMPlanner,
+        "mppi": MPPIPlanner,
+        "random": RandomShootingPlanner,
+    }[planner]
+    short = _rollout_host_syncs(monkeypatch, cls, propagation, 3)
+    long = _rollout_host_syncs(monkeypatch, cls, propagation, 12)
+    assert short > 0  # the counter sees the first step's check
+    assert long == short
 
 
 # ------------------------------------------------------------------ on a GPU only
