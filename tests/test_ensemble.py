@@ -409,3 +409,28 @@ def test_planning_path_equals_the_differentiable_path(activation: str) -> None:
         kept.append((fast.mean, fast_mean))
     for out, copy in kept:  # later calls did not write into earlier outputs
         assert torch.equal(out, copy)
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "tanh", "elu"])
+def test_bf16_planning_path_equals_the_bf16_differentiable_path(activation: str) -> None:
+    """In bfloat16 the bias-row path computes the bf16 ``baddbmm`` network to bf16
+    rounding: the bias rows scaled by a power of two round as the biases do (tanh's,
+    divided by ``tanh(1)``, round once more)."""
+    buf, _ = noisy_sine_buffer()
+    model = _prior_model(0.5, hidden_sizes=[24, 17, 32], max_epochs=3, activation=activation)
+    model.fit(buf, torch.Generator().manual_seed(0))
+    fs = model.sample_functions(7, torch.Generator().manual_seed(1))
+    fs16 = fs.with_compute_dtype(torch.bfloat16)
+    assert fs16._fast is not None and fs16._fast.dtype == torch.bfloat16
+    g = torch.Generator().manual_seed(2)
+    for rows in (40, 65):
+        s, a = torch.randn(7, rows, 1, generator=g), torch.rand(7, rows, 1, generator=g) * 2 - 1
+        with torch.inference_mode():
+            fast = fs16(s, a)
+            fast_mean, fast_std = fast.mean.clone(), fast.stddev.clone()
+        with torch.enable_grad():
+            slow = fs16(s.clone().requires_grad_(True), a)
+        torch.testing.assert_close(fast_mean, slow.mean.detach(), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(fast_std, slow.stddev.detach(), rtol=1e-2, atol=1e-4)
+        # and bf16 is float32 to bf16's precision (the path is not a different function)
+        torch.testing.assert_close(fast_mean, fs.mean(s, a), rtol=0.05, atol=0.05)
