@@ -209,6 +209,11 @@ def test_reward_fns_broadcast_and_check_shapes() -> None:
     obs = torch.randn(4, 1, 3)
     action = torch.randn(1, 6, 1)
     assert task.reward_fn(obs, action, obs).shape == (4, 6)
+    # the in-place evaluation rounds as the written-out cost does, broadcast or not
+    for o, a in ((obs, action), (torch.randn(5, 7, 3) * 4, torch.randn(5, 7, 1) * 3)):
+        th, u = torch.atan2(o[..., 1], o[..., 0]), a[..., 0].clamp(-2.0, 2.0)
+        cost = th.square() + 0.1 * o[..., 2].square() + 0.001 * u.square()
+        assert torch.equal(task.reward_fn(o, a, o), -cost)
     with pytest.raises(DataError, match=r"\(\.\.\., 1\)"):
         task.reward_fn(torch.randn(5, 3), torch.randn(5, 2), torch.randn(5, 3))
     mc = get_task("MountainCarContinuous-v0")

@@ -121,10 +121,12 @@ def pendulum_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
     """
     _check_dims("Pendulum-v1", obs, action, next_obs, 3, 1)
     th = torch.atan2(obs[..., 1], obs[..., 0])
-    thdot = obs[..., 2]
     u = action[..., 0].clamp(-PENDULUM_MAX_TORQUE, PENDULUM_MAX_TORQUE)
-    cost = th.square() + 0.1 * thdot.square() + 0.001 * u.square()
-    return torch.broadcast_to(-cost, _batch_shape(obs, action, next_obs))
+    # th^2 + 0.1 thdot^2 + 0.001 u^2 in that order, mostly in place on fresh tensors (the
+    # same roundings as the expression, fewer allocations: this runs at every imagined
+    # step); the last sum broadcasts obs's leading shape against action's
+    cost = th.mul_(th).add_(obs[..., 2].square().mul_(0.1)) + u.mul_(u).mul_(0.001)
+    return torch.broadcast_to(cost.neg_(), _batch_shape(obs, action, next_obs))
 
 
 def mountain_car_termination(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
@@ -347,8 +349,11 @@ def _batch_shape(obs: Tensor, action: Tensor, next_obs: Tensor) -> torch.Size:
     Raises:
         DataError: If the leading shapes do not broadcast.
     """
+    lead = obs.shape[:-1]
+    if action.shape[:-1] == lead and next_obs.shape[:-1] == lead:
+        return lead  # the usual case, without broadcast_shapes' cost (about 10 us a call)
     try:
-        return torch.broadcast_shapes(obs.shape[:-1], action.shape[:-1], next_obs.shape[:-1])
+        return torch.broadcast_shapes(lead, action.shape[:-1], next_obs.shape[:-1])
     except RuntimeError as exc:
         raise DataError(
             "obs, action and next_obs leading shapes do not broadcast: "
