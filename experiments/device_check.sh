@@ -5,10 +5,20 @@
 #   2. planning throughput at the planning_throughput workload on the GPU, fp32/tf32/bf16;
 #   3. the whole default run on the GPU, seeds 0 1 2 (wall time, planning and fitting
 #      apart, GPU peak memory, returns of episodes 4-8).
-# Usage: OUT=dir bash experiments/device_check.sh     (results under $OUT)
+# Usage: here, `bash experiments/device_wheels.sh` (the packages the GPU image lacks, into
+# .whl/), then on the device machine, with carry [".whl"]:
+#   OUT=dir bash experiments/device_check.sh     (results under $OUT)
 set -u
 mkdir -p "$OUT"
 export SDL_VIDEODRIVER=dummy MPLBACKEND=Agg PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl > "$OUT/wheels.txt" 2>&1 || { cat "$OUT/wheels.txt"; exit 1; }
+  export PYTHONPATH=$PWD:/tmp/site
+fi
+# fail fast (and cheaply) when a package is missing or the image's torch is too old
+python3 -c "import torch, bayes_mbrl.cli, bayes_mbrl.experiment, bayes_mbrl.uncertainty; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+  > "$OUT/import.txt" 2>&1 || { cat "$OUT/import.txt"; exit 1; }
 { nvidia-smi --query-gpu=name,memory.total --format=csv; lscpu | grep -E "Model name|^CPU\(s\)";
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } \
   > "$OUT/machine.txt" 2>&1
