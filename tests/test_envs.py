@@ -214,6 +214,13 @@ def test_reward_fns_broadcast_and_check_shapes() -> None:
         th, u = torch.atan2(o[..., 1], o[..., 0]), a[..., 0].clamp(-2.0, 2.0)
         cost = th.square() + 0.1 * o[..., 2].square() + 0.001 * u.square()
         assert torch.equal(task.reward_fn(o, a, o), -cost)
+    # and it differentiates as that formula does (iLQR and pathwise gradients use it)
+    o, a = (torch.randn(6, 3) * 2).requires_grad_(True), torch.randn(6, 1).requires_grad_(True)
+    grads = torch.autograd.grad(task.reward_fn(o, a, o).sum(), (o, a))
+    th, u = torch.atan2(o[..., 1], o[..., 0]), a[..., 0].clamp(-2.0, 2.0)
+    expected = -(th.square() + 0.1 * o[..., 2].square() + 0.001 * u.square())
+    for g, e in zip(grads, torch.autograd.grad(expected.sum(), (o, a)), strict=True):
+        assert torch.equal(g, e)
     with pytest.raises(DataError, match=r"\(\.\.\., 1\)"):
         task.reward_fn(torch.randn(5, 3), torch.randn(5, 2), torch.randn(5, 3))
     mc = get_task("MountainCarContinuous-v0")

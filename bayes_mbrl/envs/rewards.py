@@ -122,10 +122,11 @@ def pendulum_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
     _check_dims("Pendulum-v1", obs, action, next_obs, 3, 1)
     th = torch.atan2(obs[..., 1], obs[..., 0])
     u = action[..., 0].clamp(-PENDULUM_MAX_TORQUE, PENDULUM_MAX_TORQUE)
-    # th^2 + 0.1 thdot^2 + 0.001 u^2 in that order, mostly in place on fresh tensors (the
-    # same roundings as the expression, fewer allocations: this runs at every imagined
-    # step); the last sum broadcasts obs's leading shape against action's
-    cost = th.mul_(th).add_(obs[..., 2].square().mul_(0.1)) + u.mul_(u).mul_(0.001)
+    # th^2 + 0.1 thdot^2 + 0.001 u^2 in that order, partly in place on fresh tensors that
+    # autograd does not keep (the same roundings as the expression, fewer allocations:
+    # this runs at every imagined step, and iLQR and pathwise gradients differentiate it);
+    # the last sum broadcasts obs's leading shape against action's
+    cost = (th * th).add_(obs[..., 2].square().mul_(0.1)) + (u * u).mul_(0.001)
     return torch.broadcast_to(cost.neg_(), _batch_shape(obs, action, next_obs))
 
 
