@@ -20,7 +20,7 @@ reference and the plan are timed in interleaved rounds and the best round of eac
 is kept, so a machine whose speed drifts during the run does not skew the ratio.
 A second reference line gives the rate of the same product written into a strided
 output (torch then runs one GEMM per member; on 2 CPU threads faster than its batched
-kernel, which splits 5 members unevenly): the ensemble's float32 planning path
+kernel, which splits 5 members unevenly): the ensemble's planning path on the CPU
 computes that way, so its fraction of the ``bmm`` reference can exceed what the
 GEMMs alone would allow against the strided one.
 
@@ -78,7 +78,7 @@ def bmm_seconds(
     """Timer of one ``torch.bmm`` (5, 1400, 200) x (5, 200, 200) in ``dtype``, seconds per call.
 
     ``strided_out``: into the first 200 columns of a (5, 1400, 201) buffer, as the
-    ensemble's float32 planning path writes (torch then runs one GEMM per member): the
+    ensemble's planning path on the CPU writes (torch then runs one GEMM per member): the
     fastest GEMM rate these shapes reach here, a second reference.
     """
     rows = POPULATION * PARTICLES // MEMBERS
