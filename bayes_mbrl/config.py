@@ -264,6 +264,12 @@ class PlannerConfig(Options):
         "precision of the model's matmuls in planning: float32, bfloat16, or auto (bfloat16 "
         "on a CPU with native bf16 for a model that computes in it, float32 otherwise)",
     )
+    cuda_graphs: bool = option(
+        True,
+        None,
+        "on a CUDA device, record each episode's plans once as a CUDA graph and replay them "
+        "(cem, icem, mppi, random_shooting); false plans eagerly. Ignored on the CPU",
+    )
     mppi_temperature: float = option(1.0, greater_than(0), "MPPI softmax temperature")
     mppi_noise_std: float = option(
         0.5, greater_than(0), "MPPI noise as a fraction of the half action range"

@@ -34,6 +34,7 @@ from bayes_mbrl.errors import ConfigError, DataError
 from bayes_mbrl.models.reward import planning_reward
 from bayes_mbrl.options import Options, at_least, option
 from bayes_mbrl.planning import PLANNERS, Planner, PlanResult, RolloutEvaluator, make_objective
+from bayes_mbrl.planning.graphs import GraphPlans
 
 if TYPE_CHECKING:
     from bayes_mbrl.envs import RewardFn, TaskSpec
@@ -76,6 +77,9 @@ class MPCAgent:
         randomness: the generator the planner and evaluator draw from and the device
             they plan on (:class:`~bayes_mbrl.devices.PlanRandomness`; None: the CPU,
             with whatever generators they were given).
+        graphs: plans recorded as CUDA graphs and replayed
+            (:class:`~bayes_mbrl.planning.graphs.GraphPlans`, for ``planner`` and
+            ``evaluator``; None: every plan eager).
 
     Attributes:
         plan_seconds: wall time spent planning since the last :meth:`reset`.
@@ -89,6 +93,7 @@ class MPCAgent:
         mode: str = "mpc",
         replan_every: int | None = None,
         randomness: PlanRandomness | None = None,
+        graphs: GraphPlans | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
@@ -106,6 +111,7 @@ class MPCAgent:
         self.replan_every = replan_every
         self.planner, self.evaluator, self.mode = planner, evaluator, mode
         self.randomness = randomness
+        self.graphs = graphs
         self.device = randomness.device if randomness is not None else torch.device("cpu")
         self.plan_seconds = 0.0
         self.last_plan: PlanResult | None = None
@@ -119,6 +125,8 @@ class MPCAgent:
     def reset(self) -> None:
         """Start of an episode: forget the warm start and any unfinished plan."""
         self.planner.reset()
+        if self.graphs is not None:
+            self.graphs.reset()  # recorded with the weights of the last fit
         self.last_plan = None
         self._cursor = 0
         self.plan_seconds = 0.0
@@ -131,8 +139,11 @@ class MPCAgent:
             with device_scope(self.device):
                 if self.randomness is not None:
                     self.randomness.reseed()
-                # one draw of posterior functions per planning call, shared by its iterations
-                self.last_plan = self.planner.plan(self.evaluator.scorer(o.to(self.device)))
+                if self.graphs is not None:
+                    self.last_plan = self.graphs.plan(o.to(self.device))
+                else:
+                    # one draw of posterior functions per planning call, shared by its iterations
+                    self.last_plan = self.planner.plan(self.evaluator.scorer(o.to(self.device)))
             self.plan_seconds += time.perf_counter() - start
             self._cursor = 0
         plan = self.last_plan
@@ -235,6 +246,7 @@ class MPCAlgorithm(Algorithm):
             model, task, config.env.reward_fn, config.experiment.seed, device
         )
         evaluator = build_evaluator(config, model, task, randomness.generator, reward_fn)
+        graphs, graphs_note = plan_graphs(config, planner, evaluator, device)
         chunk = config.mpc.replan_every if self.mode == "mpc" else None
         if chunk is not None and chunk > p.horizon:
             raise ConfigError(
@@ -243,13 +255,42 @@ class MPCAlgorithm(Algorithm):
                 "experiment.mode = 'v1.0' to run whole plans)"
             )
         return AlgorithmParts(
-            agent=MPCAgent(planner, evaluator, self.mode, chunk, randomness),
+            agent=MPCAgent(planner, evaluator, self.mode, chunk, randomness, graphs),
             learner=learner,
             model=model,
             refits_each_episode=self.mode != "v0.5",
             title=f"{config.model.kind} + {p.kind}",
-            notes=[f"planning precision: {evaluator.precision_note}", reward_note],
+            notes=[
+                n
+                for n in (
+                    f"planning precision: {evaluator.precision_note}",
+                    reward_note,
+                    graphs_note,
+                )
+                if n
+            ],
         )
+
+
+def plan_graphs(
+    config: Any, planner: Planner, evaluator: RolloutEvaluator, device: torch.device
+) -> tuple[GraphPlans | None, str]:
+    """The CUDA-graph recorder of a run's plans (``planner.cuda_graphs`` on a CUDA device
+    with a capturable planner), or None, and the run log's line about it (empty on
+    other devices)."""
+    if device.type != "cuda":
+        return None, ""
+    if not config.planner.cuda_graphs:
+        return None, f"planning on {device}: eager (planner.cuda_graphs = false)"
+    if not planner.capturable:
+        return None, (
+            f"planning on {device}: eager (planner.kind = {config.planner.kind!r} copies "
+            "values to the host inside its search, so it is not recorded as a CUDA graph)"
+        )
+    return GraphPlans(planner, evaluator), (
+        f"planning on {device}: each plan recorded once per episode as a CUDA graph and "
+        "replayed (planner.cuda_graphs)"
+    )
 
 
 for _mode, _summary in (

@@ -892,7 +892,7 @@ class ProbabilisticEnsemble(DynamicsModel):
         self._require_fitted()
         idx = self._member_index(n, generator)
         ws, bs = self._folded()
-        if not torch.equal(idx, torch.arange(self.num_members)):
+        if n != self.num_members:  # n == E draws every member in order
             ws, bs = [w[idx] for w in ws], [b[idx] for b in bs]
         min_logvar, max_logvar = self.net.min_logvar.detach(), self.net.max_logvar.detach()
         if not self.probabilistic:

@@ -7,7 +7,14 @@ next to its class (see :mod:`bayes_mbrl.registry`).
 """
 
 from bayes_mbrl.planning.belief import belief_step, gp_belief_step
-from bayes_mbrl.planning.imagine import PRECISIONS, ImaginedTransitions, Policy, imagine
+from bayes_mbrl.planning.graphs import GraphPlans
+from bayes_mbrl.planning.imagine import (
+    PRECISIONS,
+    ImaginedTransitions,
+    Policy,
+    imagine,
+    skip_host_checks,
+)
 from bayes_mbrl.planning.lqr import (
     ILQRPlanner,
     ILQRResult,
@@ -41,6 +48,7 @@ from bayes_mbrl.planning.optimizers import (
     PlannerSettings,
     PlanResult,
     RandomShootingPlanner,
+    Searched,
 )
 from bayes_mbrl.planning.precision import PRECISION_CHOICES, native_bf16, resolve_precision
 from bayes_mbrl.planning.propagation import (
@@ -65,6 +73,7 @@ __all__ = [
     "CEMPlanner",
     "CVaR",
     "Expectation",
+    "GraphPlans",
     "ICEMPlanner",
     "ILQRPlanner",
     "ILQRResult",
@@ -91,6 +100,7 @@ __all__ = [
     "ReturnSplit",
     "RolloutEvaluator",
     "Scorer",
+    "Searched",
     "TSInf",
     "TrajectoryProblem",
     "WorstFunction",
@@ -105,4 +115,5 @@ __all__ = [
     "make_objective",
     "native_bf16",
     "resolve_precision",
+    "skip_host_checks",
 ]

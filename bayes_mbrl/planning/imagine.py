@@ -25,7 +25,9 @@ Shapes: ``H`` horizon, ``N`` particles, ``D`` obs_dim, ``A`` action_dim.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,9 +49,11 @@ __all__ = [
     "TerminalValueFn",
     "draw_functions",
     "functions_per_start",
+    "host_checks",
     "imagine",
     "lambda_returns",
     "rollout",
+    "skip_host_checks",
 ]
 
 
@@ -61,6 +65,30 @@ TerminalValueFn = Callable[[Tensor], Tensor]
 REWARD_SIGNATURE = "(obs (..., D), action (..., A), next_obs (..., D)) -> reward (...)"
 TERMINATION_SIGNATURE = "(obs (..., D), action (..., A), next_obs (..., D)) -> bool (...)"
 POLICY_SIGNATURE = "obs (N, obs_dim) -> action (N, action_dim)"
+
+
+_HOST_CHECKS: ContextVar[bool] = ContextVar("host_checks", default=True)
+
+
+def host_checks() -> bool:
+    """Whether the checks that read values on the host (finite inputs, the first step's
+    rewards, a terminal value's outputs) run here: True unless inside
+    :func:`skip_host_checks`."""
+    return _HOST_CHECKS.get()
+
+
+@contextmanager
+def skip_host_checks() -> Iterator[None]:
+    """Inside the block, imagined rollouts and evaluators skip the checks that read
+    values on the host (shapes and dtypes are still checked): for the later scores of
+    a planning call whose first score was checked, and for a plan recorded as a CUDA
+    graph, where copying a value to the host is not allowed (the eager plans that come
+    before the recording check the same inputs and functions)."""
+    token = _HOST_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _HOST_CHECKS.reset(token)
 
 
 # ------------------------------------------------------------- the user's functions
@@ -113,9 +141,12 @@ def check_output(
 
 def checked_reward(reward_fn: RewardFn, obs: Tensor, action: Tensor, nxt: Tensor) -> Tensor:
     """``reward_fn(obs, action, nxt)``, validated: called safely, output shape and dtype,
-    finite rewards for finite inputs (one host sync: for the first step of a rollout)."""
+    finite rewards for finite inputs (one host sync, for the first step of a rollout;
+    skipped inside :func:`skip_host_checks`)."""
     r = call_user("reward_fn", REWARD_SIGNATURE, reward_fn, obs, action, nxt)
     check_output("reward_fn", r, tuple(obs.shape[:-1]), REWARD_SIGNATURE)
+    if not host_checks():
+        return r
     # a model may diverge to NaN states (those sequences are never chosen), but a
     # non-finite reward of finite inputs is the reward function's fault
     inputs_ok = (
@@ -147,7 +178,7 @@ def _checked_policy(policy: Policy, flat: Tensor, action_dim: int) -> Tensor:
     out = call_user("policy", POLICY_SIGNATURE, policy, flat)
     want = (flat.shape[0], action_dim)
     check_output("policy", out, want, POLICY_SIGNATURE, per="one action per particle")
-    if not bool(torch.isfinite(out).all()):
+    if host_checks() and not bool(torch.isfinite(out).all()):
         raise DataError("policy returned NaN or inf actions; check the policy's parameters")
     return out
 
@@ -227,7 +258,7 @@ def _checked_values(value: TerminalValueFn, states: Tensor, name: str) -> Tensor
         raise DataError(
             f"{name} must map states (N, obs_dim) to values (N,) = ({len(states)},), got {shape}"
         )
-    if not bool(torch.isfinite(out).all()):
+    if host_checks() and not bool(torch.isfinite(out).all()):
         raise DataError(f"{name} returned NaN or inf; check the value function")
     return out
 

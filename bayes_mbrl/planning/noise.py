@@ -12,6 +12,7 @@ scaled to unit variance.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,7 +37,26 @@ def colored_noise(
     n = shape[-1]
     if beta == 0 or n < 2:
         return torch.randn(shape, generator=generator)
-    f = torch.fft.rfftfreq(n, dtype=torch.float64)
+    lead = (*shape[:-1], n // 2 + 1)
+    real = torch.randn(lead, generator=generator, dtype=torch.float64)
+    scale, sigma = _spectrum(float(beta), n, real.device)
+    real = real * scale
+    imag = torch.randn(lead, generator=generator, dtype=torch.float64) * scale
+    imag[..., 0] = 0.0
+    real[..., 0] *= math.sqrt(2.0)
+    if n % 2 == 0:
+        imag[..., -1] = 0.0
+        real[..., -1] *= math.sqrt(2.0)
+    y = torch.fft.irfft(torch.complex(real, imag), n=n) / sigma
+    return y.float()
+
+
+@functools.cache
+def _spectrum(beta: float, n: int, device: torch.device) -> tuple[Tensor, float]:
+    """The coefficients' standard deviations ``f**(-beta/2)`` on ``device`` and the
+    standard deviation ``sigma`` of the transformed sequence (computed once on the CPU:
+    drawing noise copies nothing to or from the host)."""
+    f = torch.fft.rfftfreq(n, dtype=torch.float64, device="cpu")
     f[0] = 1.0 / n  # the lowest frequency stands in for f = 0 (no infinite power)
     scale = f ** (-beta / 2.0)
     # irfft(c)[t] = (1/n) sum over the full (Hermitian) spectrum: each coefficient
@@ -46,14 +66,4 @@ def colored_noise(
     var = 2.0 * float(scale[0] ** 2) + 4.0 * float((inner**2).sum())
     if n % 2 == 0:
         var += 2.0 * float(scale[-1] ** 2)
-    sigma = math.sqrt(var) / n
-    lead = (*shape[:-1], len(f))
-    real = torch.randn(lead, generator=generator, dtype=torch.float64) * scale
-    imag = torch.randn(lead, generator=generator, dtype=torch.float64) * scale
-    imag[..., 0] = 0.0
-    real[..., 0] *= math.sqrt(2.0)
-    if n % 2 == 0:
-        imag[..., -1] = 0.0
-        real[..., -1] *= math.sqrt(2.0)
-    y = torch.fft.irfft(torch.complex(real, imag), n=n) / sigma
-    return y.float()
+    return scale.to(device), math.sqrt(var) / n

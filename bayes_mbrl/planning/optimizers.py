@@ -11,15 +11,21 @@ action range; :meth:`Planner.reset` forgets it (at episode start).
 
 Planners register in :data:`PLANNERS` by ``planner.kind`` next to their class and are
 built from the ``[planner]`` settings by their classmethod ``from_config``.
+
+The sampling planners (CEM, iCEM, MPPI, random shooting) are **capturable**: their
+search (:meth:`Planner.search`) is a function of tensors only, the warm start and the
+score function in, a :class:`Searched` of tensors out, with fixed shapes and no copy to
+the host, so that a whole plan can be recorded once as a CUDA graph and replayed
+(:mod:`~bayes_mbrl.planning.graphs`). :meth:`Planner.adopt` then copies the value and
+the per-iteration history to the host (one sync per plan) and keeps the planner's state.
 """
 
 from __future__ import annotations
 
-import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import torch
 from torch import Tensor
@@ -36,6 +42,7 @@ __all__ = [
     "Planner",
     "PlannerSettings",
     "RandomShootingPlanner",
+    "Searched",
 ]
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -79,8 +86,35 @@ class PlanResult:
     action_std: Tensor | None = None
 
 
-class Planner(abc.ABC):
+@dataclass
+class Searched:
+    """The outcome of a capturable planner's search, all on the planning device (nothing
+    copied to the host yet; the outputs of a plan replayed as a CUDA graph).
+
+    Attributes:
+        actions: ``(horizon, action_dim)`` the chosen sequence.
+        value: ``()`` its score.
+        history: ``(iterations,)`` :attr:`PlanResult.iteration_values`.
+        spread: ``(horizon, action_dim)`` :attr:`PlanResult.action_std`, or None.
+        state: what the planner keeps for its next plan (iCEM: ``"elites"``).
+        sizes: candidates scored per iteration (fixed by the shapes, known when the
+            search is recorded).
+    """
+
+    actions: Tensor
+    value: Tensor
+    history: Tensor
+    spread: Tensor | None = None
+    state: dict[str, Tensor] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+
+
+class Planner:
     """Shared bounds, warm start and validation.
+
+    A planner whose class sets :attr:`capturable` implements :meth:`search` (and
+    :meth:`search_inputs`, when it keeps more than the warm start) instead of
+    :meth:`_optimize`.
 
     Args:
         action_low: ``(action_dim,)`` lower bounds (finite).
@@ -89,6 +123,10 @@ class Planner(abc.ABC):
         population: candidates scored per iteration.
         generator: source of randomness.
     """
+
+    capturable: ClassVar[bool] = False
+    """Whether :meth:`search` is a function of tensors (fixed shapes, no host sync), so
+    that a plan can be recorded as a CUDA graph."""
 
     def __init__(
         self,
@@ -195,9 +233,37 @@ class Planner(abc.ABC):
         self._warm = result.actions.clone()
         return result
 
-    @abc.abstractmethod
     def _optimize(self, score: ScoreFn) -> PlanResult:
-        """Planner-specific search."""
+        """Planner-specific search (a capturable planner's: :meth:`search`, then
+        :meth:`finish`)."""
+        if not self.capturable:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither _optimize nor search"
+            )
+        return self.finish(self.search(score, *self.search_inputs()))
+
+    def search_inputs(self) -> tuple[Tensor | None, ...]:
+        """The tensors a search starts from (the warm start, and any state the planner
+        keeps between plans); :meth:`search` takes them after the score function."""
+        return (self.initial_mean(),)
+
+    def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
+        """A capturable planner's search from :meth:`search_inputs`: tensors in, tensors
+        out, no copy to the host."""
+        raise NotImplementedError(f"{type(self).__name__} is not capturable")
+
+    def finish(self, out: Searched) -> PlanResult:
+        """The plan of a search: its value and history copied to the host (one sync), the
+        planner's state for the next plan kept."""
+        host = torch.cat([out.value.reshape(1).float(), out.history.float()]).tolist()
+        return PlanResult(out.actions, host[0], host[1:], out.spread)
+
+    def adopt(self, out: Searched) -> PlanResult:
+        """:meth:`finish` a search made outside :meth:`plan` (a replayed graph) and
+        remember its solution as the next warm start, as :meth:`plan` does."""
+        result = self.finish(out)
+        self._warm = result.actions.clone()
+        return result
 
     def _uniform(self, n: int) -> Tensor:
         u = torch.rand(n, self.horizon, self.action_dim, generator=self.generator)
@@ -264,10 +330,14 @@ class CEMPlanner(Planner):
         """Reads ``elite_fraction`` and ``momentum``."""
         return {"elite_fraction": cfg.elite_fraction, "momentum": cfg.momentum}
 
-    def _optimize(self, score: ScoreFn) -> PlanResult:
-        mean = self.initial_mean()
+    capturable = True
+
+    def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
+        (mean,) = inputs
+        assert mean is not None
         std = self.init_std.expand(self.horizon, -1).clone()
-        best, best_value, history = mean.clone(), -math.inf, []
+        best, best_value = mean.clone(), _minus_inf(mean)
+        history: list[Tensor] = []
         for _ in range(self.iterations):
             room = torch.minimum(mean - self.low, self.high - mean).clamp_min(0) / 2
             s = torch.minimum(std, room)
@@ -278,15 +348,17 @@ class CEMPlanner(Planner):
             values = self._score(score, candidates)
             top = values.topk(self.num_elites).indices
             elites = candidates[top]
-            if float(values[top[0]]) > best_value:
-                best, best_value = elites[0].clone(), float(values[top[0]])
+            best, best_value = _keep_best(best, best_value, elites[0], values[top[0]])
             mean = self.momentum * mean + (1 - self.momentum) * elites.mean(0)
             std = self.momentum * std + (1 - self.momentum) * elites.std(0, unbiased=False)
             history.append(best_value)
         spread = elites.std(0, unbiased=False)
+        sizes = [self.population] * self.iterations
         if self.return_mean_elites:
-            return PlanResult(elites.mean(0), float(values[top].mean()), history, spread)
-        return PlanResult(best, best_value, history, spread)
+            return Searched(
+                elites.mean(0), values[top].mean(), torch.stack(history), spread, {}, sizes
+            )
+        return Searched(best, best_value, torch.stack(history), spread, {}, sizes)
 
 
 @PLANNERS.register("icem")
@@ -382,12 +454,20 @@ class ICEMPlanner(Planner):
         tail = self.middle[:steps].expand(len(self._elites), -1, -1)
         self._elites = torch.cat([self._elites[:, steps:], tail], dim=1)
 
-    def _optimize(self, score: ScoreFn) -> PlanResult:
-        mean = self.initial_mean()
-        std = self.init_std.expand(self.horizon, -1).clone()
-        best, best_value, history = mean.clone(), -math.inf, []
+    capturable = True
+
+    def search_inputs(self) -> tuple[Tensor | None, ...]:
+        """The warm start and the last plan's elites to carry over (None after a reset)."""
         carried = self._elites[: self.num_kept] if self._elites is not None else None
-        self.last_sizes = []
+        return self.initial_mean(), carried
+
+    def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
+        mean, carried = inputs
+        assert mean is not None
+        std = self.init_std.expand(self.horizon, -1).clone()
+        best, best_value = mean.clone(), _minus_inf(mean)
+        history: list[Tensor] = []
+        sizes: list[int] = []
         for i, n in enumerate(self.sizes()):
             eps = colored_noise(
                 self.noise_beta, (n, self.action_dim, self.horizon), self.generator
@@ -399,17 +479,22 @@ class ICEMPlanner(Planner):
                 candidates.append(mean[None])
             pool = torch.cat(candidates)
             values = self._score(score, pool)
-            self.last_sizes.append(len(pool))
+            sizes.append(len(pool))
             top = values.topk(min(self.num_elites, len(pool))).indices
             elites = pool[top]
-            if float(values[top[0]]) > best_value:
-                best, best_value = elites[0].clone(), float(values[top[0]])
+            best, best_value = _keep_best(best, best_value, elites[0], values[top[0]])
             mean = self.momentum * mean + (1 - self.momentum) * elites.mean(0)
             std = self.momentum * std + (1 - self.momentum) * elites.std(0, unbiased=False)
             carried = elites[: self.num_kept]
             history.append(best_value)
-        self._elites = elites
-        return PlanResult(best, best_value, history, elites.std(0, unbiased=False))
+        spread = elites.std(0, unbiased=False)
+        return Searched(best, best_value, torch.stack(history), spread, {"elites": elites}, sizes)
+
+    def finish(self, out: Searched) -> PlanResult:
+        """Also keeps the last elites (carried into the next plan) and the sizes."""
+        self._elites = out.state["elites"]
+        self.last_sizes = list(out.sizes)
+        return super().finish(out)
 
 
 @PLANNERS.register("mppi")
@@ -453,10 +538,12 @@ class MPPIPlanner(Planner):
         """Reads ``mppi_temperature`` and ``mppi_noise_std``."""
         return {"temperature": cfg.mppi_temperature, "noise_std": cfg.mppi_noise_std}
 
-    def _optimize(self, score: ScoreFn) -> PlanResult:
-        mean = self.initial_mean()
-        history: list[float] = []
-        value = -math.inf
+    capturable = True
+
+    def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
+        (mean,) = inputs
+        assert mean is not None
+        history: list[Tensor] = []
         for _ in range(self.iterations):
             eps = torch.randn(
                 self.population, self.horizon, self.action_dim, generator=self.generator
@@ -471,10 +558,10 @@ class MPPIPlanner(Planner):
             values = self._score(score, candidates)
             weights = torch.softmax(values / self.temperature, dim=0)
             mean = (weights[:, None, None] * candidates).sum(0)
-            value = float((weights * torch.nan_to_num(values, neginf=0.0)).sum())
-            history.append(value)
+            history.append((weights * torch.nan_to_num(values, neginf=0.0)).sum())
         spread = (weights[:, None, None] * (candidates - mean) ** 2).sum(0).sqrt()
-        return PlanResult(mean, value, history, spread)
+        sizes = [self.population] * self.iterations
+        return Searched(mean, history[-1], torch.stack(history), spread, {}, sizes)
 
 
 @PLANNERS.register("random_shooting")
@@ -495,13 +582,33 @@ class RandomShootingPlanner(Planner):
             raise ConfigError(f"iterations must be >= 1, got {iterations}")
         self.iterations = iterations
 
-    def _optimize(self, score: ScoreFn) -> PlanResult:
-        best, best_value, history = self.middle, -math.inf, []
+    capturable = True
+
+    def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
+        best = self.middle
+        best_value = _minus_inf(best)
+        history: list[Tensor] = []
         for _ in range(self.iterations):
             candidates = self._uniform(self.population)
             values = self._score(score, candidates)
-            i = int(values.argmax())
-            if float(values[i]) > best_value:
-                best, best_value = candidates[i].clone(), float(values[i])
+            i = values.argmax().reshape(1)
+            best, best_value = _keep_best(
+                best, best_value, candidates.index_select(0, i)[0], values.index_select(0, i)[0]
+            )
             history.append(best_value)
-        return PlanResult(best, best_value, history)
+        sizes = [self.population] * self.iterations
+        return Searched(best, best_value, torch.stack(history), None, {}, sizes)
+
+
+def _minus_inf(like: Tensor) -> Tensor:
+    """``-inf`` as a float32 scalar on ``like``'s device: the value of no plan yet."""
+    return torch.full((), -math.inf, device=like.device)
+
+
+def _keep_best(
+    best: Tensor, best_value: Tensor, candidate: Tensor, value: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The better of the best sequence so far and ``candidate`` (strictly higher
+    ``value`` wins), chosen on the device: no host sync inside a search."""
+    better = value > best_value
+    return torch.where(better, candidate, best), torch.where(better, value, best_value)

@@ -34,7 +34,13 @@ from bayes_mbrl.envs.rewards import ExpectedRewardFn
 from bayes_mbrl.errors import ConfigError, DataError
 from bayes_mbrl.models.base import DynamicsModel
 from bayes_mbrl.planning.belief import sigma_points, unscented_expected_reward
-from bayes_mbrl.planning.imagine import PRECISIONS, TerminalValueFn, draw_functions
+from bayes_mbrl.planning.imagine import (
+    PRECISIONS,
+    TerminalValueFn,
+    draw_functions,
+    host_checks,
+    skip_host_checks,
+)
 from bayes_mbrl.planning.lqr import TrajectoryProblem
 from bayes_mbrl.planning.moment_matching import SEGP
 from bayes_mbrl.planning.objectives import Mean, Objective, ReturnSplit, decompose_returns
@@ -198,6 +204,8 @@ class RolloutEvaluator:
             )
         if actions.shape[0] < 1:
             raise DataError("actions holds no sequences (population 0); pass at least one")
+        if not host_checks():
+            return
         # checked once per call, before the horizon loop
         if not bool(torch.isfinite(start_obs).all()):
             raise DataError(
@@ -363,11 +371,23 @@ class Scorer:
 
     def __init__(self, evaluator: RolloutEvaluator, start_obs: Tensor, prepared: Any) -> None:
         self.evaluator, self.start_obs, self._prepared = evaluator, start_obs, prepared
+        self._checked = False
 
     def __call__(self, actions: Tensor) -> Tensor:
-        """Scores ``(population,)`` of ``actions (population, horizon, action_dim)``."""
+        """Scores ``(population,)`` of ``actions (population, horizon, action_dim)``.
+
+        The first call checks the values too (finite state and actions, finite rewards
+        at the first step); later calls of the same planning call check shapes only
+        (:func:`~bayes_mbrl.planning.imagine.skip_host_checks`), so that the
+        planner's iterations copy nothing to the host. A non-finite return is then the
+        planner's to discard (it never chooses one)."""
         ev = self.evaluator
-        return ev.objective(ev.particle_returns(self.start_obs, actions, self._prepared))
+        if self._checked:
+            with skip_host_checks():
+                return ev.objective(ev.particle_returns(self.start_obs, actions, self._prepared))
+        scores = ev.objective(ev.particle_returns(self.start_obs, actions, self._prepared))
+        self._checked = True
+        return scores
 
     def trajectory_problem(self, dynamics: str = "mean") -> TrajectoryProblem:
         """:meth:`RolloutEvaluator.trajectory_problem` from this call's state."""

@@ -26,12 +26,19 @@ GEMMs alone would allow against the strided one.
 
 ``--device cuda`` times the same workload on a GPU (the ensemble: the models that move
 to a device); timers then synchronize the device, and ``--precision tf32`` runs the
-float32 plan with TF32 matmuls allowed.
+float32 plan with TF32 matmuls allowed. ``--cuda-graphs`` also times each model's plan
+recorded once as a CUDA graph and replayed (:class:`~bayes_mbrl.planning.GraphPlans`,
+what a run does with ``planner.cuda_graphs = true``), as ``MODEL+graph``.
+
+Each plan scores through one :meth:`~bayes_mbrl.planning.RolloutEvaluator.scorer` (the
+functions drawn once per plan, the values checked on its first call), as an MPC agent
+plans.
 
 Run::
 
     python experiments/benchmarks/planning_throughput.py [--precision float32 bfloat16]
         [--model ensemble bnn distilled] [--student-hidden 128 128] [--device cuda]
+        [--cuda-graphs]
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from bayes_mbrl.errors import ModelError
 from bayes_mbrl.models import DynamicsModel, ProbabilisticEnsemble
 from bayes_mbrl.models.bnn import BayesianNeuralNet
 from bayes_mbrl.models.distill import distill
-from bayes_mbrl.planning import CEMPlanner, RolloutEvaluator
+from bayes_mbrl.planning import CEMPlanner, GraphPlans, RolloutEvaluator
 
 MEMBERS, HIDDEN, LAYERS = 5, 200, 4
 OBS_DIM, ACTION_DIM = 3, 1
@@ -145,8 +152,11 @@ def fitted_model(
     return model
 
 
-def plan_seconds(model: DynamicsModel, precision: str, device: torch.device) -> Callable[[], float]:
-    """A timer of one CEM plan (5 x 350 x 20 x 15) from a fixed state (seconds per call)."""
+def plan_seconds(
+    model: DynamicsModel, precision: str, device: torch.device, graphs: bool = False
+) -> Callable[[], float]:
+    """A timer of one CEM plan (5 x 350 x 20 x 15) from a fixed state (seconds per call);
+    with ``graphs``, of its replay as a CUDA graph (recorded before the timer returns)."""
     task = get_task("Pendulum-v1")
     g = torch.Generator(device=device).manual_seed(1)
     evaluator = RolloutEvaluator(
@@ -161,17 +171,25 @@ def plan_seconds(model: DynamicsModel, precision: str, device: torch.device) -> 
         generator=g,
     )
     obs = torch.tensor([1.0, 0.0, 0.0], device=device)
+    plans = GraphPlans(planner, evaluator, warmup=1) if graphs else None
 
     def timed() -> float:
         planner.reset()
         synchronize(device)
         t = time.perf_counter()
         with device_scope(device):
-            planner.plan(lambda a: evaluator(obs, a))
+            if plans is not None:
+                plans.plan(obs)
+            else:
+                planner.plan(evaluator.scorer(obs))
         synchronize(device)
         return time.perf_counter() - t
 
-    timed()  # warm up
+    timed()  # warm up (with graphs: the eager plan before the recording)
+    if plans is not None:
+        timed()  # recorded, then replayed
+        if plans.failure is not None or plans.recordings != 1:
+            raise ModelError(f"the plan was not recorded as a CUDA graph: {plans.failure}")
     return timed
 
 
@@ -188,8 +206,13 @@ def main() -> None:
     )
     parser.add_argument("--student-hidden", type=int, nargs="+", default=[HIDDEN, HIDDEN])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="also time the plans replayed as CUDA graphs"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs needs --device cuda (CUDA graphs record GPU work)")
     torch.manual_seed(0)
     transitions = ITERATIONS * POPULATION * PARTICLES * HORIZON
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -220,10 +243,12 @@ def main() -> None:
         strided_timer = bmm_seconds(dtype, device, strided_out=True)
         timers = {}
         for k, model in models.items():
-            try:
-                timers[k] = plan_seconds(model, plan_precision, device)
-            except ModelError as exc:
-                print(f"{precision:>9}: {k} skipped ({exc})")
+            for graphs in (False, True) if args.cuda_graphs else (False,):
+                name = f"{k}+graph" if graphs else k
+                try:
+                    timers[name] = plan_seconds(model, plan_precision, device, graphs)
+                except ModelError as exc:
+                    print(f"{precision:>9}: {name} skipped ({exc})")
         rounds = args.repeats if precision == "float32" or device.type != "cpu" else 1
         # interleave the reference and the planners so all see the same machine state;
         # the best round of each is kept
@@ -238,7 +263,7 @@ def main() -> None:
         ref, strided = gemm_flops / ref_s, gemm_flops / strided_s
         first = next(iter(best.values()), math.inf)
         for k, plan_s in best.items():
-            achieved = transitions * per_transition[k] / plan_s
+            achieved = transitions * per_transition[k.removesuffix("+graph")] / plan_s
             print(
                 f"{precision:>9} {k:>9}: plan {plan_s * 1e3:8.1f} ms | "
                 f"{transitions / plan_s / 1e6:6.3f} M transitions/s "
