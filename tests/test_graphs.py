@@ -17,8 +17,16 @@ from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import get_task
 from bayes_mbrl.errors import ConfigError
 from bayes_mbrl.experiment import run_experiment
-from bayes_mbrl.models import ProbabilisticEnsemble
-from bayes_mbrl.planning import GraphPlans, Planner, PlanResult, RolloutEvaluator, Searched
+from bayes_mbrl.models import ProbabilisticEnsemble, ensemble
+from bayes_mbrl.planning import (
+    OBJECTIVES,
+    GraphPlans,
+    Planner,
+    PlanResult,
+    RolloutEvaluator,
+    Searched,
+    make_objective,
+)
 from bayes_mbrl.planning.imagine import skip_host_checks
 from bayes_mbrl.planning.lqr import ILQRPlanner
 from bayes_mbrl.planning.optimizers import (
@@ -45,13 +53,15 @@ _TENSOR_SYNCS = (
 )  # fmt: skip
 
 
-def _model(members: int = 2) -> ProbabilisticEnsemble:
+def _model(members: int = 2, prior_scale: float = 0.0) -> ProbabilisticEnsemble:
     g = torch.Generator().manual_seed(0)
     obs = torch.randn(64, 3, generator=g)
     action = torch.rand(64, 1, generator=g) * 4 - 2
     buf = ReplayBuffer(3, 1, 64)
     buf.add(obs, action, torch.zeros(64), obs + 0.1 * action, torch.zeros(64), torch.zeros(64))
-    model = ProbabilisticEnsemble(3, 1, num_members=members, hidden_sizes=[8], max_epochs=1)
+    model = ProbabilisticEnsemble(
+        3, 1, num_members=members, hidden_sizes=[8], max_epochs=1, prior_scale=prior_scale
+    )
     model.fit(buf, torch.Generator().manual_seed(0))
     return model
 
@@ -92,13 +102,20 @@ def _host_syncs(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> i
 
 @pytest.mark.parametrize("kind", list(PLANNERS))
 @pytest.mark.parametrize("propagation", ["ts_inf", "ts_1", "expectation"])
+@pytest.mark.parametrize("path", ["cpu", "gpu"])
 def test_a_capturable_search_copies_nothing_to_the_host(
-    monkeypatch: pytest.MonkeyPatch, kind: str, propagation: str
+    monkeypatch: pytest.MonkeyPatch, kind: str, propagation: str, path: str
 ) -> None:
     """The whole search of a plan (drawing the functions, every iteration, every
     imagined step, the planner's updates) makes no host sync with the host checks off:
-    what a CUDA graph recording requires. The second plan also carries iCEM's elites."""
+    what a CUDA graph recording requires. The second plan also carries iCEM's elites.
+    ``gpu``: the ensemble computes as it does on a GPU (``baddbmm`` per layer, not the
+    CPU's bias-row path)."""
+    if path == "gpu":
+        monkeypatch.setattr(ensemble, "_BiasRowMLP", lambda *args: None)
     planner, evaluator, _ = _setup(kind, propagation)
+    drawn = evaluator.scorer(torch.zeros(3))._prepared
+    assert (drawn._fast is None) == (path == "gpu")
     assert planner.capturable
     obs = torch.tensor([1.0, 0.0, 0.0])
     for _ in range(2):
@@ -114,6 +131,43 @@ def test_a_capturable_search_copies_nothing_to_the_host(
         assert _host_syncs(monkeypatch, search) == 0
     # the counter sees a sync: the eager plan checks its inputs and copies its value out
     assert _host_syncs(monkeypatch, lambda: planner.plan(evaluator.scorer(obs))) > 0
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_scores_without_host_syncs(
+    monkeypatch: pytest.MonkeyPatch, objective: str
+) -> None:
+    planner, evaluator, _ = _setup("cem", "ts_inf")
+    evaluator.objective = make_objective(objective, 1.0, 0.25)
+    obs = torch.tensor([1.0, 0.0, 0.0])
+    planner.plan(evaluator.scorer(obs))
+
+    def search() -> Searched:
+        with skip_host_checks():
+            return planner.search(evaluator.scorer(obs), *planner.search_inputs())
+
+    assert _host_syncs(monkeypatch, search) == 0
+
+
+@pytest.mark.parametrize("path", ["cpu", "gpu"])
+def test_the_ensemble_with_priors_searches_without_host_syncs(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    if path == "gpu":
+        monkeypatch.setattr(ensemble, "_BiasRowMLP", lambda *args: None)
+    task = get_task("Pendulum-v1")
+    model = _model(prior_scale=0.1)
+    g = torch.Generator().manual_seed(1)
+    evaluator = RolloutEvaluator(model, task.reward_fn, 6, 4, "ts_inf", generator=g)
+    planner = ICEMPlanner(task.action_low, task.action_high, 6, population=24, generator=g)
+    obs = torch.tensor([1.0, 0.0, 0.0])
+    planner.plan(evaluator.scorer(obs))
+
+    def search() -> Searched:
+        with skip_host_checks():
+            return planner.search(evaluator.scorer(obs), *planner.search_inputs())
+
+    assert _host_syncs(monkeypatch, search) == 0
 
 
 def test_the_bfloat16_search_copies_nothing_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
