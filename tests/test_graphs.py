@@ -45,8 +45,8 @@ PLANNERS = {
     "random_shooting": RandomShootingPlanner,
 }
 
-#: what copies a value to the host (on a GPU each one waits for the queue; inside a
-#: CUDA graph recording each one is an error)
+#: the Tensor methods that copy a value to the host (on a GPU each one waits for the
+#: queue; inside a CUDA graph recording each one is an error)
 _TENSOR_SYNCS = (
     "__bool__", "item", "__float__", "__int__", "__index__", "tolist", "nonzero", "numpy",
     "equal",
@@ -89,13 +89,16 @@ def _host_syncs(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> i
                 return _method(self, *a, **k)  # type: ignore[operator]
 
             patch.setattr(torch.Tensor, name, counted)
-        equal = torch.equal
+        # torch.equal reads a result on the host; torch.tensor and torch.as_tensor of
+        # Python data copy from the host (from pageable memory: not allowed in a recording)
+        for name in ("equal", "tensor", "as_tensor"):
+            function = getattr(torch, name)
 
-        def counted_equal(*a: object, **k: object) -> bool:
-            calls[0] += 1
-            return equal(*a, **k)  # type: ignore[arg-type]
+            def counted_function(*a: object, _function: object = function, **k: object):
+                calls[0] += 1
+                return _function(*a, **k)  # type: ignore[operator]
 
-        patch.setattr(torch, "equal", counted_equal)
+            patch.setattr(torch, name, counted_function)
         run()
     return calls[0]
 

@@ -126,7 +126,12 @@ def one_run(
         "peak_rss_bytes": usage.ru_maxrss * 1024,
         "returns": [returns[k] for k in sorted(returns)],
         "mean_return": sum(returns[e] for e in episodes) / len(episodes),
-        "log": [line for line in log.splitlines() if line.startswith("planning precision")],
+        # the planning lines of the run log, and a warning if recording a CUDA graph failed
+        "log": [
+            line
+            for line in log.splitlines()
+            if line.startswith(("planning precision", "planning on")) or "CUDA graph" in line
+        ],
     }
     rss_path = out / _RSS_FILE
     if rss_path.exists():
