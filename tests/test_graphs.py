@@ -254,6 +254,28 @@ def test_graph_plans_replay_what_the_eager_planner_plans(kind: str) -> None:
     assert plans.failure is None
 
 
+@pytest.mark.parametrize("mode", ["mpc", "v1.0"])
+def test_an_mpc_agent_with_graph_plans_acts_as_without(mode: str) -> None:
+    """The agent's path through :class:`GraphPlans` (plan, keep the plan's actions,
+    advance, reset each episode) gives the actions the eager agent gives, replanning
+    every step (``mpc``) or every horizon (``v1.0``)."""
+    from bayes_mbrl.algorithms.mpc import MPCAgent
+
+    agents = []
+    for graphs in (False, True):
+        planner, evaluator, g = _setup("icem", "ts_inf")
+        plans = GraphPlans(planner, evaluator, recorder=_SearchAgain(g), warmup=1)
+        agents.append(MPCAgent(planner, evaluator, mode, graphs=plans if graphs else None))
+    eager, graphed = agents
+    for episode in range(2):
+        eager.reset()
+        graphed.reset()
+        for step in range(14):
+            obs = torch.tensor([1.0 - 0.05 * step, 0.2 * episode, 0.1 * step])
+            assert torch.equal(graphed.act(obs), eager.act(obs)), (episode, step)
+    assert graphed.graphs is not None and graphed.graphs.replays > 0
+
+
 def test_a_failed_recording_leaves_planning_eager() -> None:
     planner, evaluator, g = _setup("cem", "ts_inf")
 
