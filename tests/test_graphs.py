@@ -35,6 +35,7 @@ from bayes_mbrl.planning.optimizers import (
     MPPIPlanner,
     RandomShootingPlanner,
 )
+from tests.test_devices import TINY_MPC
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -103,6 +104,23 @@ def _host_syncs(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> i
     return calls[0]
 
 
+def _search_syncs(
+    monkeypatch: pytest.MonkeyPatch, planner: Planner, evaluator: RolloutEvaluator
+) -> int:
+    """Host syncs of one search from a fixed state after an eager plan (as before a
+    recording: it checks the inputs; on the CPU the model finds its activation's fixed
+    point once; iCEM then carries elites), with the host checks off."""
+    obs = torch.tensor([1.0, 0.0, 0.0])
+    planner.plan(evaluator.scorer(obs))
+    planner.advance(1)
+
+    def search() -> Searched:
+        with skip_host_checks():
+            return planner.search(evaluator.scorer(obs), *planner.search_inputs())
+
+    return _host_syncs(monkeypatch, search)
+
+
 @pytest.mark.parametrize("kind", list(PLANNERS))
 @pytest.mark.parametrize("propagation", ["ts_inf", "ts_1", "expectation"])
 @pytest.mark.parametrize("path", ["cpu", "gpu"])
@@ -120,18 +138,9 @@ def test_a_capturable_search_copies_nothing_to_the_host(
     drawn = evaluator.scorer(torch.zeros(3))._prepared
     assert (drawn._fast is None) == (path == "gpu")
     assert planner.capturable
+    for _ in range(2):  # the second search carries iCEM's elites
+        assert _search_syncs(monkeypatch, planner, evaluator) == 0
     obs = torch.tensor([1.0, 0.0, 0.0])
-    for _ in range(2):
-        # an eager plan first, as before a recording (it checks the inputs; on the CPU
-        # the model finds its activation's fixed point once; iCEM then carries elites)
-        planner.plan(evaluator.scorer(obs))
-        planner.advance(1)
-
-        def search() -> Searched:
-            with skip_host_checks():
-                return planner.search(evaluator.scorer(obs), *planner.search_inputs())
-
-        assert _host_syncs(monkeypatch, search) == 0
     # the counter sees a sync: the eager plan checks its inputs and copies its value out
     assert _host_syncs(monkeypatch, lambda: planner.plan(evaluator.scorer(obs))) > 0
 
@@ -142,14 +151,7 @@ def test_every_objective_scores_without_host_syncs(
 ) -> None:
     planner, evaluator, _ = _setup("cem", "ts_inf")
     evaluator.objective = make_objective(objective, 1.0, 0.25)
-    obs = torch.tensor([1.0, 0.0, 0.0])
-    planner.plan(evaluator.scorer(obs))
-
-    def search() -> Searched:
-        with skip_host_checks():
-            return planner.search(evaluator.scorer(obs), *planner.search_inputs())
-
-    assert _host_syncs(monkeypatch, search) == 0
+    assert _search_syncs(monkeypatch, planner, evaluator) == 0
 
 
 @pytest.mark.parametrize("path", ["cpu", "gpu"])
@@ -163,26 +165,12 @@ def test_the_ensemble_with_priors_searches_without_host_syncs(
     g = torch.Generator().manual_seed(1)
     evaluator = RolloutEvaluator(model, task.reward_fn, 6, 4, "ts_inf", generator=g)
     planner = ICEMPlanner(task.action_low, task.action_high, 6, population=24, generator=g)
-    obs = torch.tensor([1.0, 0.0, 0.0])
-    planner.plan(evaluator.scorer(obs))
-
-    def search() -> Searched:
-        with skip_host_checks():
-            return planner.search(evaluator.scorer(obs), *planner.search_inputs())
-
-    assert _host_syncs(monkeypatch, search) == 0
+    assert _search_syncs(monkeypatch, planner, evaluator) == 0
 
 
 def test_the_bfloat16_search_copies_nothing_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     planner, evaluator, _ = _setup("icem", "ts_inf", precision="bfloat16")
-    obs = torch.tensor([1.0, 0.0, 0.0])
-    planner.plan(evaluator.scorer(obs))
-
-    def search() -> Searched:
-        with skip_host_checks():
-            return planner.search(evaluator.scorer(obs), *planner.search_inputs())
-
-    assert _host_syncs(monkeypatch, search) == 0
+    assert _search_syncs(monkeypatch, planner, evaluator) == 0
 
 
 class _SearchAgain:
@@ -313,20 +301,7 @@ def test_cuda_graphs_are_off_the_run_log_on_the_cpu() -> None:
 
 
 # ------------------------------------------------------------------ on a GPU only
-TINY = [
-    "experiment.episodes=3",
-    "experiment.seed_episodes=1",
-    "experiment.progress=false",
-    "env.episode_length=15",
-    "model.hidden_sizes=[16, 16]",
-    "model.num_members=2",
-    "model.max_epochs=3",
-    "planner.horizon=5",
-    "planner.population=20",
-    "planner.iterations=2",
-    "planner.particles=2",
-    "experiment.device=cuda",
-]
+TINY = [*TINY_MPC, "experiment.device=cuda"]
 
 
 @cuda
