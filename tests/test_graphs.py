@@ -15,7 +15,7 @@ import torch
 from bayes_mbrl.config import load_config
 from bayes_mbrl.data import ReplayBuffer
 from bayes_mbrl.envs import get_task
-from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.errors import ConfigError, DataError
 from bayes_mbrl.experiment import run_experiment
 from bayes_mbrl.models import ProbabilisticEnsemble, ensemble
 from bayes_mbrl.planning import (
@@ -280,6 +280,23 @@ def test_a_failed_recording_leaves_planning_eager() -> None:
     assert plans.failure is not None and "not permitted" in plans.failure
     plans.plan(obs)
     assert recorder.eager_plans == 3 and plans.recordings == 0
+
+
+def test_graph_plans_and_searches_refuse_bad_input_by_name() -> None:
+    planner, evaluator, g = _setup("icem", "ts_inf")
+    plans = GraphPlans(planner, evaluator, recorder=_SearchAgain(g), warmup=1)
+    with pytest.raises(DataError, match=r"shape \(3,\), got \(2,\)"):
+        plans.plan(torch.zeros(2))
+    with pytest.raises(DataError, match=r"shape \(3,\), got list"):
+        plans.plan([1.0, 0.0, 0.0])  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"NaN or inf.*finite observation"):
+        plans.plan(torch.tensor([1.0, float("nan"), 0.0]))
+    assert plans.recordings == 0 and plans.replays == 0  # nothing was planned
+    score = evaluator.scorer(torch.zeros(3))
+    with pytest.raises(ConfigError, match=r"takes the 2 tensor\(s\) of search_inputs\(\)"):
+        planner.search(score, planner.initial_mean())
+    with pytest.raises(DataError, match=r"warm start must have shape \(6, 1\), got \(5, 1\)"):
+        planner.search(score, torch.zeros(5, 1), None)
 
 
 def test_graph_plans_refuse_a_planner_that_cannot_be_recorded() -> None:

@@ -140,7 +140,7 @@ class MPCAgent:
                 if self.randomness is not None:
                     self.randomness.reseed()
                 if self.graphs is not None:
-                    self.last_plan = self.graphs.plan(o.to(self.device))
+                    self.last_plan = self.graphs.plan(o)  # checked on the CPU, then moved
                 else:
                     # one draw of posterior functions per planning call, shared by its iterations
                     self.last_plan = self.planner.plan(self.evaluator.scorer(o.to(self.device)))

@@ -41,6 +41,7 @@ from bayes_mbrl.planning.objectives import (
 )
 from bayes_mbrl.planning.optimizers import (
     PLANNERS,
+    CapturablePlanner,
     CEMPlanner,
     ICEMPlanner,
     MPPIPlanner,
@@ -72,6 +73,7 @@ __all__ = [
     "TS1",
     "CEMPlanner",
     "CVaR",
+    "CapturablePlanner",
     "Expectation",
     "GraphPlans",
     "ICEMPlanner",

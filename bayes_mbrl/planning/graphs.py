@@ -2,7 +2,7 @@
 
 On a GPU an eager plan of PETS size (5 iterations x 15 steps x a few layers, each a
 handful of small kernels) is bound by kernel launches and Python, not by arithmetic.
-A capturable planner's search (:attr:`~bayes_mbrl.planning.optimizers.Planner.capturable`:
+A capturable planner's search (:class:`~bayes_mbrl.planning.optimizers.CapturablePlanner`:
 CEM, iCEM, MPPI, random shooting) is a function of tensors with fixed shapes that
 copies nothing to the host, so the whole plan (the posterior functions drawn for it,
 every iteration's candidates, every imagined step, the planner's updates) can be
@@ -36,9 +36,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from bayes_mbrl.errors import ConfigError
+from bayes_mbrl.errors import ConfigError, DataError
 from bayes_mbrl.planning.imagine import skip_host_checks
-from bayes_mbrl.planning.optimizers import Planner, PlanResult, Searched
+from bayes_mbrl.planning.optimizers import CapturablePlanner, Planner, PlanResult, Searched
 from bayes_mbrl.planning.rollout import RolloutEvaluator
 
 __all__ = ["CudaGraphRecorder", "GraphPlans", "Recorder"]
@@ -122,7 +122,7 @@ class GraphPlans:
         recorder: Recorder | None = None,
         warmup: int = 2,
     ) -> None:
-        if not planner.capturable:
+        if not isinstance(planner, CapturablePlanner):
             raise ConfigError(
                 f"{type(planner).__name__} cannot be recorded as a CUDA graph (its search "
                 "copies values to the host); set planner.cuda_graphs = false, or use "
@@ -132,11 +132,12 @@ class GraphPlans:
             raise ConfigError(
                 f"warmup must be >= 1 (an eager plan checks the inputs), got {warmup}"
             )
+        self.device = torch.device(getattr(evaluator.model, "device", "cpu"))
         if recorder is None:
-            device = torch.device(getattr(evaluator.model, "device", "cpu"))
             gens = [g for g in (planner.generator, evaluator.generator) if g is not None]
-            recorder = CudaGraphRecorder(device, list({id(g): g for g in gens}.values()))
-        self.planner, self.evaluator, self.recorder = planner, evaluator, recorder
+            recorder = CudaGraphRecorder(self.device, list({id(g): g for g in gens}.values()))
+        self.planner: CapturablePlanner = planner
+        self.evaluator, self.recorder = evaluator, recorder
         self.warmup = warmup
         self.recordings = 0
         self.replays = 0
@@ -150,19 +151,19 @@ class GraphPlans:
         self._eager.clear()
 
     def plan(self, start_obs: Tensor) -> PlanResult:
-        """Plan from ``start_obs`` ``(obs_dim,)`` on the planning device: eagerly for the
-        first plans of an input shape, then by replaying its recording."""
+        """Plan from ``start_obs`` ``(obs_dim,)`` (on any device: it is checked where it
+        is, then moved to the model's): eagerly for the first plans of an input shape, then
+        by replaying its recording."""
+        self._check(start_obs)
+        start_obs = start_obs.to(self.device, torch.float32)
         inputs = self.planner.search_inputs()
         key = tuple(None if t is None else tuple(t.shape) for t in inputs)
         recorded = self._graphs.get(key)
         if recorded is None:
-            if self.failure is not None or self._eager.get(key, 0) < self.warmup:
-                self._eager[key] = self._eager.get(key, 0) + 1
-                return self.recorder.eager(
-                    lambda: self.planner.plan(self.evaluator.scorer(start_obs))
-                )
-            recorded = self._record(start_obs, inputs)
+            if self.failure is None and self._eager.get(key, 0) >= self.warmup:
+                recorded = self._record(start_obs, inputs)
             if recorded is None:
+                self._eager[key] = self._eager.get(key, 0) + 1
                 return self.recorder.eager(
                     lambda: self.planner.plan(self.evaluator.scorer(start_obs))
                 )
@@ -174,6 +175,24 @@ class GraphPlans:
         recorded.replay()
         self.replays += 1
         return self.planner.adopt(_cloned(recorded.out))
+
+    def _check(self, start_obs: Tensor) -> None:
+        """The state planned from: ``(obs_dim,)`` and finite (checked where it is: on the
+        CPU, as an agent passes it, no GPU sync; a replay checks nothing itself)."""
+        obs_dim = self.evaluator.model.obs_dim
+        if not isinstance(start_obs, Tensor) or tuple(start_obs.shape) != (obs_dim,):
+            got = (
+                tuple(start_obs.shape) if isinstance(start_obs, Tensor) else type(start_obs).__name__
+            )
+            raise DataError(
+                f"GraphPlans.plan needs the state as a tensor of shape ({obs_dim},), got "
+                f"{got}; pass torch.as_tensor(obs, dtype=torch.float32)"
+            )
+        if not bool(torch.isfinite(start_obs).all()):
+            raise DataError(
+                f"GraphPlans.plan: the state contains NaN or inf ({start_obs.tolist()}); plan "
+                "from a finite observation (check the environment that produced it)"
+            )
 
     def _record(self, start_obs: Tensor, inputs: tuple[Tensor | None, ...]) -> _Recorded | None:
         obs = start_obs.clone()

@@ -13,15 +13,16 @@ Planners register in :data:`PLANNERS` by ``planner.kind`` next to their class an
 built from the ``[planner]`` settings by their classmethod ``from_config``.
 
 The sampling planners (CEM, iCEM, MPPI, random shooting) are **capturable**: their
-search (:meth:`Planner.search`) is a function of tensors only, the warm start and the
+search (:meth:`CapturablePlanner.search`) is a function of tensors only, the warm start and the
 score function in, a :class:`Searched` of tensors out, with fixed shapes and no copy to
 the host, so that a whole plan can be recorded once as a CUDA graph and replayed
-(:mod:`~bayes_mbrl.planning.graphs`). :meth:`Planner.adopt` then copies the value and
+(:mod:`~bayes_mbrl.planning.graphs`). :meth:`CapturablePlanner.adopt` then copies the value and
 the per-iteration history to the host (one sync per plan) and keeps the planner's state.
 """
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from bayes_mbrl.registry import Registry
 __all__ = [
     "PLANNERS",
     "CEMPlanner",
+    "CapturablePlanner",
     "MPPIPlanner",
     "PlanResult",
     "Planner",
@@ -109,12 +111,11 @@ class Searched:
     sizes: list[int] = field(default_factory=list)
 
 
-class Planner:
+class Planner(abc.ABC):
     """Shared bounds, warm start and validation.
 
-    A planner whose class sets :attr:`capturable` implements :meth:`search` (and
-    :meth:`search_inputs`, when it keeps more than the warm start) instead of
-    :meth:`_optimize`.
+    A planner implements :meth:`_optimize`; one whose search is a function of tensors
+    derives from :class:`CapturablePlanner` instead.
 
     Args:
         action_low: ``(action_dim,)`` lower bounds (finite).
@@ -125,8 +126,8 @@ class Planner:
     """
 
     capturable: ClassVar[bool] = False
-    """Whether :meth:`search` is a function of tensors (fixed shapes, no host sync), so
-    that a plan can be recorded as a CUDA graph."""
+    """Whether the planner is a :class:`CapturablePlanner` (its search a function of
+    tensors, so that a plan can be recorded as a CUDA graph)."""
 
     def __init__(
         self,
@@ -233,13 +234,24 @@ class Planner:
         self._warm = result.actions.clone()
         return result
 
+    @abc.abstractmethod
     def _optimize(self, score: ScoreFn) -> PlanResult:
-        """Planner-specific search (a capturable planner's: :meth:`search`, then
-        :meth:`finish`)."""
-        if not self.capturable:
-            raise NotImplementedError(
-                f"{type(self).__name__} implements neither _optimize nor search"
-            )
+        """Planner-specific search."""
+
+    def _uniform(self, n: int) -> Tensor:
+        u = torch.rand(n, self.horizon, self.action_dim, generator=self.generator)
+        return self.low + u * (self.high - self.low)
+
+
+class CapturablePlanner(Planner):
+    """A planner whose search is a function of tensors: :meth:`search` takes the score
+    function and :meth:`search_inputs` and returns a :class:`Searched`, with fixed shapes
+    and no copy to the host, so that a plan can be recorded as a CUDA graph
+    (:mod:`~bayes_mbrl.planning.graphs`). :meth:`plan` is ``finish(search(...))``."""
+
+    capturable = True
+
+    def _optimize(self, score: ScoreFn) -> PlanResult:
         return self.finish(self.search(score, *self.search_inputs()))
 
     def search_inputs(self) -> tuple[Tensor | None, ...]:
@@ -247,10 +259,10 @@ class Planner:
         keeps between plans); :meth:`search` takes them after the score function."""
         return (self.initial_mean(),)
 
+    @abc.abstractmethod
     def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
-        """A capturable planner's search from :meth:`search_inputs`: tensors in, tensors
-        out, no copy to the host."""
-        raise NotImplementedError(f"{type(self).__name__} is not capturable")
+        """The search from :meth:`search_inputs`: tensors in, tensors out, no copy to
+        the host."""
 
     def finish(self, out: Searched) -> PlanResult:
         """The plan of a search: its value and history copied to the host (one sync), the
@@ -265,9 +277,21 @@ class Planner:
         self._warm = result.actions.clone()
         return result
 
-    def _uniform(self, n: int) -> Tensor:
-        u = torch.rand(n, self.horizon, self.action_dim, generator=self.generator)
-        return self.low + u * (self.high - self.low)
+    def _inputs(self, inputs: tuple[Tensor | None, ...], count: int) -> tuple[Tensor, ...]:
+        """``inputs`` checked against what :meth:`search_inputs` gives: ``count`` of them,
+        the first the ``(horizon, action_dim)`` warm start (shapes only: no host sync)."""
+        name = type(self).__name__
+        if len(inputs) != count:
+            raise ConfigError(
+                f"{name}.search takes the {count} tensor(s) of search_inputs() after the "
+                f"score function, got {len(inputs)}"
+            )
+        mean = inputs[0]
+        want = (self.horizon, self.action_dim)
+        if not isinstance(mean, Tensor) or tuple(mean.shape) != want:
+            got = tuple(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__
+            raise DataError(f"{name}.search: the warm start must have shape {want}, got {got}")
+        return inputs  # type: ignore[return-value]
 
 
 PLANNERS: Registry[type[Planner]] = Registry("planner", "planner.kind")
@@ -285,7 +309,7 @@ def _check_cem_settings(elite_fraction: float, momentum: float, iterations: int)
 
 
 @PLANNERS.register("cem")
-class CEMPlanner(Planner):
+class CEMPlanner(CapturablePlanner):
     """Cross-entropy method with momentum, bounded sampling and a warm start.
 
     Each iteration samples ``population`` sequences from a diagonal Gaussian
@@ -330,11 +354,8 @@ class CEMPlanner(Planner):
         """Reads ``elite_fraction`` and ``momentum``."""
         return {"elite_fraction": cfg.elite_fraction, "momentum": cfg.momentum}
 
-    capturable = True
-
     def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
-        (mean,) = inputs
-        assert mean is not None
+        (mean,) = self._inputs(inputs, 1)
         std = self.init_std.expand(self.horizon, -1).clone()
         best, best_value = mean.clone(), _minus_inf(mean)
         history: list[Tensor] = []
@@ -362,7 +383,7 @@ class CEMPlanner(Planner):
 
 
 @PLANNERS.register("icem")
-class ICEMPlanner(Planner):
+class ICEMPlanner(CapturablePlanner):
     """The improved cross-entropy method (iCEM, Pinneri et al. 2020).
 
     CEM with four changes that need fewer imagined transitions for the same plans:
@@ -454,16 +475,13 @@ class ICEMPlanner(Planner):
         tail = self.middle[:steps].expand(len(self._elites), -1, -1)
         self._elites = torch.cat([self._elites[:, steps:], tail], dim=1)
 
-    capturable = True
-
     def search_inputs(self) -> tuple[Tensor | None, ...]:
         """The warm start and the last plan's elites to carry over (None after a reset)."""
         carried = self._elites[: self.num_kept] if self._elites is not None else None
         return self.initial_mean(), carried
 
     def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
-        mean, carried = inputs
-        assert mean is not None
+        mean, carried = self._inputs(inputs, 2)
         std = self.init_std.expand(self.horizon, -1).clone()
         best, best_value = mean.clone(), _minus_inf(mean)
         history: list[Tensor] = []
@@ -498,7 +516,7 @@ class ICEMPlanner(Planner):
 
 
 @PLANNERS.register("mppi")
-class MPPIPlanner(Planner):
+class MPPIPlanner(CapturablePlanner):
     """Model predictive path integral control (Williams et al. 2017; PDDM's filtered noise).
 
     Each iteration perturbs the current mean with temporally smoothed Gaussian
@@ -538,11 +556,8 @@ class MPPIPlanner(Planner):
         """Reads ``mppi_temperature`` and ``mppi_noise_std``."""
         return {"temperature": cfg.mppi_temperature, "noise_std": cfg.mppi_noise_std}
 
-    capturable = True
-
     def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
-        (mean,) = inputs
-        assert mean is not None
+        (mean,) = self._inputs(inputs, 1)
         history: list[Tensor] = []
         for _ in range(self.iterations):
             eps = torch.randn(
@@ -565,7 +580,7 @@ class MPPIPlanner(Planner):
 
 
 @PLANNERS.register("random_shooting")
-class RandomShootingPlanner(Planner):
+class RandomShootingPlanner(CapturablePlanner):
     """Uniform random sequences; the best one wins (iterations draw fresh batches)."""
 
     def __init__(
@@ -582,9 +597,8 @@ class RandomShootingPlanner(Planner):
             raise ConfigError(f"iterations must be >= 1, got {iterations}")
         self.iterations = iterations
 
-    capturable = True
-
     def search(self, score: ScoreFn, *inputs: Tensor | None) -> Searched:
+        self._inputs(inputs, 1)  # random shooting starts from no warm start
         best = self.middle
         best_value = _minus_inf(best)
         history: list[Tensor] = []
