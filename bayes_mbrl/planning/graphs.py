@@ -181,9 +181,9 @@ class GraphPlans:
         CPU, as an agent passes it, no GPU sync; a replay checks nothing itself)."""
         obs_dim = self.evaluator.model.obs_dim
         if not isinstance(start_obs, Tensor) or tuple(start_obs.shape) != (obs_dim,):
-            got = (
-                tuple(start_obs.shape) if isinstance(start_obs, Tensor) else type(start_obs).__name__
-            )
+            got = type(start_obs).__name__
+            if isinstance(start_obs, Tensor):
+                got = str(tuple(start_obs.shape))
             raise DataError(
                 f"GraphPlans.plan needs the state as a tensor of shape ({obs_dim},), got "
                 f"{got}; pass torch.as_tensor(obs, dtype=torch.float32)"
